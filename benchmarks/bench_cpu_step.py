@@ -1,0 +1,152 @@
+"""Time one MAE training step (forward, backward, AdamW) of mimkit against Hugging Face
+`ViTMAEForPreTraining` at the same configuration, side by side in one process.
+
+Both models get the same widths, depths, heads, patch, decoder, batch, mask ratio and
+norm-pix loss; HF runs with its SDPA attention. Steps are interleaved (ours, theirs, ours, ...)
+so machine noise hits both alike; we report the median step time of each and the ratio.
+
+    python benchmarks/bench_cpu_step.py                 # all configurations, CPU
+    python benchmarks/bench_cpu_step.py --config fmnist_tiny --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mimkit.models import ModelConfig
+from mimkit.objectives.mae import build_mae
+
+CONFIGS = {
+    # the README demo: 28x28 grey, 7x7 patches, ViT-tiny width, 12 blocks, small decoder
+    "fmnist_tiny": dict(img=28, chans=1, patch=7, dim=192, depth=12, heads=3, ddim=128, ddepth=2, dheads=4, batch=256),
+    # ViT-S/16 at 224 with the paper's 512x8 decoder
+    "vit_small_224": dict(img=224, chans=3, patch=16, dim=384, depth=12, heads=6, ddim=512, ddepth=8, dheads=16, batch=16),
+}
+
+
+def build_ours(c: dict) -> torch.nn.Module:
+    cfg = ModelConfig(
+        img_size=c["img"], in_chans=c["chans"], patch_size=c["patch"], embed_dim=c["dim"], depth=c["depth"],
+        num_heads=c["heads"], decoder_embed_dim=c["ddim"], decoder_depth=c["ddepth"],
+        decoder_num_heads=c["dheads"], mask_ratio=0.75, norm_pix_loss=True,
+    )
+    return build_mae(cfg)
+
+
+def build_hf(c: dict) -> torch.nn.Module:
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    cfg = ViTMAEConfig(
+        image_size=c["img"], num_channels=c["chans"], patch_size=c["patch"], hidden_size=c["dim"],
+        num_hidden_layers=c["depth"], num_attention_heads=c["heads"], intermediate_size=4 * c["dim"],
+        decoder_hidden_size=c["ddim"], decoder_num_hidden_layers=c["ddepth"],
+        decoder_num_attention_heads=c["dheads"], decoder_intermediate_size=4 * c["ddim"],
+        mask_ratio=0.75, norm_pix_loss=True, qkv_bias=True, layer_norm_eps=1e-6,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return ViTMAEForPreTraining._from_config(cfg, attn_implementation="sdpa")
+
+
+def make_step(model: torch.nn.Module, images: torch.Tensor, hf: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    model.train()
+
+    def step() -> float:
+        start = time.perf_counter()
+        loss = model(pixel_values=images).loss if hf else model(images).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    return step
+
+
+def bench(name: str, steps: int, warmup: int) -> dict:
+    c = CONFIGS[name]
+    torch.manual_seed(0)
+    images = torch.randn(c["batch"], c["chans"], c["img"], c["img"])
+    ours, theirs = build_ours(c), build_hf(c)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    step_ours, step_hf = make_step(ours, images, hf=False), make_step(theirs, images, hf=True)
+    for _ in range(warmup):
+        step_ours()
+        step_hf()
+    t_ours, t_hf = [], []
+    for _ in range(steps):
+        t_ours.append(step_ours())
+        t_hf.append(step_hf())
+    mo, mh = statistics.median(t_ours), statistics.median(t_hf)
+    return {
+        "config": name,
+        **c,
+        "params_mimkit": n_ours,
+        "params_hf_trainable": sum(p.numel() for p in theirs.parameters() if p.requires_grad),
+        "steps": steps,
+        "median_step_s_mimkit": round(mo, 4),
+        "median_step_s_hf": round(mh, 4),
+        "img_per_s_mimkit": round(c["batch"] / mo, 1),
+        "img_per_s_hf": round(c["batch"] / mh, 1),
+        "speedup_vs_hf": round(mh / mo, 3),
+    }
+
+
+def machine() -> dict:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), action="append")
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/results/cpu_step_vs_hf.json")
+    args = parser.parse_args()
+    results = []
+    for name in args.config or list(CONFIGS):
+        r = bench(name, args.steps, args.warmup)
+        results.append(r)
+        print(
+            f"{name:>14}: mimkit {r['img_per_s_mimkit']:8.1f} img/s | transformers {r['img_per_s_hf']:8.1f} img/s"
+            f" | ratio {r['speedup_vs_hf']:.2f}x  (median of {r['steps']} steps, batch {r['batch']})"
+        )
+    record = {
+        "command": "python benchmarks/bench_cpu_step.py " + " ".join(
+            f"--config {c}" for c in (args.config or [])) + f" --steps {args.steps} --warmup {args.warmup}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Data sources behind one small interface: seeded, resumable batches of uint8 images.
+
+`TrainSource.batches(epoch, start_step)` yields the same batches for the same (seed, epoch),
+so a resumed run continues exactly where it stopped. In-memory sources (IDX) index a uint8
+tensor; folder sources decode in DataLoader workers and report corrupt files per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mimkit.config import DataConfig
+from mimkit.data.folder import ImageFolderDataset, collate_skip_corrupt, decode_image, list_images
+from mimkit.data.idx import load_fashion_mnist, read_idx
+from mimkit.errors import DataError
+
+log = logging.getLogger(__name__)
+SOURCES = ("fashion_mnist", "idx", "folder")
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, C, H, W) uint8
+    labels: torch.Tensor  # (B,) int64, -1 where unlabelled
+    skipped: int = 0  # items in this batch that could not be decoded
+
+
+def guess_source(path: str | Path) -> str:
+    """'idx' for a folder of IDX files, 'folder' for anything else."""
+    folder = Path(path)
+    if folder.is_dir() and any(p.name.endswith(("-ubyte", "-ubyte.gz")) for p in folder.iterdir()):
+        return "idx"
+    return "folder"
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled item order of an epoch: a pure function of (seed, epoch)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_items, generator=gen)
+
+
+def check_images(images: torch.Tensor, channels: int, size: tuple[int, int], where: str) -> None:
+    if images.ndim != 4 or images.shape[1] != channels:
+        raise DataError(f"{where}: images have shape {tuple(images.shape)}; expected (N, {channels}, H, W)")
+    if tuple(images.shape[-2:]) != tuple(size):
+        raise DataError(
+            f"{where}: images are {images.shape[-2]}x{images.shape[-1]} but model.img_size is {size[0]}x{size[1]}"
+        )
+
+
+def _read_idx_pair(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    prefix = "train" if split == "train" else "t10k"
+    found = {}
+    for kind in ("images", "labels"):
+        stem = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+        path = next((folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()), None)
+        if path is None:
+            raise DataError(f"{folder}: missing {stem}(.gz) for the {split} split")
+        found[kind] = read_idx(path)
+    images = torch.from_numpy(found["images"].copy())
+    if images.ndim == 3:
+        images = images[:, None]
+    return images, torch.from_numpy(found["labels"].astype("int64"))
+
+
+def load_split(cfg: DataConfig, split: str, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split in memory as (uint8 images, labels); for training sets and evaluation banks.
+
+    Folder sources read `path/train` and `path/test` (or `path/val`) when those exist, else
+    `path` itself for the train split. Corrupt files are skipped and counted in the log.
+    """
+    if cfg.source not in SOURCES:
+        raise DataError(f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES)}")
+    if cfg.source == "fashion_mnist":
+        images, labels = load_fashion_mnist(split, cfg.path, cfg.download)
+    elif cfg.source == "idx":
+        if not cfg.path:
+            raise DataError("data.path: the idx source needs a folder holding the IDX files")
+        images, labels = _read_idx_pair(Path(cfg.path), split)
+    else:
+        images, labels = _load_folder_split(cfg, split, channels, size)
+    where = f"{cfg.source}:{cfg.path or 'default'}:{split}"
+    check_images(images, channels, size, where)
+    return images, labels
+
+
+def split_folder(root: Path, split: str) -> Path:
+    names = ("train",) if split == "train" else ("test", "val")
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    if split == "train":
+        return root
+    raise DataError(f"{root}: no 'test' or 'val' folder to evaluate on")
+
+
+def _load_folder_split(cfg: DataConfig, split: str, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not cfg.path:
+        raise DataError("data.path: the folder source needs the path of an image folder")
+    folder = split_folder(Path(cfg.path), split)
+    files, labels, _ = list_images(folder)
+    images, kept, skipped = [], [], 0
+    for path, label in zip(files, labels, strict=True):
+        try:
+            images.append(decode_image(path, channels, size))
+            kept.append(label)
+        except (OSError, ValueError, SyntaxError):
+            skipped += 1
+            log.warning("skipped corrupt image %s", path)
+    if skipped:
+        log.warning("%s: skipped %d corrupt image(s) of %d", folder, skipped, len(files))
+    if not images:
+        raise DataError(f"{folder}: none of {len(files)} images could be decoded")
+    return torch.stack(images), torch.tensor(kept, dtype=torch.int64)
+
+
+class TrainSource:
+    """Seeded, resumable batches over a training set, in memory or decoded by workers."""
+
+    def __init__(self, cfg: DataConfig, channels: int, size: tuple[int, int], seed: int, num_workers: int = 0) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.num_workers = num_workers
+        self.dataset: ImageFolderDataset | None = None
+        self.images: torch.Tensor | None = None
+        if cfg.source == "folder" and cfg.path and num_workers > 0:
+            self.dataset = ImageFolderDataset(split_folder(Path(cfg.path), "train"), channels, size)
+            self.labels = torch.tensor(self.dataset.labels)
+        else:
+            self.images, self.labels = load_split(cfg, "train", channels, size)
+        if cfg.limit is not None:
+            if cfg.limit <= 0:
+                raise DataError(f"data.limit must be positive, got {cfg.limit}")
+            self.labels = self.labels[: cfg.limit]
+            if self.images is not None:
+                self.images = self.images[: cfg.limit]
+        self.num_items = len(self.labels)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        steps = self.num_items // batch_size
+        if steps == 0:
+            raise DataError(
+                f"data: {self.num_items} training items are fewer than one batch of {batch_size}; "
+                "lower train.batch_size or raise data.limit"
+            )
+        return steps
+
+    def batches(self, epoch: int, batch_size: int, start_step: int = 0) -> Iterator[Batch]:
+        """Full batches of one epoch (the remainder is dropped), from `start_step` on."""
+        order = epoch_order(self.num_items, self.seed, epoch)
+        steps = self.steps_per_epoch(batch_size)
+        index_batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(start_step, steps)]
+        if self.images is not None:
+            for idx in index_batches:
+                yield Batch(self.images[idx], self.labels[idx])
+            return
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=[idx.tolist() for idx in index_batches],
+            num_workers=self.num_workers,
+            collate_fn=collate_skip_corrupt,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+        for images, labels, skipped in loader:
+            yield Batch(images, labels, skipped)

@@ -1,0 +1,69 @@
+"""Batched augmentation on the device: uint8 in, normalised float out, no per-sample Python.
+
+Random-resized-crop and horizontal flip are one affine resampling per batch
+(`affine_grid` + `grid_sample`), so a whole batch is augmented by two kernel launches on GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (or [0, 255] float) (B, C, H, W) -> float32 standardised per channel."""
+    c = images.shape[1]
+    if len(mean) not in (1, c) or len(std) not in (1, c):
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for {c}-channel images")
+    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - m) / s
+
+
+def denormalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """Inverse of `normalize`, to [0, 1] floats for saving pictures."""
+    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.float() * s + m).clamp(0, 1)
+
+
+def random_resized_crop_flip(
+    images: torch.Tensor,
+    out_hw: tuple[int, int],
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-sample random crop (area fraction in `scale`, aspect in `ratio`), resized, maybe flipped.
+
+    Works on float images; crops that would not fit are clipped to the image, the rare case
+    torchvision handles with a fallback centre crop.
+    """
+    b = images.shape[0]
+    dev = images.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, device=dev, generator=generator)
+
+    area = uniform(*scale)
+    log_ratio = uniform(math.log(ratio[0]), math.log(ratio[1]))
+    aspect = log_ratio.exp()
+    h_in, w_in = images.shape[-2:]
+    # crop width and height as fractions of the image side, area = w * h * (w_in * h_in)
+    w = (area * aspect * h_in / w_in).sqrt().clamp(max=1.0)
+    h = (area / aspect * w_in / h_in).sqrt().clamp(max=1.0)
+    cx = (uniform(0.0, 1.0) * (1 - w) + w / 2) * 2 - 1  # crop centre in [-1, 1] coordinates
+    cy = (uniform(0.0, 1.0) * (1 - h) + h / 2) * 2 - 1
+    flip = torch.ones(b, device=dev)
+    if hflip:
+        flip = torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -flip, flip)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = w * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, [b, images.shape[1], *out_hw], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

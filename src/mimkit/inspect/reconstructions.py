@@ -1,0 +1,67 @@
+"""Reconstruction figures: rows of original | masked input | reconstruction | visible+reconstruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mimkit.data.transforms import denormalize, normalize
+from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.patches import unpatchify
+
+COLUMNS = ("original", "masked", "reconstruction", "pasted")
+
+
+def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> HWC uint8 with 1 or 3 channels (extra channels: the first three)."""
+    arr = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    return arr[:, :, :3] if arr.shape[2] >= 3 else np.repeat(arr[:, :, :1], 3, axis=2)
+
+
+@torch.no_grad()
+def reconstruction_grid(
+    model: MaskedAutoencoder,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    seed: int = 0,
+    scale: int = 4,
+    gap: int = 2,
+) -> Image.Image:
+    """A PIL image with one row per input and the four `COLUMNS`, upscaled by `scale`."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = normalize(images.to(device), mean, std)
+    generator = torch.Generator(device).manual_seed(seed)
+    mask = model.make_mask(x, generator)
+    out = model.reconstruct(x, mask)
+    panels = [x, out["masked"], out["reconstruction"], out["pasted"]]
+    panels = [denormalize(p, mean, std) for p in panels]
+    # grey out hidden patches in the masked panel so they read as "missing", not "black"
+    cfg = model.cfg
+    per_patch = mask.binary[..., None].expand(-1, -1, cfg.patch_size**2 * cfg.in_chans)
+    hidden = unpatchify(per_patch, cfg.patch_size, cfg.grid_hw, cfg.in_chans) > 0.5
+    panels[1] = torch.where(hidden, torch.full_like(panels[1], 0.5), panels[1])
+    n, _, h, w = x.shape
+    sh, sw = h * scale, w * scale
+    canvas = np.full((n * (sh + gap) + gap, len(panels) * (sw + gap) + gap, 3), 255, dtype=np.uint8)
+    for row in range(n):
+        for col, panel in enumerate(panels):
+            tile = to_uint8_hwc(panel[row]).repeat(scale, axis=0).repeat(scale, axis=1)
+            top, left = gap + row * (sh + gap), gap + col * (sw + gap)
+            canvas[top : top + sh, left : left + sw] = tile
+    return Image.fromarray(canvas)
+
+
+def save_reconstructions(
+    model: MaskedAutoencoder, images: torch.Tensor, mean: list[float], std: list[float], path: str | Path, seed: int = 0
+) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reconstruction_grid(model, images, mean, std, seed).save(path)
+    return path

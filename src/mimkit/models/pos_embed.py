@@ -1,0 +1,58 @@
+"""Fixed sine-cosine position embeddings, as in MAE (and HF ViTMAE), for any grid shape.
+
+The layout follows the MAE reference exactly so that weights and outputs match theirs: the
+first half of the channels encodes the column (w) coordinate, the second half the row (h)
+coordinate, each as [sin | cos] over geometrically spaced frequencies.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Embed 1-D positions (any shape, flattened) into `dim` channels: [sin | cos]."""
+    if dim % 2:
+        raise ValueError(f"1-D sin-cos embedding needs an even dimension, got {dim}")
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    angles = positions.reshape(-1).to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> torch.Tensor:
+    """(grid_h*grid_w [+1], dim) float32 table in row-major patch order; a zero row for cls."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64),
+        torch.arange(grid_w, dtype=torch.float64),
+        indexing="ij",
+    )
+    emb = torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1)
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
+    return emb.float()
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+) -> torch.Tensor:
+    """Bicubically resize a (1, prefix+H*W, D) table to a new grid; prefix rows are kept."""
+    if tuple(new_grid) == tuple(old_grid):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
+    log.warning("position embedding resampled from grid %s to %s", tuple(old_grid), tuple(new_grid))
+    return torch.cat([prefix, grid.to(pos_embed.dtype)], dim=1)

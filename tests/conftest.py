@@ -1,0 +1,27 @@
+import os
+
+import pytest
+import torch
+
+from mimkit.data.idx import DEBIAN_FASHION_MNIST
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+HAS_FMNIST = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file()
+needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
+
+
+def tiny_model_overrides(out_dir) -> list[str]:
+    """A 2-block ViT on 28x28 grey images: trains a few steps in about a second."""
+    return [
+        "model.embed_dim=32",
+        "model.depth=2",
+        "model.num_heads=2",
+        "model.patch_size=7",
+        "model.decoder_embed_dim=16",
+        "model.decoder_depth=1",
+        "model.decoder_num_heads=2",
+        f"out_dir={out_dir}",
+        "train.progress=false",
+    ]
