@@ -27,17 +27,47 @@ from mimkit.objectives.mae import build_mae
 
 CONFIGS = {
     # the README demo: 28x28 grey, 7x7 patches, ViT-tiny width, 12 blocks, small decoder
-    "fmnist_tiny": dict(img=28, chans=1, patch=7, dim=192, depth=12, heads=3, ddim=128, ddepth=2, dheads=4, batch=256),
+    "fmnist_tiny": dict(
+        img=28,
+        chans=1,
+        patch=7,
+        dim=192,
+        depth=12,
+        heads=3,
+        ddim=128,
+        ddepth=2,
+        dheads=4,
+        batch=256,
+    ),
     # ViT-S/16 at 224 with the paper's 512x8 decoder
-    "vit_small_224": dict(img=224, chans=3, patch=16, dim=384, depth=12, heads=6, ddim=512, ddepth=8, dheads=16, batch=16),
+    "vit_small_224": dict(
+        img=224,
+        chans=3,
+        patch=16,
+        dim=384,
+        depth=12,
+        heads=6,
+        ddim=512,
+        ddepth=8,
+        dheads=16,
+        batch=16,
+    ),
 }
 
 
 def build_ours(c: dict) -> torch.nn.Module:
     cfg = ModelConfig(
-        img_size=c["img"], in_chans=c["chans"], patch_size=c["patch"], embed_dim=c["dim"], depth=c["depth"],
-        num_heads=c["heads"], decoder_embed_dim=c["ddim"], decoder_depth=c["ddepth"],
-        decoder_num_heads=c["dheads"], mask_ratio=0.75, norm_pix_loss=True,
+        img_size=c["img"],
+        in_chans=c["chans"],
+        patch_size=c["patch"],
+        embed_dim=c["dim"],
+        depth=c["depth"],
+        num_heads=c["heads"],
+        decoder_embed_dim=c["ddim"],
+        decoder_depth=c["ddepth"],
+        decoder_num_heads=c["dheads"],
+        mask_ratio=0.75,
+        norm_pix_loss=True,
     )
     return build_mae(cfg)
 
@@ -46,12 +76,23 @@ def build_hf(c: dict) -> torch.nn.Module:
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     cfg = ViTMAEConfig(
-        image_size=c["img"], num_channels=c["chans"], patch_size=c["patch"], hidden_size=c["dim"],
-        num_hidden_layers=c["depth"], num_attention_heads=c["heads"], intermediate_size=4 * c["dim"],
-        decoder_hidden_size=c["ddim"], decoder_num_hidden_layers=c["ddepth"],
-        decoder_num_attention_heads=c["dheads"], decoder_intermediate_size=4 * c["ddim"],
-        mask_ratio=0.75, norm_pix_loss=True, qkv_bias=True, layer_norm_eps=1e-6,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        image_size=c["img"],
+        num_channels=c["chans"],
+        patch_size=c["patch"],
+        hidden_size=c["dim"],
+        num_hidden_layers=c["depth"],
+        num_attention_heads=c["heads"],
+        intermediate_size=4 * c["dim"],
+        decoder_hidden_size=c["ddim"],
+        decoder_num_hidden_layers=c["ddepth"],
+        decoder_num_attention_heads=c["dheads"],
+        decoder_intermediate_size=4 * c["ddim"],
+        mask_ratio=0.75,
+        norm_pix_loss=True,
+        qkv_bias=True,
+        layer_norm_eps=1e-6,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return ViTMAEForPreTraining._from_config(cfg, attn_implementation="sdpa")
 
@@ -137,8 +178,9 @@ def main() -> None:
             f" | ratio {r['speedup_vs_hf']:.2f}x  (median of {r['steps']} steps, batch {r['batch']})"
         )
     record = {
-        "command": "python benchmarks/bench_cpu_step.py " + " ".join(
-            f"--config {c}" for c in (args.config or [])) + f" --steps {args.steps} --warmup {args.warmup}",
+        "command": "python benchmarks/bench_cpu_step.py "
+        + " ".join(f"--config {c}" for c in (args.config or []))
+        + f" --steps {args.steps} --warmup {args.warmup}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "results": results,

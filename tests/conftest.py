@@ -9,7 +9,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 HAS_FMNIST = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file()
-needs_fmnist = pytest.mark.skipif(not HAS_FMNIST, reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
+needs_fmnist = pytest.mark.skipif(
+    not HAS_FMNIST, reason="Fashion-MNIST (dataset-fashion-mnist) not installed"
+)
 
 
 def tiny_model_overrides(out_dir) -> list[str]:

@@ -16,7 +16,13 @@ from mimkit.cli import main
 
 def run_cli(*args, cwd=None):
     env = dict(os.environ, TQDM_DISABLE="1")
-    return subprocess.run([sys.executable, "-m", "mimkit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mimkit.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def assert_one_line_error(capsys, code, pattern):
@@ -53,7 +59,9 @@ def test_pretrain_then_eval_knn_on_fashion_mnist_subset(tmp_path):
     done = run_cli("eval", "knn", out, "--train-limit", "2000")
     assert done.returncode == 0, done.stderr
     assert "kNN top-1 (pretrained, k=20" in done.stdout
-    assert json.loads((ckpt / "eval_knn.json").read_text())["top1"] == pytest.approx(results["knn_pretrained"], abs=1e-6)
+    assert json.loads((ckpt / "eval_knn.json").read_text())["top1"] == pytest.approx(
+        results["knn_pretrained"], abs=1e-6
+    )
 
 
 def test_data_info_on_idx_and_image_folders(tmp_path, capsys):
@@ -66,19 +74,36 @@ def test_data_info_on_idx_and_image_folders(tmp_path, capsys):
     (tmp_path / "img" / "cat" / "b.png").write_bytes(b"broken")
     assert main(["data", "info", str(tmp_path / "img")]) == 0
     out = capsys.readouterr().out
-    assert "2 images, 1 classes" in out and "5x7 x1" in out and "corrupt (would be skipped): 1" in out
+    assert (
+        "2 images, 1 classes" in out and "5x7 x1" in out and "corrupt (would be skipped): 1" in out
+    )
 
 
 def test_unknown_key(capsys):
-    assert_one_line_error(capsys, main(["pretrain", "configs/fmnist_mae_tiny.yaml", "train.epoch=1"]), r"unknown config key 'train\.epoch'")
+    assert_one_line_error(
+        capsys,
+        main(["pretrain", "configs/fmnist_mae_tiny.yaml", "train.epoch=1"]),
+        r"unknown config key 'train\.epoch'",
+    )
 
 
 def test_wrong_type(capsys):
-    assert_one_line_error(capsys, main(["pretrain", "configs/fmnist_mae_tiny.yaml", "train.batch_size=big"]), r"train\.batch_size: expected int, got 'big'")
+    assert_one_line_error(
+        capsys,
+        main(["pretrain", "configs/fmnist_mae_tiny.yaml", "train.batch_size=big"]),
+        r"train\.batch_size: expected int, got 'big'",
+    )
 
 
 def test_missing_data(tmp_path, capsys):
-    code = main(["pretrain", "configs/fmnist_mae_tiny.yaml", f"data.path={tmp_path / 'nowhere'}", f"out_dir={tmp_path}"])
+    code = main(
+        [
+            "pretrain",
+            "configs/fmnist_mae_tiny.yaml",
+            f"data.path={tmp_path / 'nowhere'}",
+            f"out_dir={tmp_path}",
+        ]
+    )
     assert_one_line_error(capsys, code, r"nowhere: expected the four Fashion-MNIST IDX files")
 
 
@@ -86,17 +111,39 @@ def test_unexpected_channel_count(tmp_path, capsys):
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     for i in range(4):
         Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "imgs" / "a" / f"{i}.png")
-    code = main(["pretrain", "configs/fmnist_mae_tiny.yaml", "data.source=folder", f"data.path={tmp_path / 'imgs'}", f"out_dir={tmp_path / 'o'}"])
-    assert_one_line_error(capsys, code, r"0\.png: image has 3 channel\(s\) \(mode RGB\) but 1 are expected")
+    code = main(
+        [
+            "pretrain",
+            "configs/fmnist_mae_tiny.yaml",
+            "data.source=folder",
+            f"data.path={tmp_path / 'imgs'}",
+            f"out_dir={tmp_path / 'o'}",
+        ]
+    )
+    assert_one_line_error(
+        capsys, code, r"0\.png: image has 3 channel\(s\) \(mode RGB\) but 1 are expected"
+    )
 
 
 def test_corrupt_image_is_skipped_not_fatal(tmp_path, capsys):
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     for i in range(8):
-        Image.fromarray(np.full((28, 28), i * 9, np.uint8)).save(tmp_path / "imgs" / "a" / f"{i}.png")
+        Image.fromarray(np.full((28, 28), i * 9, np.uint8)).save(
+            tmp_path / "imgs" / "a" / f"{i}.png"
+        )
     (tmp_path / "imgs" / "a" / "zz.png").write_bytes(b"\x89PNG broken")
-    code = main(["pretrain", "configs/fmnist_mae_tiny.yaml", "data.source=folder", f"data.path={tmp_path / 'imgs'}",
-                 "train.batch_size=4", "train.epochs=1", "eval.knn=false", *tiny_model_overrides(tmp_path / "o")])
+    code = main(
+        [
+            "pretrain",
+            "configs/fmnist_mae_tiny.yaml",
+            "data.source=folder",
+            f"data.path={tmp_path / 'imgs'}",
+            "train.batch_size=4",
+            "train.epochs=1",
+            "eval.knn=false",
+            *tiny_model_overrides(tmp_path / "o"),
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "skipped 1 corrupt image(s) of 9" in captured.err
@@ -107,12 +154,22 @@ def test_checkpoint_from_another_model(tmp_path, capsys):
     from safetensors.torch import save_file
 
     data = make_idx_folder(tmp_path / "idx", n_train=16, n_test=8)
-    overrides = tiny_model_overrides(tmp_path / "run") + ["data.source=idx", f"data.path={data}", "train.batch_size=8", "train.epochs=1", "eval.knn=false"]
+    overrides = tiny_model_overrides(tmp_path / "run") + [
+        "data.source=idx",
+        f"data.path={data}",
+        "train.batch_size=8",
+        "train.epochs=1",
+        "eval.knn=false",
+    ]
     assert main(["pretrain", "configs/fmnist_mae_tiny.yaml", *overrides]) == 0
-    save_file({"head.weight": torch.zeros(3, 3)}, tmp_path / "run" / "checkpoint" / "model.safetensors")
+    save_file(
+        {"head.weight": torch.zeros(3, 3)}, tmp_path / "run" / "checkpoint" / "model.safetensors"
+    )
     capsys.readouterr()
     code = main(["eval", "knn", str(tmp_path / "run")])
-    assert_one_line_error(capsys, code, r"model\.safetensors: weights do not fit this model: missing")
+    assert_one_line_error(
+        capsys, code, r"model\.safetensors: weights do not fit this model: missing"
+    )
 
 
 def test_not_a_checkpoint(tmp_path, capsys):

@@ -5,7 +5,10 @@ from mimkit.errors import ConfigError
 
 
 def test_preset_loads_and_overrides_apply():
-    cfg = load_config("configs/fmnist_mae_tiny.yaml", ["train.epochs=3", "data.limit=2048", "out_dir=runs/x", "train.lr=1e-3"])
+    cfg = load_config(
+        "configs/fmnist_mae_tiny.yaml",
+        ["train.epochs=3", "data.limit=2048", "out_dir=runs/x", "train.lr=1e-3"],
+    )
     assert cfg.train.epochs == 3
     assert cfg.data.limit == 2048
     assert cfg.out_dir == "runs/x"

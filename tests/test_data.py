@@ -25,7 +25,9 @@ def make_idx_folder(folder, n_train=40, n_test=20):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), gz=True)
+        write_idx(
+            folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)), gz=True
+        )
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
     return folder
 
@@ -85,7 +87,9 @@ def test_channel_rules(tmp_path):
     assert decode_image(tmp_path / "rgba.png", 3, None).shape == (3, 8, 8)
     assert decode_image(tmp_path / "rgb.png", 4, None)[3].min() == 255
     assert decode_image(tmp_path / "rgb.png", 3, (4, 6)).shape == (3, 4, 6)
-    with pytest.raises(DataError, match=r"rgb\.png: image has 3 channel\(s\) \(mode RGB\) but 1 are expected"):
+    with pytest.raises(
+        DataError, match=r"rgb\.png: image has 3 channel\(s\) \(mode RGB\) but 1 are expected"
+    ):
         decode_image(tmp_path / "rgb.png", 1, None)
 
 
@@ -120,7 +124,9 @@ def test_folder_source_with_workers_counts_skips(tmp_path):
     for i in range(9):
         Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "bad.png").write_bytes(b"\x00" * 10)
-    src = TrainSource(DataConfig(source="folder", path=str(tmp_path)), 1, (8, 8), seed=0, num_workers=1)
+    src = TrainSource(
+        DataConfig(source="folder", path=str(tmp_path)), 1, (8, 8), seed=0, num_workers=1
+    )
     batches = list(src.batches(0, batch_size=5))
     assert sum(b.skipped for b in batches) == 1
     assert sum(len(b.images) for b in batches) == 9

@@ -7,8 +7,17 @@ from mimkit.patches import patchify
 
 
 def tiny(**kw):
-    cfg = dict(img_size=16, in_chans=3, patch_size=4, embed_dim=32, depth=2, num_heads=2,
-               decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    cfg = dict(
+        img_size=16,
+        in_chans=3,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     cfg.update(kw)
     torch.manual_seed(0)
     return build_mae(ModelConfig(**cfg))

@@ -9,6 +9,7 @@ from mimkit.models.pos_embed import resample_pos_embed, sincos_2d
 
 def reference_sincos(dim: int, gh: int, gw: int) -> np.ndarray:
     """The MAE paper code's formula, written out with numpy: w-coordinate first, then h."""
+
     def one_d(d, pos):
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
         out = np.einsum("m,d->md", pos.reshape(-1), omega)

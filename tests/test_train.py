@@ -33,15 +33,29 @@ def weights(folder):
 
 def test_resume_is_bit_exact(tmp_path):
     # 8 steps per epoch, 2 epochs, accumulation 2 -> 8 optimiser steps; stop at 3, resume to the end
-    straight = pretrain(run_cfg(tmp_path, "straight", "train.accum_steps=2", "model.drop_path_rate=0.1"))
-    pretrain(run_cfg(tmp_path, "resumed", "train.accum_steps=2", "model.drop_path_rate=0.1", "train.max_steps=3"))
-    resumed = pretrain(run_cfg(tmp_path, "resumed", "train.accum_steps=2", "model.drop_path_rate=0.1"))
+    straight = pretrain(
+        run_cfg(tmp_path, "straight", "train.accum_steps=2", "model.drop_path_rate=0.1")
+    )
+    pretrain(
+        run_cfg(
+            tmp_path,
+            "resumed",
+            "train.accum_steps=2",
+            "model.drop_path_rate=0.1",
+            "train.max_steps=3",
+        )
+    )
+    resumed = pretrain(
+        run_cfg(tmp_path, "resumed", "train.accum_steps=2", "model.drop_path_rate=0.1")
+    )
     assert straight.steps == resumed.steps == 8
     a, b = weights(straight.checkpoint), weights(resumed.checkpoint)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [x["step"] for x in lines if x["event"] == "train"] == list(range(1, 9))
 
 
@@ -67,7 +81,10 @@ def test_nonfinite_losses_skip_then_halt_keeping_last_checkpoint(tmp_path, monke
         pretrain(cfg)
     after = weights(tmp_path / "nan" / "checkpoint")
     assert all(torch.equal(good[k], after[k]) for k in good)
-    events = [json.loads(x)["event"] for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(x)["event"]
+        for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert events.count("nonfinite") == 3
 
 
@@ -112,7 +129,9 @@ def test_load_model_checks_the_architecture(tmp_path):
     # a config that claims another depth no longer fits the stored weights
     text = (result.checkpoint / "config.yaml").read_text().replace("depth: 2", "depth: 3")
     (result.checkpoint / "config.yaml").write_text(text)
-    with pytest.raises(CheckpointError, match=r"missing \d+ key\(s\), e\.g\. \['encoder\.blocks\.2"):
+    with pytest.raises(
+        CheckpointError, match=r"missing \d+ key\(s\), e\.g\. \['encoder\.blocks\.2"
+    ):
         load_model(result.checkpoint)
     (result.checkpoint / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="cannot read safetensors"):
@@ -122,8 +141,16 @@ def test_load_model_checks_the_architecture(tmp_path):
 def test_metrics_and_checkpoint_files(tmp_path):
     result = pretrain(run_cfg(tmp_path, "files", "train.max_steps=2"))
     names = {p.name for p in result.checkpoint.iterdir()}
-    assert {"model.safetensors", "config.yaml", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"} <= names
-    records = [json.loads(x) for x in (tmp_path / "files" / "metrics.jsonl").read_text().splitlines()]
+    assert {
+        "model.safetensors",
+        "config.yaml",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "trainer_state.json",
+    } <= names
+    records = [
+        json.loads(x) for x in (tmp_path / "files" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert records[0]["event"] == "start" and records[-1]["event"] == "end"
     train = [r for r in records if r["event"] == "train"]
     assert all({"loss", "lr", "img_per_s"} <= r.keys() for r in train)

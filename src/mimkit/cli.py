@@ -17,8 +17,12 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder by masked modelling")
     p.add_argument("config", help="YAML preset, e.g. configs/fmnist_mae_tiny.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=1")
-    p.add_argument("--no-resume", action="store_true", help="start over even if out_dir holds a checkpoint")
-    p.add_argument("--no-eval", action="store_true", help="skip the kNN report and reconstruction image")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over even if out_dir holds a checkpoint"
+    )
+    p.add_argument(
+        "--no-eval", action="store_true", help="skip the kNN report and reconstruction image"
+    )
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -31,8 +35,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     knn.add_argument("--source", help="data source for --data: fashion_mnist, idx or folder")
     knn.add_argument("-k", "--k", type=int, default=20)
     knn.add_argument("--temperature", type=float, default=0.07)
-    knn.add_argument("--train-limit", type=int, help="use only the first N training items as the bank")
-    knn.add_argument("--random-init", action="store_true", help="evaluate the same architecture untrained")
+    knn.add_argument(
+        "--train-limit", type=int, help="use only the first N training items as the bank"
+    )
+    knn.add_argument(
+        "--random-init", action="store_true", help="evaluate the same architecture untrained"
+    )
     knn.add_argument("--device", default="auto")
     knn.set_defaults(func=cmd_eval_knn)
 
@@ -46,7 +54,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mimkit", description="Masked image modelling for Vision Transformers.")
+    parser = argparse.ArgumentParser(
+        prog="mimkit", description="Masked image modelling for Vision Transformers."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
@@ -62,7 +72,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = pretrain(cfg, resume=not args.no_resume)
-    print(f"checkpoint: {result.checkpoint}  (steps {result.steps}, final loss {result.final_loss:.4f})")
+    print(
+        f"checkpoint: {result.checkpoint}  (steps {result.steps}, final loss {result.final_loss:.4f})"
+    )
     if result.corrupt_skipped:
         print(f"skipped corrupt images: {result.corrupt_skipped}")
     if not args.no_eval:
@@ -91,14 +103,34 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
         cfg.data.source = args.source or guess_source(args.data)
     elif args.source:
         cfg.data.source = args.source
-    splits = load_labelled_splits(cfg.data, cfg.model.in_chans, cfg.model.image_hw, args.train_limit)
-    result = knn_evaluate(model.encoder, splits, cfg.data.mean, cfg.data.std, args.k, args.temperature, device)
+    splits = load_labelled_splits(
+        cfg.data, cfg.model.in_chans, cfg.model.image_hw, args.train_limit
+    )
+    result = knn_evaluate(
+        model.encoder, splits, cfg.data.mean, cfg.data.std, args.k, args.temperature, device
+    )
     name = "random-init" if args.random_init else "pretrained"
-    print(f"kNN top-1 ({name}, k={args.k}, T={args.temperature}, bank {result.train_items}, test {result.test_items}): {100 * result.top1:.2f}%")
-    out = resolve_checkpoint_dir(args.checkpoint) / f"eval_knn{'_random_init' if args.random_init else ''}.json"
-    out.write_text(json.dumps({"top1": result.top1, "k": args.k, "temperature": args.temperature,
-                               "train_items": result.train_items, "test_items": result.test_items,
-                               "random_init": args.random_init, "seconds": round(result.seconds, 2)}, indent=1))
+    print(
+        f"kNN top-1 ({name}, k={args.k}, T={args.temperature}, bank {result.train_items}, test {result.test_items}): {100 * result.top1:.2f}%"
+    )
+    out = (
+        resolve_checkpoint_dir(args.checkpoint)
+        / f"eval_knn{'_random_init' if args.random_init else ''}.json"
+    )
+    out.write_text(
+        json.dumps(
+            {
+                "top1": result.top1,
+                "k": args.k,
+                "temperature": args.temperature,
+                "train_items": result.train_items,
+                "test_items": result.test_items,
+                "random_init": args.random_init,
+                "seconds": round(result.seconds, 2),
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -30,7 +30,9 @@ class DataConfig:
     channels: int | None = None  # image folders: 1 (L), 3 (RGB) or 4 (RGBA); None: from the model
     mean: list[float] = field(default_factory=lambda: [0.2860])
     std: list[float] = field(default_factory=lambda: [0.3530])
-    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # random-resized-crop area range
+    crop_scale: list[float] = field(
+        default_factory=lambda: [0.2, 1.0]
+    )  # random-resized-crop area range
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     hflip: bool = True
 
@@ -164,7 +166,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
     """Read a YAML preset (or start from defaults) and apply dotted overrides, validating both."""
     tree: dict[str, Any] = {}
     if path is not None:

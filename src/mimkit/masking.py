@@ -44,7 +44,9 @@ def mask_from_noise(noise: torch.Tensor, mask_ratio: float) -> Mask:
     keep = num_kept(n, mask_ratio)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
-    return Mask(ids_keep=ids_shuffle[:, :keep], ids_masked=ids_shuffle[:, keep:], ids_restore=ids_restore)
+    return Mask(
+        ids_keep=ids_shuffle[:, :keep], ids_masked=ids_shuffle[:, keep:], ids_restore=ids_restore
+    )
 
 
 def random_masking(

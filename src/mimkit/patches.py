@@ -16,7 +16,9 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: int, grid_hw: tuple[int, int], channels: int) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, patch_size: int, grid_hw: tuple[int, int], channels: int
+) -> torch.Tensor:
     """Inverse of `patchify`: (B, gh*gw, p*p*C) -> (B, C, gh*p, gw*p)."""
     b = patches.shape[0]
     gh, gw = grid_hw

@@ -25,27 +25,53 @@ def pretrain_report(model: MaskedAutoencoder, cfg: RunConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     splits = None
     if ec.knn:
-        splits = load_labelled_splits(cfg.data, cfg.model.in_chans, cfg.model.image_hw, ec.knn_train_limit)
-        kwargs = dict(k=ec.knn_k, temperature=ec.knn_temperature, device=device, progress=cfg.train.progress)
-        trained = knn_evaluate(model.encoder, splits, cfg.data.mean, cfg.data.std, label="pretrained", **kwargs)
+        splits = load_labelled_splits(
+            cfg.data, cfg.model.in_chans, cfg.model.image_hw, ec.knn_train_limit
+        )
+        kwargs = dict(
+            k=ec.knn_k, temperature=ec.knn_temperature, device=device, progress=cfg.train.progress
+        )
+        trained = knn_evaluate(
+            model.encoder, splits, cfg.data.mean, cfg.data.std, label="pretrained", **kwargs
+        )
         results["knn_pretrained"] = trained.top1
         desc = f"k={ec.knn_k}, T={ec.knn_temperature}, bank {trained.train_items}, test {trained.test_items}"
         lines.append(f"kNN top-1 pretrained:  {100 * trained.top1:.2f}%  ({desc})")
         if ec.compare_random_init:
             torch.manual_seed(cfg.train.seed)  # the very initialisation pretraining started from
             random_model = MaskedAutoencoder(cfg.model)
-            rand = knn_evaluate(random_model.encoder, splits, cfg.data.mean, cfg.data.std, label="random-init", **kwargs)
+            rand = knn_evaluate(
+                random_model.encoder,
+                splits,
+                cfg.data.mean,
+                cfg.data.std,
+                label="random-init",
+                **kwargs,
+            )
             results["knn_random_init"] = rand.top1
-            lines.append(f"kNN top-1 random init: {100 * rand.top1:.2f}%  (same architecture and seed, untrained)")
+            lines.append(
+                f"kNN top-1 random init: {100 * rand.top1:.2f}%  (same architecture and seed, untrained)"
+            )
     if ec.reconstruction_images > 0:
         if splits is not None:
             images = splits[2][: ec.reconstruction_images]
         else:
             from mimkit.data.sources import load_split
 
-            images = load_split(cfg.data, "train", cfg.model.in_chans, cfg.model.image_hw)[0][: ec.reconstruction_images]
-        path = save_reconstructions(model, images, cfg.data.mean, cfg.data.std, out / "reconstruction.png", seed=cfg.train.seed)
+            images = load_split(cfg.data, "train", cfg.model.in_chans, cfg.model.image_hw)[0][
+                : ec.reconstruction_images
+            ]
+        path = save_reconstructions(
+            model,
+            images,
+            cfg.data.mean,
+            cfg.data.std,
+            out / "reconstruction.png",
+            seed=cfg.train.seed,
+        )
         results["reconstruction_image"] = str(path)
-        lines.append(f"reconstructions: {path}  (columns: original | masked | reconstruction | visible + reconstruction)")
+        lines.append(
+            f"reconstructions: {path}  (columns: original | masked | reconstruction | visible + reconstruction)"
+        )
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return {"results": results, "lines": lines}

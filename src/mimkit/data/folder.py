@@ -15,8 +15,30 @@ from PIL import Image, UnidentifiedImageError
 
 from mimkit.errors import DataError
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-MODE_CHANNELS = {"1": 1, "L": 1, "I;16": 1, "I": 1, "F": 1, "LA": 2, "RGB": 3, "YCbCr": 3, "RGBA": 4, "CMYK": 4}
+IMAGE_EXTENSIONS = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+}
+MODE_CHANNELS = {
+    "1": 1,
+    "L": 1,
+    "I;16": 1,
+    "I": 1,
+    "F": 1,
+    "LA": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "RGBA": 4,
+    "CMYK": 4,
+}
 
 
 def list_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
@@ -31,11 +53,15 @@ def list_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
         found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         files += found
         labels += [label] * len(found)
-    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    loose = sorted(
+        p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     files += loose
     labels += [-1] * len(loose)
     if not files:
-        raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(
+            f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     return files, labels, classes
 
 
@@ -114,7 +140,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return image, self.labels[index], True
 
 
-def collate_skip_corrupt(items: list[tuple[torch.Tensor, int, bool]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+def collate_skip_corrupt(
+    items: list[tuple[torch.Tensor, int, bool]],
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Stack the good items; return how many were skipped so the caller can count them."""
     good = [(img, label) for img, label, ok in items if ok]
     skipped = len(items) - len(good)

@@ -55,7 +55,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(_DTYPES[data[2]])
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(data) != expected:
-        raise DataError(f"{path}: IDX header declares shape {shape} ({expected} bytes) but the file has {len(data)}")
+        raise DataError(
+            f"{path}: IDX header declares shape {shape} ({expected} bytes) but the file has {len(data)}"
+        )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
@@ -68,11 +70,15 @@ def md5sum(path: Path) -> str:
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mimkit" / "fashion-mnist"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mimkit" / "fashion-mnist"
+    )
 
 
 def _has_files(folder: Path) -> bool:
-    return all((folder / name).is_file() or (folder / name[:-3]).is_file() for name in FASHION_MNIST_FILES)
+    return all(
+        (folder / name).is_file() or (folder / name[:-3]).is_file() for name in FASHION_MNIST_FILES
+    )
 
 
 def download_fashion_mnist(dest: Path, url: str = FASHION_MNIST_URL) -> Path:
@@ -100,7 +106,9 @@ def find_fashion_mnist(path: str | Path | None = None, download: bool = False) -
     if path:
         folder = Path(path).expanduser()
         if not _has_files(folder):
-            raise DataError(f"{folder}: expected the four Fashion-MNIST IDX files ({', '.join(FASHION_MNIST_FILES)})")
+            raise DataError(
+                f"{folder}: expected the four Fashion-MNIST IDX files ({', '.join(FASHION_MNIST_FILES)})"
+            )
         return folder
     candidates = [DEBIAN_FASHION_MNIST, default_cache()]
     if os.environ.get("MIMKIT_DATA"):
@@ -135,5 +143,7 @@ def load_fashion_mnist(
     images = _read_split(folder, f"{prefix}-images-idx3-ubyte")
     labels = _read_split(folder, f"{prefix}-labels-idx1-ubyte")
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not pair up")
+        raise DataError(
+            f"{folder}: {split} images {images.shape} and labels {labels.shape} do not pair up"
+        )
     return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))

@@ -18,7 +18,11 @@ def describe(path: str) -> list[str]:
     folder = Path(path)
     if not folder.exists():
         raise DataError(f"{folder}: not found")
-    idx_files = sorted(p for p in folder.iterdir() if p.name.endswith(("-ubyte", "-ubyte.gz"))) if folder.is_dir() else []
+    idx_files = (
+        sorted(p for p in folder.iterdir() if p.name.endswith(("-ubyte", "-ubyte.gz")))
+        if folder.is_dir()
+        else []
+    )
     if idx_files:
         lines = [f"{folder}: IDX files"]
         for file in idx_files:
@@ -48,10 +52,15 @@ def _describe_images(folder: Path) -> list[str]:
         per_class = Counter(labels)
         lines.append(f"{split}: {len(files)} images, {len(classes)} classes")
         if classes:
-            lines.append("  per class: " + ", ".join(f"{c}={per_class[i]}" for i, c in enumerate(classes)))
+            lines.append(
+                "  per class: " + ", ".join(f"{c}={per_class[i]}" for i, c in enumerate(classes))
+            )
         if per_class[-1]:
             lines.append(f"  unlabelled (outside class folders): {per_class[-1]}")
         lines.append("  sizes (HxW): " + ", ".join(f"{s} x{n}" for s, n in sizes.most_common(5)))
         lines.append("  modes: " + ", ".join(f"{m} x{n}" for m, n in modes.most_common()))
-        lines.append(f"  corrupt (would be skipped): {len(corrupt)}" + (f", e.g. {corrupt[0]}" if corrupt else ""))
+        lines.append(
+            f"  corrupt (would be skipped): {len(corrupt)}"
+            + (f", e.g. {corrupt[0]}" if corrupt else "")
+        )
     return lines

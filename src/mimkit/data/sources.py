@@ -46,7 +46,9 @@ def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
 
 def check_images(images: torch.Tensor, channels: int, size: tuple[int, int], where: str) -> None:
     if images.ndim != 4 or images.shape[1] != channels:
-        raise DataError(f"{where}: images have shape {tuple(images.shape)}; expected (N, {channels}, H, W)")
+        raise DataError(
+            f"{where}: images have shape {tuple(images.shape)}; expected (N, {channels}, H, W)"
+        )
     if tuple(images.shape[-2:]) != tuple(size):
         raise DataError(
             f"{where}: images are {images.shape[-2]}x{images.shape[-1]} but model.img_size is {size[0]}x{size[1]}"
@@ -68,14 +70,18 @@ def _read_idx_pair(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor
     return images, torch.from_numpy(found["labels"].astype("int64"))
 
 
-def load_split(cfg: DataConfig, split: str, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    cfg: DataConfig, split: str, channels: int, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split in memory as (uint8 images, labels); for training sets and evaluation banks.
 
     Folder sources read `path/train` and `path/test` (or `path/val`) when those exist, else
     `path` itself for the train split. Corrupt files are skipped and counted in the log.
     """
     if cfg.source not in SOURCES:
-        raise DataError(f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES)}")
+        raise DataError(
+            f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES)}"
+        )
     if cfg.source == "fashion_mnist":
         images, labels = load_fashion_mnist(split, cfg.path, cfg.download)
     elif cfg.source == "idx":
@@ -99,7 +105,9 @@ def split_folder(root: Path, split: str) -> Path:
     raise DataError(f"{root}: no 'test' or 'val' folder to evaluate on")
 
 
-def _load_folder_split(cfg: DataConfig, split: str, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_folder_split(
+    cfg: DataConfig, split: str, channels: int, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     if not cfg.path:
         raise DataError("data.path: the folder source needs the path of an image folder")
     folder = split_folder(Path(cfg.path), split)
@@ -122,7 +130,9 @@ def _load_folder_split(cfg: DataConfig, split: str, channels: int, size: tuple[i
 class TrainSource:
     """Seeded, resumable batches over a training set, in memory or decoded by workers."""
 
-    def __init__(self, cfg: DataConfig, channels: int, size: tuple[int, int], seed: int, num_workers: int = 0) -> None:
+    def __init__(
+        self, cfg: DataConfig, channels: int, size: tuple[int, int], seed: int, num_workers: int = 0
+    ) -> None:
         self.cfg = cfg
         self.seed = seed
         self.num_workers = num_workers
@@ -154,7 +164,9 @@ class TrainSource:
         """Full batches of one epoch (the remainder is dropped), from `start_step` on."""
         order = epoch_order(self.num_items, self.seed, epoch)
         steps = self.steps_per_epoch(batch_size)
-        index_batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(start_step, steps)]
+        index_batches = [
+            order[i * batch_size : (i + 1) * batch_size] for i in range(start_step, steps)
+        ]
         if self.images is not None:
             for idx in index_batches:
                 yield Batch(self.images[idx], self.labels[idx])

@@ -66,4 +66,6 @@ def random_resized_crop_flip(
     theta[:, 1, 1] = h
     theta[:, 1, 2] = cy
     grid = F.affine_grid(theta, [b, images.shape[1], *out_hw], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )

@@ -32,7 +32,9 @@ def load_labelled_splits(
     if train_limit is not None:
         x_train, y_train = x_train[:train_limit], y_train[:train_limit]
     if (y_train < 0).any() or (y_test < 0).any():
-        raise DataError("kNN needs labels: the data has unlabelled items (images outside class folders)")
+        raise DataError(
+            "kNN needs labels: the data has unlabelled items (images outside class folders)"
+        )
     return x_train, y_train, x_test, y_test
 
 
@@ -49,7 +51,25 @@ def knn_evaluate(
 ) -> KnnResult:
     start = time.perf_counter()
     x_train, y_train, x_test, y_test = splits
-    f_train = extract_features(encoder, x_train, mean, std, device=device, progress=progress, desc=f"{label} train features".strip())
-    f_test = extract_features(encoder, x_test, mean, std, device=device, progress=progress, desc=f"{label} test features".strip())
-    top1 = knn_top1(f_train.to(device), y_train, f_test.to(device), y_test, k=k, temperature=temperature)
+    f_train = extract_features(
+        encoder,
+        x_train,
+        mean,
+        std,
+        device=device,
+        progress=progress,
+        desc=f"{label} train features".strip(),
+    )
+    f_test = extract_features(
+        encoder,
+        x_test,
+        mean,
+        std,
+        device=device,
+        progress=progress,
+        desc=f"{label} test features".strip(),
+    )
+    top1 = knn_top1(
+        f_train.to(device), y_train, f_test.to(device), y_test, k=k, temperature=temperature
+    )
     return KnnResult(top1, len(y_train), len(y_test), time.perf_counter() - start)

@@ -23,7 +23,13 @@ def extract_features(
     """(N, D) float32 features of uint8 images (N, C, H, W), pooled per the encoder's config."""
     encoder = encoder.to(device).eval()
     chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+    for start in tqdm(
+        range(0, len(images), batch_size),
+        desc=desc,
+        unit="batch",
+        disable=not progress,
+        dynamic_ncols=True,
+    ):
         x = normalize(images[start : start + batch_size].to(device), mean, std)
         chunks.append(encoder.features(x).float().cpu())
     return torch.cat(chunks) if chunks else torch.empty(0, encoder.cfg.embed_dim)

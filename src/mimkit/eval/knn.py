@@ -29,7 +29,9 @@ def knn_predict(
     k = min(k, bank.shape[0])
     preds = []
     for start in range(0, test_features.shape[0], chunk_size):
-        query = F.normalize(test_features[start : start + chunk_size].to(bank.device).float(), dim=1)
+        query = F.normalize(
+            test_features[start : start + chunk_size].to(bank.device).float(), dim=1
+        )
         sims, idx = (query @ bank.T).topk(k, dim=1)
         weights = (sims / temperature).exp()
         votes = torch.zeros(query.shape[0], num_classes, device=bank.device)

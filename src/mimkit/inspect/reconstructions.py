@@ -59,7 +59,12 @@ def reconstruction_grid(
 
 
 def save_reconstructions(
-    model: MaskedAutoencoder, images: torch.Tensor, mean: list[float], std: list[float], path: str | Path, seed: int = 0
+    model: MaskedAutoencoder,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    path: str | Path,
+    seed: int = 0,
 ) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

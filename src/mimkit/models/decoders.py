@@ -32,7 +32,9 @@ class MAEDecoder(nn.Module):
         self.embed = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", sincos_2d(dim, *grid_hw, cls_token=True)[None])
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias, eps) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio, qkv_bias, eps) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.pred = nn.Linear(dim, out_dim)
         nn.init.normal_(self.mask_token, std=0.02)

@@ -62,20 +62,26 @@ class ModelConfig:
 def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     """Fill preset values into unset fields and check that the shapes fit together."""
     if cfg.preset not in PRESETS:
-        raise ConfigError(f"model.preset: unknown preset {cfg.preset!r}; expected one of {sorted(PRESETS)}")
+        raise ConfigError(
+            f"model.preset: unknown preset {cfg.preset!r}; expected one of {sorted(PRESETS)}"
+        )
     dim, depth, heads, patch = PRESETS[cfg.preset]
     defaults = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": patch}
     cfg = replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
     if isinstance(cfg.img_size, (list, tuple)):
         if len(cfg.img_size) != 2:
-            raise ConfigError(f"model.img_size: expected an int or [height, width], got {cfg.img_size!r}")
+            raise ConfigError(
+                f"model.img_size: expected an int or [height, width], got {cfg.img_size!r}"
+            )
         cfg = replace(cfg, img_size=[int(cfg.img_size[0]), int(cfg.img_size[1])])
     h, w = cfg.image_hw
     p = cfg.patch_size
     if p <= 0 or h % p or w % p:
         raise ConfigError(f"model.img_size {h}x{w} is not divisible by model.patch_size {p}")
     if cfg.embed_dim % cfg.num_heads:
-        raise ConfigError(f"model.embed_dim {cfg.embed_dim} is not divisible by model.num_heads {cfg.num_heads}")
+        raise ConfigError(
+            f"model.embed_dim {cfg.embed_dim} is not divisible by model.num_heads {cfg.num_heads}"
+        )
     if cfg.decoder_embed_dim % cfg.decoder_num_heads:
         raise ConfigError(
             f"model.decoder_embed_dim {cfg.decoder_embed_dim} is not divisible by "
@@ -83,7 +89,9 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
         )
     for name, dim_ in (("embed_dim", cfg.embed_dim), ("decoder_embed_dim", cfg.decoder_embed_dim)):
         if dim_ % 4:
-            raise ConfigError(f"model.{name} {dim_} must be divisible by 4 for 2-D sin-cos position embeddings")
+            raise ConfigError(
+                f"model.{name} {dim_} must be divisible by 4 for 2-D sin-cos position embeddings"
+            )
     if not 0.0 <= cfg.mask_ratio < 1.0:
         raise ConfigError(f"model.mask_ratio must be in [0, 1), got {cfg.mask_ratio}")
     if cfg.pool not in ("cls", "avg"):

@@ -46,7 +46,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = (
+            self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 

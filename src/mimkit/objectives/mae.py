@@ -70,7 +70,9 @@ class MaskedAutoencoder(nn.Module):
     ) -> Mask:
         if noise is not None:
             return mask_from_noise(noise, self.cfg.mask_ratio)
-        return random_masking(images.shape[0], self.cfg.num_patches, self.cfg.mask_ratio, images.device, generator)
+        return random_masking(
+            images.shape[0], self.cfg.num_patches, self.cfg.mask_ratio, images.device, generator
+        )
 
     def target(self, images: torch.Tensor) -> torch.Tensor:
         patches = patchify(images, self.cfg.patch_size)

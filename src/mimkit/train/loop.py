@@ -76,7 +76,9 @@ def _check_resumable(saved: RunConfig, cfg: RunConfig, folder: Path) -> None:
         )
 
 
-def prepare_batch(images: torch.Tensor, cfg: RunConfig, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+def prepare_batch(
+    images: torch.Tensor, cfg: RunConfig, device: torch.device, generator: torch.Generator
+) -> torch.Tensor:
     """uint8 batch -> augmented, normalised float batch on the device."""
     x = normalize(images.to(device, non_blocking=True), cfg.data.mean, cfg.data.std)
     return random_resized_crop_flip(
@@ -173,7 +175,9 @@ def pretrain(cfg: RunConfig, resume: bool = True) -> PretrainResult:
                 break
             state["corrupt"] += batch.skipped
             if batch.skipped:
-                log.warning("skipped %d corrupt image(s) (total %d)", batch.skipped, state["corrupt"])
+                log.warning(
+                    "skipped %d corrupt image(s) (total %d)", batch.skipped, state["corrupt"]
+                )
             x = prepare_batch(batch.images, cfg, device, generator)
             with autocast(device, amp_dtype):
                 loss = model(x, generator=generator).loss
@@ -192,7 +196,11 @@ def pretrain(cfg: RunConfig, resume: bool = True) -> PretrainResult:
                 optimizer.zero_grad(set_to_none=True)
                 state["nonfinite"] += 1
                 metrics.write(event="nonfinite", step=state["step"], count=state["nonfinite"])
-                log.warning("non-finite loss at step %d; step skipped (%d so far)", state["step"], state["nonfinite"])
+                log.warning(
+                    "non-finite loss at step %d; step skipped (%d so far)",
+                    state["step"],
+                    state["nonfinite"],
+                )
                 if state["nonfinite"] >= tc.max_nonfinite:
                     bar.close()
                     raise TrainingHalted(
@@ -234,7 +242,15 @@ def pretrain(cfg: RunConfig, resume: bool = True) -> PretrainResult:
                 save()
     bar.close()
     save()
-    metrics.write(event="end", step=state["step"], loss=last_loss, nonfinite_skipped=state["nonfinite"], corrupt_skipped=state["corrupt"])
+    metrics.write(
+        event="end",
+        step=state["step"],
+        loss=last_loss,
+        nonfinite_skipped=state["nonfinite"],
+        corrupt_skipped=state["corrupt"],
+    )
     if state["corrupt"]:
         log.warning("%d corrupt image(s) were skipped during training", state["corrupt"])
-    return PretrainResult(model, cfg, ckpt, state["step"], last_loss, state["nonfinite"], state["corrupt"])
+    return PretrainResult(
+        model, cfg, ckpt, state["step"], last_loss, state["nonfinite"], state["corrupt"]
+    )
