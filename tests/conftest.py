@@ -1,11 +1,18 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from mimkit.data.idx import DEBIAN_FASHION_MNIST
-
+# Test the checkout these tests live in, whatever mimkit is installed in site-packages
+# (several worktrees can share one interpreter); subprocesses get the same via PYTHONPATH.
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = SRC + os.pathsep + os.environ.get("PYTHONPATH", "")
 os.environ.setdefault("TQDM_DISABLE", "1")
+from mimkit.data.idx import DEBIAN_FASHION_MNIST  # noqa: E402
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 HAS_FMNIST = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file()

@@ -87,8 +87,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_eval_knn(args: argparse.Namespace) -> int:
     import torch
 
-    from mimkit.data.sources import guess_source
-    from mimkit.eval.benchmark import knn_evaluate, load_labelled_splits
+    from mimkit.data.sources import guess_source, load_labelled_splits
+    from mimkit.eval.knn import knn_evaluate
     from mimkit.objectives.mae import build_mae
     from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from mimkit.config import RunConfig
-from mimkit.eval.benchmark import knn_evaluate, load_labelled_splits
+from mimkit.data.sources import load_labelled_splits
+from mimkit.eval.knn import knn_evaluate
 from mimkit.inspect.reconstructions import save_reconstructions
 from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.train.runtime import pick_device

@@ -181,3 +181,18 @@ class TrainSource:
         )
         for images, labels, skipped in loader:
             yield Batch(images, labels, skipped)
+
+
+def load_labelled_splits(
+    data: DataConfig, channels: int, size: tuple[int, int], train_limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, test images, test labels), train cut to `train_limit`."""
+    x_train, y_train = load_split(data, "train", channels, size)
+    x_test, y_test = load_split(data, "test", channels, size)
+    if train_limit is not None:
+        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
+    if (y_train < 0).any() or (y_test < 0).any():
+        raise DataError(
+            "evaluation needs labels: the data has unlabelled items (images outside class folders)"
+        )
+    return x_train, y_train, x_test, y_test

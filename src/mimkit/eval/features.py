@@ -7,6 +7,7 @@ from tqdm.auto import tqdm
 
 from mimkit.data.transforms import normalize
 from mimkit.models.vit import VisionTransformer
+from mimkit.train.logging import progress_interval
 
 
 @torch.no_grad()
@@ -29,6 +30,7 @@ def extract_features(
         unit="batch",
         disable=not progress,
         dynamic_ncols=True,
+        mininterval=progress_interval(),
     ):
         x = normalize(images[start : start + batch_size].to(device), mean, std)
         chunks.append(encoder.features(x).float().cpu())

@@ -7,8 +7,14 @@ chunk x bank, whatever the bank size.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from mimkit.eval.features import extract_features
+from mimkit.models.vit import VisionTransformer
 
 
 @torch.no_grad()
@@ -51,3 +57,38 @@ def knn_top1(
     """Top-1 accuracy in [0, 1] of weighted cosine kNN."""
     preds = knn_predict(train_features, train_labels, test_features, k=k, temperature=temperature)
     return (preds.cpu() == test_labels.cpu()).float().mean().item()
+
+
+@dataclass
+class KnnResult:
+    top1: float
+    train_items: int
+    test_items: int
+    seconds: float
+
+
+def knn_evaluate(
+    encoder: VisionTransformer,
+    splits: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    mean: list[float],
+    std: list[float],
+    k: int = 20,
+    temperature: float = 0.07,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    label: str = "",
+) -> KnnResult:
+    """Extract features of (train, test) uint8 splits and score kNN top-1."""
+    start = time.perf_counter()
+    x_train, y_train, x_test, y_test = splits
+    common = dict(device=device, progress=progress)
+    f_train = extract_features(
+        encoder, x_train, mean, std, desc=f"{label} train features".strip(), **common
+    )
+    f_test = extract_features(
+        encoder, x_test, mean, std, desc=f"{label} test features".strip(), **common
+    )
+    top1 = knn_top1(
+        f_train.to(device), y_train, f_test.to(device), y_test, k=k, temperature=temperature
+    )
+    return KnnResult(top1, len(y_train), len(y_test), time.perf_counter() - start)

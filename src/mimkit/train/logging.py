@@ -42,3 +42,8 @@ def setup_console_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+
+
+def progress_interval() -> float:
+    """Seconds between progress-bar refreshes: lively on a terminal, sparse in a log file."""
+    return 0.5 if sys.stderr.isatty() else 15.0

@@ -30,7 +30,7 @@ from mimkit.train.checkpoint import (
     read_weights,
     save_checkpoint,
 )
-from mimkit.train.logging import MetricsWriter
+from mimkit.train.logging import MetricsWriter, progress_interval
 from mimkit.train.optim import lr_at, param_groups, scaled_lr, set_lr
 from mimkit.train.runtime import autocast, pick_amp_dtype, pick_device
 
@@ -162,6 +162,7 @@ def pretrain(cfg: RunConfig, resume: bool = True) -> PretrainResult:
         disable=not tc.progress,
         desc="pretrain",
         dynamic_ncols=True,
+        mininterval=progress_interval(),
     )
     model.train()
     last_loss = math.nan
