@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from mimkit.errors import MimkitError
+from mimkit.interop.cli import add_interop_commands
 
 log = logging.getLogger("mimkit")
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_eval(sub)
     _add_data(sub)
+    add_interop_commands(sub)
     return parser
 
 
