@@ -59,8 +59,26 @@ def mimkit_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def timm_to_mimkit(state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    """timm VisionTransformer state -> mimkit `encoder.*`; refuses layouts mimkit cannot run."""
+def _is_square(n: int) -> bool:
+    return n > 0 and int(round(n**0.5)) ** 2 == n
+
+
+def _grid_tokens(state: dict[str, torch.Tensor], img_size) -> int:
+    """Patch count for `img_size` (int or [h, w]) at the checkpoint's patch size; -1 unknown."""
+    if img_size is None:
+        return -1
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    p = state["patch_embed.proj.weight"].shape[-1]
+    return (h // p) * (w // p)
+
+
+def timm_to_mimkit(
+    state: dict[str, torch.Tensor], where: str, img_size: int | list[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """timm VisionTransformer state -> mimkit `encoder.*`; refuses layouts mimkit cannot run.
+
+    `img_size` (from timm's config.json) tells a cls row from a grid row in `pos_embed`;
+    without it the count decides (1 + square grid, else square grid)."""
     state = dict(state)
     dropped = sorted(k for k in state if k.startswith("head."))
     for k in dropped:
@@ -72,7 +90,7 @@ def timm_to_mimkit(state: dict[str, torch.Tensor], where: str) -> dict[str, torc
             f"{where}: has fc_norm (timm global_pool='avg' layout); mimkit applies the final "
             "norm before pooling, so this encoder cannot be reproduced exactly"
         )
-    if "cls_token" not in state or "pos_embed" not in state:
+    if not {"cls_token", "pos_embed", "patch_embed.proj.weight"} <= set(state):
         raise CheckpointError(f"{where}: no cls_token/pos_embed; not a timm ViT with class token")
     unknown = sorted(
         k
@@ -83,8 +101,14 @@ def timm_to_mimkit(state: dict[str, torch.Tensor], where: str) -> dict[str, torc
     if unknown:
         raise CheckpointError(f"{where}: weights mimkit's ViT has no place for: {unknown[:5]}")
     pos = state["pos_embed"]
-    n = pos.shape[1]
-    if int(round(n**0.5)) ** 2 == n:  # no_embed_class: no cls row
+    if pos.shape[1] == _grid_tokens(state, img_size) and img_size is not None:
+        has_cls_row = False
+    elif img_size is not None:
+        has_cls_row = True
+    else:  # guess from the count: 1 + a square grid, else a square grid
+        n = pos.shape[1]
+        has_cls_row = _is_square(n - 1) or not _is_square(n)
+    if not has_cls_row:  # no_embed_class
         state["pos_embed"] = torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], dim=1)
         log.info("%s: position table has no cls row (no_embed_class); a zero row is added", where)
     return {f"encoder.{k}": v for k, v in state.items()}
@@ -138,7 +162,7 @@ def read_timm(path: Path) -> ImportedModel:
             mean, std = pretrained.get("mean", mean), pretrained.get("std", std)
     where = str(weights)
     notes: list[str] = []
-    state = timm_to_mimkit(read_tensor_file(weights), where)
+    state = timm_to_mimkit(read_tensor_file(weights), where, args.get("img_size"))
     model = infer_model_config(state, args, where, notes)
     if len(mean) != model.in_chans:
         mean, std = None, None
