@@ -217,3 +217,41 @@ def test_mimkit_to_hf_parity_vit_mae_base_shapes(tmp_path):
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert_same_outputs(hf_model.eval(), ours, batch=1)
+
+
+def test_export_loads_as_vit_mae_model_without_masking(tmp_path):
+    ours, _ = random_checkpoint(tmp_path / "ck")
+    export_checkpoint(tmp_path / "ck", "hf", tmp_path / "hf")
+    encoder, info = transformers.ViTMAEModel.from_pretrained(
+        tmp_path / "hf", mask_ratio=0.0, output_loading_info=True
+    )
+    assert not info["missing_keys"]
+    images = torch.randn(2, 3, 16, 16)
+    in_order = torch.arange(16.0).expand(2, -1)  # keep every patch, in patch order
+    with torch.no_grad():
+        theirs = encoder.eval()(images, noise=in_order).last_hidden_state
+        torch.testing.assert_close(theirs, ours.encoder(images), **TOL)
+
+
+def test_sharded_save_pretrained_folder_imports(tmp_path):
+    hf_model = random_hf_mae(**SMALL)
+    hf_model.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    import_checkpoint(tmp_path / "hf", tmp_path / "ours")
+    ours, _ = load_model(tmp_path / "ours")
+    assert_same_outputs(hf_model, ours)
+
+
+def test_non_square_export_to_vit_mae_is_refused(tmp_path):
+    random_checkpoint(tmp_path / "ck", img_size=[16, 24])
+    with pytest.raises(CheckpointError, match="square"):
+        export_checkpoint(tmp_path / "ck", "hf", tmp_path / "hf")
+    export_checkpoint(tmp_path / "ck", "hf", tmp_path / "vit", hf_arch="vit")  # encoder: fine
+    assert (tmp_path / "vit" / "model.safetensors").is_file()
+
+
+def test_hf_weights_without_their_folder_are_pointed_to_it(tmp_path):
+    hf_model = random_hf_mae(**SMALL)
+    torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="Hugging Face weights"):
+        import_checkpoint(tmp_path / "pytorch_model.bin", tmp_path / "out")

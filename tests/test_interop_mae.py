@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from interop_helpers import random_checkpoint
+from safetensors.torch import save_file
 
 from mimkit.errors import CheckpointError
 from mimkit.interop.convert import detect_format, import_checkpoint
@@ -31,11 +32,16 @@ def official_state(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_full_visualize_layout_imports_exactly(tmp_path):
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_full_visualize_layout_imports_exactly(tmp_path, suffix):
     model, _ = random_checkpoint(tmp_path / "ck", embed_dim=192, num_heads=3, decoder_embed_dim=32)
-    torch.save({"model": official_state(model)}, tmp_path / "mae_visualize.pth")
-    assert detect_format(tmp_path / "mae_visualize.pth") == "mae"
-    result = import_checkpoint(tmp_path / "mae_visualize.pth", tmp_path / "ours")
+    path = tmp_path / f"mae_visualize{suffix}"
+    if suffix == ".pth":
+        torch.save({"model": official_state(model)}, path)
+    else:
+        save_file({k: v.contiguous() for k, v in official_state(model).items()}, path)
+    assert detect_format(path) == "mae"
+    result = import_checkpoint(path, tmp_path / "ours")
     assert result.has_decoder
     back, run = load_model(tmp_path / "ours")
     assert run.model.num_heads == 3 and run.model.decoder_num_heads == 16  # assumed, and noted

@@ -28,7 +28,7 @@ SOURCE_FILE = "source.json"
 
 def detect_format(path: Path) -> str:
     """Guess the format of a folder or file from its config files and parameter names."""
-    from mimkit.interop.safe_load import PICKLE_SUFFIXES, read_tensor_file
+    from mimkit.interop.safe_load import PICKLE_SUFFIXES, safetensors_keys
 
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
@@ -54,7 +54,9 @@ def detect_format(path: Path) -> str:
             f"{path}: unknown file type {path.suffix!r}; expected a folder, .safetensors or "
             f"one of {', '.join(PICKLE_SUFFIXES)}"
         )
-    keys = set(read_tensor_file(path))
+    if path.suffix in PICKLE_SUFFIXES:
+        return "mae"  # timm names + optional decoder_*; read_official handles both, never twice
+    keys = safetensors_keys(path)
     if any(k.startswith(("vit.", "embeddings.")) for k in keys):
         raise CheckpointError(
             f"{path}: Hugging Face weights need their config.json: import the folder instead"
@@ -62,7 +64,7 @@ def detect_format(path: Path) -> str:
     if any(k.startswith("decoder_") or k == "mask_token" for k in keys):
         return "mae"
     if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
-        return "mae" if path.suffix in PICKLE_SUFFIXES else "timm"
+        return "timm"
     raise CheckpointError(f"{path}: parameter names match no known ViT layout")
 
 

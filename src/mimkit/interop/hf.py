@@ -261,22 +261,35 @@ def model_config_to_hf_config(cfg: ModelConfig, arch: str = "pretraining") -> di
     return out
 
 
-def read_hf_folder(path: Path) -> ImportedModel:
-    """A `save_pretrained` folder (config.json + model.safetensors) -> ImportedModel."""
+def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a save_pretrained folder: one file, or shards listed in an index."""
     from mimkit.interop.safe_load import read_tensor_file
 
+    for name in (WEIGHTS, "pytorch_model.bin"):
+        if (path / name).is_file():
+            return read_tensor_file(path / name)
+        index = path / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+                raise CheckpointError(f"{index}: not a weight index ({exc})") from exc
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(read_tensor_file(path / shard))
+            return state
+    raise CheckpointError(f"{path}: no {WEIGHTS} or pytorch_model.bin (or sharded index) found")
+
+
+def read_hf_folder(path: Path) -> ImportedModel:
+    """A `save_pretrained` folder (config.json + model.safetensors) -> ImportedModel."""
     config_path = path / CONFIG_JSON
     try:
         hf = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{config_path}: cannot read Hugging Face config ({exc})") from exc
     model_cfg, has_decoder = hf_config_to_model_config(hf, str(config_path))
-    weights = path / WEIGHTS
-    if not weights.is_file() and (path / "pytorch_model.bin").is_file():
-        weights = path / "pytorch_model.bin"
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: no {WEIGHTS} (or pytorch_model.bin) next to config.json")
-    state = hf_state_to_mimkit(read_tensor_file(weights), str(weights))
+    state = hf_state_to_mimkit(read_hf_weights(path), str(path))
     has_decoder = has_decoder and any(k.startswith("decoder.") for k in state)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     notes = []
@@ -301,12 +314,17 @@ def write_hf_folder(
     """Write config.json, model.safetensors and preprocessor_config.json for `from_pretrained`."""
     if arch not in HF_ARCHITECTURES:
         raise CheckpointError(f"--hf-arch {arch!r}: expected one of {sorted(HF_ARCHITECTURES)}")
+    h, w = cfg.image_hw
+    if arch == "pretraining" and h != w:
+        raise CheckpointError(
+            f"model.img_size {h}x{w}: transformers' ViTMAE builds square grids only; "
+            "export the encoder with --hf-arch vit"
+        )
     out.mkdir(parents=True, exist_ok=True)
     hf_state = mimkit_state_to_hf(state, arch)
     save_file(hf_state, out / WEIGHTS, metadata={"format": "pt"})
     (out / CONFIG_JSON).write_text(json.dumps(model_config_to_hf_config(cfg, arch), indent=2))
     c = cfg.in_chans
-    h, w = cfg.image_hw
     processor = {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,

@@ -22,7 +22,7 @@ from mimkit.interop.common import (
     count_blocks,
     guess_num_heads,
 )
-from mimkit.interop.safe_load import load_pickle_safely, unwrap_state_dict
+from mimkit.interop.safe_load import load_pickle_safely, read_tensor_file, unwrap_state_dict
 from mimkit.interop.timm import infer_model_config, timm_to_mimkit
 from mimkit.models.registry import resolve_model_config
 
@@ -74,8 +74,9 @@ def mimkit_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def read_official(path: Path) -> ImportedModel:
-    """An official MAE `.pth` (encoder-only or full) -> ImportedModel."""
-    obj = load_pickle_safely(path)
+    """An official MAE `.pth` (encoder-only or full; or the same names in safetensors)."""
+    # the same names may also come as safetensors, which needs no unpickling
+    obj = read_tensor_file(path) if path.suffix == ".safetensors" else load_pickle_safely(path)
     args = (
         vars(obj["args"]) if isinstance(obj, dict) and hasattr(obj.get("args"), "__dict__") else {}
     )

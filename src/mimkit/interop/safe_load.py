@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from mimkit.errors import CheckpointError
@@ -55,6 +55,15 @@ def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from exc
     obj = load_pickle_safely(path)
     return unwrap_state_dict(obj, str(path))
+
+
+def safetensors_keys(path: str | Path) -> list[str]:
+    """Tensor names of a safetensors file, read from its header without loading tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from exc
 
 
 def unwrap_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:

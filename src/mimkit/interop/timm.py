@@ -80,6 +80,10 @@ def timm_to_mimkit(
     `img_size` (from timm's config.json) tells a cls row from a grid row in `pos_embed`;
     without it the count decides (1 + square grid, else square grid)."""
     state = dict(state)
+    if any(k.startswith(("vit.", "embeddings.", "encoder.layer.")) for k in state):
+        raise CheckpointError(
+            f"{where}: these are Hugging Face weights; import their folder (with config.json)"
+        )
     dropped = sorted(k for k in state if k.startswith("head."))
     for k in dropped:
         del state[k]
