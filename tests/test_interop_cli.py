@@ -64,6 +64,22 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
         ),
         (["export", str(tmp_path / "missing"), "--to", "hf", str(tmp_path / "o")], r"not found"),
         (["import", str(tmp_path / "ck"), str(tmp_path / "o"), "--from", "hf"], r"config\.json"),
+        (["import", str(tmp_path / "ck"), str(tmp_path / "ck")], r"already exists"),
+        (["export", str(tmp_path / "ck"), "--to", "hf", str(tmp_path / "ck")], r"already exists"),
     ]
     for argv, pattern in cases:
         assert_one_line_error(capsys, main(argv), pattern)
+
+
+def test_load_foreign_in_memory_keeps_global_rng(tmp_path):
+    from mimkit.interop.convert import load_foreign
+
+    model, _ = random_checkpoint(tmp_path / "ck")
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    loaded = load_foreign(tmp_path / "ck", overrides=["model.img_size=[16,32]"])
+    assert torch.equal(torch.rand(1), expected_next)  # import does not reseed the caller's RNG
+    assert loaded.fmt == "mimkit" and loaded.source_image_hw == (16, 16)
+    assert loaded.model.encoder.pos_embed.shape[1] == 1 + 4 * 8
+    assert not (tmp_path / "ck" / "source.json").exists()

@@ -125,8 +125,9 @@ def build_model(imported: ImportedModel, model_cfg: ModelConfig):
     from mimkit.train.checkpoint import load_state_into
 
     state = adapt_to_grid(imported.state, imported.model, model_cfg)
-    torch.manual_seed(0)
-    model = build_mae(model_cfg)
+    with torch.random.fork_rng(devices=[]):  # a reproducible decoder init, global RNG untouched
+        torch.manual_seed(0)
+        model = build_mae(model_cfg)
     where = f"{imported.source} ({imported.fmt})"
     if imported.has_decoder:
         load_state_into(model, state, where)

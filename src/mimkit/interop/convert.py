@@ -18,6 +18,7 @@ from mimkit.config import RunConfig, config_from_dict, config_to_dict, parse_ove
 from mimkit.errors import CheckpointError, ConfigError
 from mimkit.interop.common import ImportedModel, build_model
 from mimkit.models.registry import resolve_model_config
+from mimkit.objectives.mae import MaskedAutoencoder
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,24 @@ def _apply_overrides(run: RunConfig, overrides: list[str] | tuple[str, ...]) -> 
     return run
 
 
+def refuse_existing(out: Path) -> None:
+    """Never write over something: a run's checkpoint or another export may live there."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out}: already exists and is not empty; choose a new folder")
+
+
+@dataclass
+class Loaded:
+    """A foreign checkpoint as a ready mimkit model, with what was assumed on the way."""
+
+    model: MaskedAutoencoder
+    run: RunConfig
+    fmt: str
+    has_decoder: bool
+    notes: list[str]
+    source_image_hw: tuple[int, int]
+
+
 @dataclass
 class ImportResult:
     out: Path
@@ -125,38 +144,51 @@ class ImportResult:
     run: RunConfig
 
 
-def import_checkpoint(
-    src: str | Path,
-    out: str | Path,
-    fmt: str | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-) -> ImportResult:
-    """Convert `src` into a mimkit checkpoint folder at `out`."""
-    from mimkit.train.checkpoint import save_checkpoint
-
-    src, out = Path(src), Path(out)
+def load_foreign(
+    src: str | Path, fmt: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Loaded:
+    """Any supported checkpoint -> an in-memory MaskedAutoencoder (eval mode, CPU), e.g.
+    `load_foreign("vit-mae-base", overrides=["model.img_size=448"]).model`."""
+    src = Path(src)
     fmt = fmt or detect_format(src)
     imported, run = read_source(src, fmt)
     if run is None:
-        run = RunConfig(model=imported.model, out_dir=str(out))
+        run = RunConfig(model=imported.model)
         if imported.mean is not None and imported.std is not None:
             run.data.mean, run.data.std = list(imported.mean), list(imported.std)
     run = _apply_overrides(run, overrides)
     for note in imported.notes:
         log.info("%s: %s", src, note)
     model = build_model(imported, run.model)
-    save_checkpoint(out, model, run)
+    return Loaded(model, run, fmt, imported.has_decoder, imported.notes, imported.model.image_hw)
+
+
+def import_checkpoint(
+    src: str | Path,
+    out: str | Path,
+    fmt: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> ImportResult:
+    """Convert `src` into a mimkit checkpoint folder at `out` (plus source.json)."""
+    from mimkit.train.checkpoint import save_checkpoint
+
+    out = Path(out)
+    refuse_existing(out)
+    loaded = load_foreign(src, fmt, overrides)
+    if loaded.fmt != "mimkit":
+        loaded.run.out_dir = str(out)
+    save_checkpoint(out, loaded.model, loaded.run)
     record = {
         "source": str(src),
-        "format": fmt,
-        "decoder": "imported" if imported.has_decoder else "freshly initialised (source has none)",
-        "source_image_size": list(imported.model.image_hw),
-        "image_size": list(run.model.image_hw),
-        "assumptions": imported.notes,
+        "format": loaded.fmt,
+        "decoder": "imported" if loaded.has_decoder else "freshly initialised (source has none)",
+        "source_image_size": list(loaded.source_image_hw),
+        "image_size": list(loaded.run.model.image_hw),
+        "assumptions": loaded.notes,
         "overrides": list(overrides),
     }
     (out / SOURCE_FILE).write_text(json.dumps(record, indent=1))
-    return ImportResult(out, fmt, imported.has_decoder, imported.notes, run)
+    return ImportResult(out, loaded.fmt, loaded.has_decoder, loaded.notes, loaded.run)
 
 
 def export_checkpoint(
@@ -165,8 +197,9 @@ def export_checkpoint(
     """Write a mimkit checkpoint as a HF folder, a timm folder or weights-only safetensors."""
     from mimkit.train.checkpoint import load_model, save_checkpoint
 
-    model, run = load_model(checkpoint)
     out = Path(out)
+    refuse_existing(out)
+    model, run = load_model(checkpoint)
     state = model.state_dict()
     if to == "hf":
         from mimkit.interop.hf import write_hf_folder
