@@ -126,9 +126,7 @@ def test_folder_source_with_workers_counts_skips(tmp_path):
     for i in range(9):
         Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "bad.png").write_bytes(b"\x00" * 10)
-    src = TrainSource(
-        DataConfig(source="folder", path=str(tmp_path)), 1, (8, 8), seed=0, num_workers=1
-    )
+    src = TrainSource(DataConfig(source="folder", path=str(tmp_path), num_workers=1), 1, (8, 8), 0)
     batches = list(src.batches(0, batch_size=5))
     assert sum(b.skipped for b in batches) == 1
     assert sum(len(b.images) for b in batches) == 9
