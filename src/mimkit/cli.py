@@ -80,7 +80,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if result.corrupt_skipped:
         print(f"skipped corrupt images: {result.corrupt_skipped}")
     if not args.no_eval:
-        report = pretrain_report(result.model, result.cfg)
+        report = pretrain_report(result.model, result.cfg, result.sample_images)
         for line in report["lines"]:
             print(line)
     return 0
