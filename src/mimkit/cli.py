@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from mimkit.compress.cli import add_commands as add_compress_commands
 from mimkit.errors import MimkitError
 
 log = logging.getLogger("mimkit")
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_eval(sub)
     _add_data(sub)
+    add_compress_commands(sub)
     return parser
 
 
