@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from mimkit.compress.cli import add_commands as add_compress_commands
 from mimkit.errors import MimkitError
 from mimkit.interop.cli import add_interop_commands
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_data(sub)
     add_interop_commands(sub)
+    add_compress_commands(sub)
     return parser
 
 
