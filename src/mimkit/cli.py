@@ -68,10 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
     from mimkit.report import pretrain_report
+    from mimkit.train.distributed import env_context
     from mimkit.train.loop import pretrain
 
     cfg = load_config(args.config, args.overrides)
     result = pretrain(cfg, resume=not args.no_resume)
+    if not env_context().is_main:
+        return 0  # under torchrun, rank 0 reports
     print(
         f"checkpoint: {result.checkpoint}  (steps {result.steps}, final loss {result.final_loss:.4f})"
     )

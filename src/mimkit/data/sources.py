@@ -160,12 +160,24 @@ class TrainSource:
             )
         return steps
 
-    def batches(self, epoch: int, batch_size: int, start_step: int = 0) -> Iterator[Batch]:
-        """Full batches of one epoch (the remainder is dropped), from `start_step` on."""
+    def batches(
+        self, epoch: int, batch_size: int, start_step: int = 0, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[Batch]:
+        """Full batches of one epoch (the remainder is dropped), from `start_step` on.
+
+        With `shard=(rank, world)` the epoch is cut into global batches of
+        `batch_size * world` items and this rank reads only its `batch_size` rows of each, so
+        the item order does not depend on how many processes share the work.
+        """
+        rank, world = shard
         order = epoch_order(self.num_items, self.seed, epoch)
-        steps = self.steps_per_epoch(batch_size)
+        global_batch = batch_size * world
+        steps = self.steps_per_epoch(global_batch)
         index_batches = [
-            order[i * batch_size : (i + 1) * batch_size] for i in range(start_step, steps)
+            order[i * global_batch : (i + 1) * global_batch][
+                rank * batch_size : (rank + 1) * batch_size
+            ]
+            for i in range(start_step, steps)
         ]
         if self.images is not None:
             for idx in index_batches:
