@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,10 @@ def wrap_model(model: nn.Module, ctx: DistContext, mode: str, device: torch.devi
         return model
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
+
+        # MAE returns `pred` as a slice (a view); FSDP warns in case the caller edits it in
+        # place, which would skip its pre-backward hook. The loop only reads the loss.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
 
         for stack in (model.encoder.blocks, model.decoder.blocks):
             for block in stack:
