@@ -59,7 +59,7 @@ class TrainConfig:
     save_every: int = 1  # epochs between checkpoints (always saved at the end)
     max_steps: int | None = None  # stop after this many optimiser steps (for tests and smoke runs)
     progress: bool = True
-    compile: str = "auto"  # torch.compile the step: auto (on with CUDA, off on CPU) | on | off
+    compile: str | bool = "auto"  # torch.compile the model: auto (on with CUDA) | true | false
     activation_checkpointing: bool = False  # recompute block activations in backward (big models)
     parallel: str = "ddp"  # with several torchrun processes: ddp | fsdp (shards params per block)
 

@@ -151,6 +151,21 @@ class TrainSource:
                 self.images = self.images[: cfg.limit]
         self.num_items = len(self.labels)
 
+    @classmethod
+    def from_tensors(
+        cls, images: torch.Tensor, labels: torch.Tensor | None = None, seed: int = 0
+    ) -> TrainSource:
+        """An in-memory source over a uint8 (N, C, H, W) tensor, e.g. for benchmarks."""
+        source = cls.__new__(cls)
+        source.cfg = DataConfig(source="memory")
+        source.seed = seed
+        source.num_workers = 0
+        source.dataset = None
+        source.images = images
+        source.labels = labels if labels is not None else torch.full((len(images),), -1)
+        source.num_items = len(images)
+        return source
+
     def steps_per_epoch(self, batch_size: int) -> int:
         steps = self.num_items // batch_size
         if steps == 0:
