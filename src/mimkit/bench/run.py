@@ -19,7 +19,7 @@ import torch
 from mimkit.config import RunConfig
 from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.train.runtime import pick_amp_dtype, pick_device
-from mimkit.train.speed import checkpoint_blocks, want_compile
+from mimkit.train.speed import checkpoint_blocks, tune_backends, want_compile
 
 from .flops import mae_flops_per_image, mfu
 from .hf import build_hf_mae
@@ -55,6 +55,7 @@ def bench_step(
     tc = cfg.train
     amp_dtype = pick_amp_dtype(tc.amp, device)
     compile_model = want_compile(tc.compile, device)
+    tune_backends(device)
     flops = mae_flops_per_image(cfg.model)
     peak = peak_tflops * 1e12 if peak_tflops else None
     torch.manual_seed(0)

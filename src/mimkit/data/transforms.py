@@ -17,8 +17,13 @@ def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torc
     c = images.shape[1]
     if len(mean) not in (1, c) or len(std) not in (1, c):
         raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for {c}-channel images")
-    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    if len(mean) == 1 and len(std) == 1:  # plain scalars: nothing to copy to the device
+        return (images.float() / 255.0 - mean[0]) / std[0]
+    # built on the host and copied without a stream sync (a blocking copy would stall the
+    # training step on GPU once per batch)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m, s = m.to(images.device, non_blocking=True), s.to(images.device, non_blocking=True)
     return (images.float() / 255.0 - m) / s
 
 

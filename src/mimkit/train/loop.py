@@ -47,7 +47,7 @@ from mimkit.train.distributed import (
 from mimkit.train.logging import MetricsWriter, progress_interval
 from mimkit.train.optim import lr_at, param_groups, scaled_lr, set_lr
 from mimkit.train.runtime import autocast, pick_amp_dtype, pick_device
-from mimkit.train.speed import checkpoint_blocks, to_device_async, want_compile
+from mimkit.train.speed import checkpoint_blocks, to_device_async, tune_backends, want_compile
 from mimkit.train.step import GuardedStep
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,7 @@ def _pretrain(cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str) 
     device = pick_device(device_name)
     amp_dtype = pick_amp_dtype(tc.amp, device)
     compile_step = want_compile(tc.compile, device)
+    tune_backends(device)
     torch.manual_seed(tc.seed)
     model = MaskedAutoencoder(cfg.model).to(device)
     if tc.activation_checkpointing:

@@ -25,6 +25,12 @@ def want_compile(setting: str | bool, device: torch.device) -> bool:
     raise ConfigError(f"train.compile must be auto, true or false; got {setting!r}")
 
 
+def tune_backends(device: torch.device) -> None:
+    """On CUDA, let float32 matmuls outside autocast (loss, norms' neighbours) use TF32."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
 def checkpoint_blocks(model: nn.Module) -> int:
     """Recompute every transformer block's activations in backward instead of storing them.
 
