@@ -49,6 +49,7 @@ def machine_info(device: torch.device | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "load_avg_1m_before": round(os.getloadavg()[0], 2),  # other work on the machine
     }
     try:
         import transformers

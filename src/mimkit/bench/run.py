@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import resource
 import tempfile
 from pathlib import Path
@@ -36,7 +37,7 @@ def _summary(seconds: list[float], batch: int, flops: float, peak: float | None)
     return {
         "median_step_s": round(step_s, 5),
         "img_per_s": round(rate, 1),
-        "model_tflops_per_s": round(rate * flops / 1e12, 2),
+        "model_tflops_per_s": round(rate * flops / 1e12, 4),
         "mfu": None if peak is None else round(mfu(rate, flops, peak), 4),
     }
 
@@ -147,6 +148,7 @@ def run_benchmark(
             record["pipeline"] = bench_pipeline(
                 cfg, batch, device, workers, items, Path(tmp), folder
             )
+    record["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     record["machine"]["max_rss_mib"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
     )
@@ -174,7 +176,7 @@ def markdown(record: dict) -> str:
         util = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(
             f"| {name} | {r['img_per_s']:.1f} | {1000 * r['median_step_s']:.1f} | {mem} | "
-            f"{r['model_tflops_per_s']:.2f} | {util} |"
+            f"{r['model_tflops_per_s']:.3g} | {util} |"
         )
     if "speedup_vs_transformers" in s:
         lines += ["", f"mimkit / transformers: **{s['speedup_vs_transformers']:.2f}x**"]
