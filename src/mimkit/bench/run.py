@@ -220,7 +220,7 @@ def plot(record: dict, path: Path) -> Path | None:
         colours += ["tab:green", "tab:green"]
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 1, 3.6))
     bars = ax.bar(names, values, color=colours)
-    ax.bar_label(bars, fmt="%.0f")
+    ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values])
     ax.set_yscale("log")  # the pipeline and the step can be orders of magnitude apart
     ax.set_ylabel("images / s (log scale)")
     m, s = record["model"], record["step"]
