@@ -148,3 +148,45 @@ def test_gpu_pretrain_uses_bf16_fused_sync_free_steps_and_compile(tmp_path):
     start = json.loads((tmp_path / "gpu" / "metrics.jsonl").read_text().splitlines()[0])
     assert start["sync_free_steps"] and start["compile"] and "bfloat16" in start["amp"]
     assert result.steps == 4 and result.nonfinite_skipped == 0
+
+
+def test_loop_with_sync_free_steps_skips_counts_and_halts(tmp_path, monkeypatch):
+    """The GPU path of the loop (fused AdamW, device-side skip), forced on the CPU."""
+    from mimkit.errors import TrainingHalted
+    from mimkit.train import loop
+
+    real_adamw, real_forward = torch.optim.AdamW, loop.MaskedAutoencoder.forward
+    monkeypatch.setattr(
+        torch.optim, "AdamW", lambda *a, **k: real_adamw(*a, **{**k, "fused": True})
+    )
+    calls = {"n": 0, "bad": {2}}
+
+    def sometimes_nan(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in calls["bad"]:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(loop.MaskedAutoencoder, "forward", sometimes_nan)
+    data = make_idx_folder(tmp_path / "idx", n_train=64, n_test=16)
+
+    def cfg(out, *extra):
+        return load_config(
+            "configs/fmnist_mae_tiny.yaml",
+            tiny_model_overrides(tmp_path / out)
+            + ["data.source=idx", f"data.path={data}", "train.batch_size=8", "eval.knn=false"]
+            + ["train.log_every=2", *extra],
+        )
+
+    result = loop.pretrain(cfg("one", "train.max_steps=4"))
+    records = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["sync_free_steps"] is True
+    # the skipped step keeps its number on this path: 4 steps, one of them skipped
+    assert result.steps == 4 and result.nonfinite_skipped == 1
+    assert [r["count"] for r in records if r["event"] == "nonfinite"] == [1]
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+    calls.update(n=0, bad=set(range(100)))
+    with pytest.raises(TrainingHalted, match="halted after 4 non-finite losses"):
+        loop.pretrain(cfg("halt", "train.max_nonfinite=3"))
