@@ -80,6 +80,10 @@ def bench_pipeline(
     folder: str | None = None,
 ) -> dict:
     """img/s of the in-memory uint8 path and of an image folder decoded by `workers` workers."""
+    if workers < 1:
+        raise ConfigError(
+            "--workers: the image-folder path decodes in DataLoader workers; use >= 1"
+        )
     hw, channels = cfg.model.image_hw, cfg.model.in_chans
     images = synthetic_images(items, channels, hw)
     memory = time_source(TrainSource.from_tensors(images), cfg, batch, device, "in-memory")

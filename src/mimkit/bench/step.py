@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.train.optim import param_groups
@@ -87,7 +88,7 @@ def time_interleaved(
             step()
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(blocks):
+    for _ in tqdm(range(blocks), desc="timing " + " vs ".join(steps), leave=False):
         for name, step in steps.items():
             synchronize(device)
             start = time.perf_counter()

@@ -157,7 +157,7 @@ class TrainSource:
     ) -> TrainSource:
         """An in-memory source over a uint8 (N, C, H, W) tensor, e.g. for benchmarks."""
         source = cls.__new__(cls)
-        source.cfg = DataConfig(source="memory")
+        source.cfg = DataConfig(source="memory")  # a label only: nothing is read from disk
         source.seed = seed
         source.num_workers = 0
         source.dataset = None
