@@ -108,3 +108,5 @@ def test_bench_refuses_bad_arguments(capsys):
     assert "--batch and --steps must be >= 1" in capsys.readouterr().err
     assert main(["bench", "model.preset=vit_gigantic"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+    assert main(["bench", "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err

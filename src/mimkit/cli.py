@@ -181,6 +181,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         raise ConfigError("--batch and --steps must be >= 1 and --warmup >= 0")
+    if not args.no_pipeline and args.workers < 1:
+        raise ConfigError(
+            "--workers: the image-folder test decodes in DataLoader workers; use >= 1"
+        )
     base = []
     if args.preset or not args.config:
         base.append(f"model.preset={args.preset or 'vit_base'}")
