@@ -77,12 +77,18 @@ def init_distributed(device_name: str = "auto") -> tuple[DistContext, str]:
         device_name = f"cuda:{ctx.local_rank}"
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        _created_here.append(True)
     return ctx, device_name
 
 
+_created_here: list[bool] = []  # a group the caller set up themselves is theirs to close
+
+
 def shutdown_distributed() -> None:
-    if dist.is_initialized():
+    """Close the process group if `init_distributed` opened it."""
+    if _created_here and dist.is_initialized():
         dist.destroy_process_group()
+    _created_here.clear()
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, mode: str, device: torch.device) -> nn.Module:

@@ -14,6 +14,8 @@ Two ways to skip a bad step, chosen by what the optimiser can do:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -58,7 +60,7 @@ class GuardedStep:
 
     def _step_checked(self, loss: torch.Tensor) -> bool:
         value = loss.item()
-        if not torch.isfinite(torch.tensor(value)):
+        if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
             return False  # the loop counts it at once: checked mode knows now
         if self.clip_grad is not None:
