@@ -4,6 +4,8 @@
 Both models get the same widths, depths, heads, patch, decoder, batch, mask ratio and
 norm-pix loss; HF runs with its SDPA attention. Steps are interleaved (ours, theirs, ours, ...)
 so machine noise hits both alike; we report the median step time of each and the ratio.
+The pieces live in `mimkit.bench` (the general benchmark is `mimkit bench`); this script keeps
+the fixed CPU configurations of issue 2.
 
     python benchmarks/bench_cpu_step.py                 # all configurations, CPU
     python benchmarks/bench_cpu_step.py --config fmnist_tiny --steps 20
@@ -14,14 +16,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from mimkit.bench.hf import build_hf_mae
+from mimkit.bench.machine import machine_info
+from mimkit.bench.step import hf_step, median, mimkit_step, time_interleaved
 from mimkit.models import ModelConfig
 from mimkit.objectives.mae import build_mae
 
@@ -55,8 +56,8 @@ CONFIGS = {
 }
 
 
-def build_ours(c: dict) -> torch.nn.Module:
-    cfg = ModelConfig(
+def model_config(c: dict) -> ModelConfig:
+    return ModelConfig(
         img_size=c["img"],
         in_chans=c["chans"],
         patch_size=c["patch"],
@@ -69,68 +70,26 @@ def build_ours(c: dict) -> torch.nn.Module:
         mask_ratio=0.75,
         norm_pix_loss=True,
     )
-    return build_mae(cfg)
-
-
-def build_hf(c: dict) -> torch.nn.Module:
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
-
-    cfg = ViTMAEConfig(
-        image_size=c["img"],
-        num_channels=c["chans"],
-        patch_size=c["patch"],
-        hidden_size=c["dim"],
-        num_hidden_layers=c["depth"],
-        num_attention_heads=c["heads"],
-        intermediate_size=4 * c["dim"],
-        decoder_hidden_size=c["ddim"],
-        decoder_num_hidden_layers=c["ddepth"],
-        decoder_num_attention_heads=c["dheads"],
-        decoder_intermediate_size=4 * c["ddim"],
-        mask_ratio=0.75,
-        norm_pix_loss=True,
-        qkv_bias=True,
-        layer_norm_eps=1e-6,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return ViTMAEForPreTraining._from_config(cfg, attn_implementation="sdpa")
-
-
-def make_step(model: torch.nn.Module, images: torch.Tensor, hf: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    model.train()
-
-    def step() -> float:
-        start = time.perf_counter()
-        loss = model(pixel_values=images).loss if hf else model(images).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - start
-
-    return step
 
 
 def bench(name: str, steps: int, warmup: int) -> dict:
     c = CONFIGS[name]
     torch.manual_seed(0)
     images = torch.randn(c["batch"], c["chans"], c["img"], c["img"])
-    ours, theirs = build_ours(c), build_hf(c)
-    n_ours = sum(p.numel() for p in ours.parameters())
-    step_ours, step_hf = make_step(ours, images, hf=False), make_step(theirs, images, hf=True)
-    for _ in range(warmup):
-        step_ours()
-        step_hf()
-    t_ours, t_hf = [], []
-    for _ in range(steps):
-        t_ours.append(step_ours())
-        t_hf.append(step_hf())
-    mo, mh = statistics.median(t_ours), statistics.median(t_hf)
+    ours, theirs = build_mae(model_config(c)), build_hf_mae(model_config(c))
+    cpu = torch.device("cpu")
+    times = time_interleaved(
+        {"ours": mimkit_step(ours, images, None), "hf": hf_step(theirs, images, None)},
+        cpu,
+        blocks=steps,
+        block=1,
+        warmup=warmup,
+    )
+    mo, mh = median(times["ours"]), median(times["hf"])
     return {
         "config": name,
         **c,
-        "params_mimkit": n_ours,
+        "params_mimkit": sum(p.numel() for p in ours.parameters()),
         "params_hf_trainable": sum(p.numel() for p in theirs.parameters() if p.requires_grad),
         "steps": steps,
         "median_step_s_mimkit": round(mo, 4),
@@ -142,24 +101,7 @@ def bench(name: str, steps: int, warmup: int) -> dict:
 
 
 def machine() -> dict:
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
+    return machine_info()
 
 
 def main() -> None:

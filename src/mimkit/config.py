@@ -43,7 +43,7 @@ class TrainConfig:
     """Optimisation: the MAE recipe (AdamW 0.9/0.95, lr = base_lr * batch / 256, warmup + cosine)."""
 
     epochs: int = 10
-    batch_size: int = 256  # per step per process, before accumulation
+    batch_size: int = 256  # per process per micro-step; global = this x processes x accum_steps
     accum_steps: int = 1
     base_lr: float = 1.5e-4
     lr: float | None = None  # absolute learning rate; overrides base_lr scaling when set
@@ -60,6 +60,9 @@ class TrainConfig:
     save_every: int = 1  # epochs between checkpoints (always saved at the end)
     max_steps: int | None = None  # stop after this many optimiser steps (for tests and smoke runs)
     progress: bool = True
+    compile: str | bool = "auto"  # torch.compile the model: auto (on with CUDA) | true | false
+    activation_checkpointing: bool = False  # recompute block activations in backward (big models)
+    parallel: str = "ddp"  # with several torchrun processes: ddp | fsdp (shards params per block)
 
 
 @dataclass

@@ -153,6 +153,20 @@ class TrainSource:
                 self.images = self.images[: cfg.limit]
         self.num_items = len(self.labels)
 
+    @classmethod
+    def from_tensors(
+        cls, images: torch.Tensor, labels: torch.Tensor | None = None, seed: int = 0
+    ) -> TrainSource:
+        """An in-memory source over a uint8 (N, C, H, W) tensor, e.g. for benchmarks."""
+        source = cls.__new__(cls)
+        source.cfg = DataConfig(source="memory")  # a label only: nothing is read from disk
+        source.seed = seed
+        source.dataset = None
+        source.images = images
+        source.labels = labels if labels is not None else torch.full((len(images),), -1)
+        source.num_items = len(images)
+        return source
+
     def steps_per_epoch(self, batch_size: int) -> int:
         steps = self.num_items // batch_size
         if steps == 0:
@@ -162,12 +176,24 @@ class TrainSource:
             )
         return steps
 
-    def batches(self, epoch: int, batch_size: int, start_step: int = 0) -> Iterator[Batch]:
-        """Full batches of one epoch (the remainder is dropped), from `start_step` on."""
+    def batches(
+        self, epoch: int, batch_size: int, start_step: int = 0, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[Batch]:
+        """Full batches of one epoch (the remainder is dropped), from `start_step` on.
+
+        With `shard=(rank, world)` the epoch is cut into global batches of
+        `batch_size * world` items and this rank reads only its `batch_size` rows of each, so
+        the item order does not depend on how many processes share the work.
+        """
+        rank, world = shard
         order = epoch_order(self.num_items, self.seed, epoch)
-        steps = self.steps_per_epoch(batch_size)
+        global_batch = batch_size * world
+        steps = self.steps_per_epoch(global_batch)
         index_batches = [
-            order[i * batch_size : (i + 1) * batch_size] for i in range(start_step, steps)
+            order[i * global_batch : (i + 1) * global_batch][
+                rank * batch_size : (rank + 1) * batch_size
+            ]
+            for i in range(start_step, steps)
         ]
         if self.images is not None:
             for idx in index_batches:

@@ -17,8 +17,13 @@ def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torc
     c = images.shape[1]
     if len(mean) not in (1, c) or len(std) not in (1, c):
         raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for {c}-channel images")
-    m = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1)
+    if len(mean) == 1 and len(std) == 1:  # plain scalars: nothing to copy to the device
+        return (images.float() / 255.0 - mean[0]) / std[0]
+    # built on the host and copied without a stream sync (a blocking copy would stall the
+    # training step on GPU once per batch)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m, s = m.to(images.device, non_blocking=True), s.to(images.device, non_blocking=True)
     return (images.float() / 255.0 - m) / s
 
 
@@ -42,8 +47,27 @@ def random_resized_crop_flip(
     Works on float images; crops that would not fit are clipped to the image, the rare case
     torchvision handles with a fallback centre crop.
     """
-    b = images.shape[0]
-    dev = images.device
+    theta = crop_flip_theta(
+        images.shape[0], images.shape[-2:], scale, ratio, hflip, images.device, generator
+    )
+    return resample(images, theta, out_hw)
+
+
+def crop_flip_theta(
+    batch: int,
+    in_hw: tuple[int, int] | torch.Size,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(batch, 2, 3) affine crop-and-flip parameters, drawn separately from the images.
+
+    Kept apart so distributed training can draw them for the global batch and let each rank
+    take its rows: a sample's augmentation then does not depend on the world size.
+    """
+    b, dev = batch, device
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(b, device=dev, generator=generator)
@@ -51,7 +75,7 @@ def random_resized_crop_flip(
     area = uniform(*scale)
     log_ratio = uniform(math.log(ratio[0]), math.log(ratio[1]))
     aspect = log_ratio.exp()
-    h_in, w_in = images.shape[-2:]
+    h_in, w_in = in_hw
     # crop width and height as fractions of the image side, area = w * h * (w_in * h_in)
     w = (area * aspect * h_in / w_in).sqrt().clamp(max=1.0)
     h = (area / aspect * w_in / h_in).sqrt().clamp(max=1.0)
@@ -65,7 +89,12 @@ def random_resized_crop_flip(
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = h
     theta[:, 1, 2] = cy
-    grid = F.affine_grid(theta, [b, images.shape[1], *out_hw], align_corners=False)
+    return theta
+
+
+def resample(images: torch.Tensor, theta: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Apply per-sample affine crops `theta` (B, 2, 3) and resize to `out_hw`, bilinear."""
+    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], *out_hw], align_corners=False)
     return F.grid_sample(
         images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )

@@ -1,0 +1,1 @@
+"""Speed benchmarks: the MAE training step side by side with transformers, and the input pipeline."""
