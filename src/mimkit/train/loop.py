@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mimkit.config import RunConfig
 from mimkit.data.sources import TrainSource
-from mimkit.data.transforms import normalize, random_resized_crop_flip
+from mimkit.data.transforms import augment_clips, normalize, random_resized_crop_flip
 from mimkit.errors import ConfigError, TrainingHalted
 from mimkit.models.registry import resolve_model_config
 from mimkit.objectives.mae import MaskedAutoencoder
@@ -82,6 +82,15 @@ def prepare_batch(
 ) -> torch.Tensor:
     """uint8 batch -> augmented, normalised float batch on the device."""
     x = normalize(images.to(device, non_blocking=True), cfg.data.mean, cfg.data.std)
+    if x.ndim == 5:  # clips and volumes: temporal/depth crop + one spatial crop per sample
+        return augment_clips(
+            x,
+            cfg.model.input_size,
+            tuple(cfg.data.crop_scale),
+            tuple(cfg.data.crop_ratio),
+            cfg.data.hflip,
+            generator,
+        )
     return random_resized_crop_flip(
         x,
         cfg.model.image_hw,
