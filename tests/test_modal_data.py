@@ -182,3 +182,16 @@ def test_moving_fmnist_generator_writes_labelled_videos(tmp_path):
     assert clips.shape == (2, 1, 6, 32, 32)
     assert ((labels >= 0) & (labels < 10)).all()
     assert json.dumps(labels.tolist())
+
+
+def test_nifti_volumes_through_nibabel(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    vol = np.random.default_rng(0).normal(size=(16, 12, 8)).astype(np.float32)  # (x, y, z)
+    for i, name in enumerate(("a.nii", "b.nii.gz")):
+        path = tmp_path / "train" / "c0" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nibabel.save(nibabel.Nifti1Image(vol + i, np.eye(4)), str(path))
+    (tmp_path / "train" / "c0" / "notes.txt.gz").write_bytes(b"not a volume")
+    assert np.array_equal(read_array(tmp_path / "train" / "c0" / "a.nii"), vol.transpose(2, 1, 0))
+    vols, labels = load_split(DataConfig(source="volume", path=str(tmp_path)), "train", 1, (12, 16))
+    assert vols.shape == (2, 1, 8, 12, 16) and labels.tolist() == [0, 0]

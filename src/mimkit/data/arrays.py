@@ -26,13 +26,17 @@ from mimkit.train.logging import progress_interval
 
 log = logging.getLogger(__name__)
 ARRAY_EXTENSIONS = frozenset({".npy", ".npz", ".tif", ".tiff"})
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+VOLUME_EXTENSIONS = ARRAY_EXTENSIONS | {".nii", ".gz"}  # .gz: only .nii.gz is read
 ARRAY_KINDS = ("volume", "multiband", "spectrogram")
 
 
 def read_array(path: str | Path) -> np.ndarray:
-    """The array in one file (never unpickled): .npy, the first entry of .npz, or TIFF."""
+    """The array in one file (never unpickled): .npy, the first entry of .npz, TIFF or NIfTI."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        return read_nifti(path)
     try:
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
@@ -52,6 +56,23 @@ def read_array(path: str | Path) -> np.ndarray:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot read array ({exc})") from exc
     raise DataError(f"{path}: unsupported array file; expected one of {sorted(ARRAY_EXTENSIONS)}")
+
+
+def read_nifti(path: Path) -> np.ndarray:
+    """A NIfTI volume as (D, H, W) = (z, y, x) float32, through nibabel (`mimkit[nifti]`)."""
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise DataError(f"{path}: NIfTI volumes need nibabel: pip install 'mimkit[nifti]'") from exc
+    try:
+        data = np.asarray(nibabel.load(str(path)).get_fdata(dtype=np.float32))
+    except (OSError, ValueError, EOFError, nibabel.filebasedimages.ImageFileError) as exc:
+        raise DataError(f"{path}: cannot read NIfTI volume ({exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: NIfTI volume of shape {data.shape}; expected 3-D (x, y, z)")
+    return np.ascontiguousarray(data.transpose(2, 1, 0))
 
 
 def normalize_intensity(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
@@ -85,7 +106,8 @@ def load_array_folder(
     """(items (N, C, *size), labels, skipped): every array under `folder`, sized exactly `size`."""
     if kind not in ARRAY_KINDS:
         raise DataError(f"data.source: unknown array kind {kind!r}; expected one of {ARRAY_KINDS}")
-    files, labels, _ = list_images(folder, ARRAY_EXTENSIONS)
+    extensions = VOLUME_EXTENSIONS if kind == "volume" else ARRAY_EXTENSIONS
+    files, labels, _ = list_images(folder, extensions)
     items, kept, skipped = [], [], 0
     bar = tqdm(
         files,

@@ -44,9 +44,9 @@ def _load_volumes(
     folder: Path, channels: int, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Volumes of any depth with the model's (H, W); cut to the shallowest so they stack."""
-    from mimkit.data.arrays import ARRAY_EXTENSIONS, read_array
+    from mimkit.data.arrays import VOLUME_EXTENSIONS, read_array
 
-    files = [p for p in folder.rglob("*") if p.suffix.lower() in ARRAY_EXTENSIONS]
+    files = [p for p in folder.rglob("*") if p.suffix.lower() in VOLUME_EXTENSIONS]
     depths = set()
     for path in files:
         try:
