@@ -23,9 +23,8 @@ from mimkit.models.registry import ModelConfig, resolve_model_config
 class DataConfig:
     """Where images come from and how they are augmented on the device."""
 
-    source: str = (
-        "fashion_mnist"  # fashion_mnist | idx | folder | video | volume | multiband | spectrogram
-    )
+    # fashion_mnist | idx | folder | video | volume | multiband | spectrogram (data.modalities)
+    source: str = "fashion_mnist"
     path: str | None = None  # folder of IDX files or images; None: look in the usual places
     download: bool = False  # fetch Fashion-MNIST (MD5-checked) when it is nowhere local
     limit: int | None = None  # use only the first N training items
