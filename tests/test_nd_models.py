@@ -179,6 +179,18 @@ def test_bad_nd_configs_are_refused_by_name(override, message):
         load_config(None, [override, "model.pool=cls"])
 
 
+def test_family_masking_strategies_drive_mae_on_images_only():
+    model = tiny(img_size=16, in_chans=1, patch_size=4, masking="block")
+    mask = model.make_mask(torch.zeros(2, 1, 16, 16), torch.Generator().manual_seed(0))
+    assert mask.ids_keep.shape == (2, int(16 * 0.25))
+    from mimkit.mask_shapes import block_masking
+
+    same = block_masking(2, (4, 4), 0.75, "cpu", torch.Generator().manual_seed(0))
+    assert torch.equal(mask.ids_keep.sort(1).values, same.ids_keep.sort(1).values)
+    with pytest.raises(ConfigError, match="2-D images"):
+        load_config(None, ["model.img_size=[4,16,16]", "model.patch_size=4", "model.masking=block"])
+
+
 def test_indivisible_clip_is_refused():
     with pytest.raises(ConfigError, match="not divisible"):
         load_config(

@@ -50,7 +50,7 @@ class ModelConfig:
     target_norm: str = (
         "patch"  # norm-pix over the whole patch (MAE) | per channel of a cube (VideoMAE)
     )
-    masking: str = "random"  # random (MAE) | tube: one spatial mask for all time steps (VideoMAE)
+    masking: str = "random"  # random (MAE) | tube (VideoMAE clips) | any mimkit.mask_shapes name
     decoder_mask_ratio: float = 0.0  # > 0: VideoMAE V2 running-cell decoder masking
 
     @property
@@ -142,8 +142,14 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
         raise ConfigError(
             f"model.target_norm must be 'patch' or 'channel', got {cfg.target_norm!r}"
         )
-    if cfg.masking not in ("random", "tube"):
-        raise ConfigError(f"model.masking must be 'random' or 'tube', got {cfg.masking!r}")
+    from mimkit.mask_shapes import STRATEGIES  # the 2-D strategies of the MAE family
+
+    if cfg.masking not in ("tube", *STRATEGIES):
+        raise ConfigError(
+            f"model.masking must be one of {['tube', *STRATEGIES]}, got {cfg.masking!r}"
+        )
+    if cfg.masking not in ("random", "tube") and len(cfg.input_size) != 2:
+        raise ConfigError(f"model.masking {cfg.masking!r} is for 2-D images; clips use 'tube'")
     if cfg.masking == "tube" and len(cfg.input_size) != 3:
         raise ConfigError("model.masking 'tube' needs clips: a 3-entry model.img_size [T, H, W]")
     if not 0.0 <= cfg.decoder_mask_ratio < 1.0:

@@ -93,6 +93,13 @@ class MaskedAutoencoder(nn.Module):
             return tube_masking(
                 images.shape[0], grid, self.cfg.mask_ratio, images.device, generator
             )
+        if self.cfg.masking != "random":
+            from mimkit.mask_shapes import STRATEGIES
+
+            strategy = STRATEGIES[self.cfg.masking]
+            return strategy(
+                images.shape[0], self.cfg.grid_hw, self.cfg.mask_ratio, images.device, generator
+            )
         return random_masking(
             images.shape[0], self.cfg.num_patches, self.cfg.mask_ratio, images.device, generator
         )
