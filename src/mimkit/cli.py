@@ -53,6 +53,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     info = dsub.add_parser("info", help="summarise a data folder (IDX files or images)")
     info.add_argument("path", help="folder of IDX files or of images, or 'fashion_mnist'")
     info.set_defaults(func=cmd_data_info)
+    _add_modal_data_commands(dsub)
+
+
+def _add_modal_data_commands(dsub: argparse._SubParsersAction) -> None:
+    from mimkit.data.modal_cli import add_data_stats, add_data_synth
+
+    add_data_synth(dsub)
+    add_data_stats(dsub)
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:

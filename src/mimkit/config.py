@@ -23,7 +23,8 @@ from mimkit.models.registry import ModelConfig, resolve_model_config
 class DataConfig:
     """Where images come from and how they are augmented on the device."""
 
-    source: str = "fashion_mnist"  # fashion_mnist | idx | folder
+    # fashion_mnist | idx | folder | video | volume | multiband | spectrogram (data.modalities)
+    source: str = "fashion_mnist"
     path: str | None = None  # folder of IDX files or images; None: look in the usual places
     download: bool = False  # fetch Fashion-MNIST (MD5-checked) when it is nowhere local
     limit: int | None = None  # use only the first N training items
@@ -36,6 +37,8 @@ class DataConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     hflip: bool = True
     num_workers: int = 0  # DataLoader processes decoding image folders (0: in the main process)
+    frame_stride: int = 1  # video: keep every n-th frame
+    max_frames: int | None = None  # video: decode at most this many (strided) frames per file
 
 
 @dataclass

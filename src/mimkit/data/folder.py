@@ -41,8 +41,13 @@ MODE_CHANNELS = {
 }
 
 
-def list_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
-    """(files, labels, class names) under `root`, in a sorted, reproducible order."""
+def list_images(
+    root: str | Path, extensions: set[str] | frozenset[str] = frozenset(IMAGE_EXTENSIONS)
+) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, class names) under `root`, in a sorted, reproducible order.
+
+    `extensions` picks the file kind (images by default; videos and arrays reuse the layout).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
@@ -50,18 +55,14 @@ def list_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in extensions)
         files += found
         labels += [label] * len(found)
-    loose = sorted(
-        p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in extensions)
     files += loose
     labels += [-1] * len(loose)
     if not files:
-        raise DataError(
-            f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+        raise DataError(f"{root}: no files found (looked for {', '.join(sorted(extensions))})")
     return files, labels, classes
 
 

@@ -22,6 +22,7 @@ from mimkit.errors import DataError
 
 log = logging.getLogger(__name__)
 SOURCES = ("fashion_mnist", "idx", "folder")
+MODAL_SOURCES = ("video", "volume", "multiband", "spectrogram")  # see data.modalities
 
 
 @dataclass
@@ -79,9 +80,13 @@ def load_split(
     Folder sources read `path/train` and `path/test` (or `path/val`) when those exist, else
     `path` itself for the train split. Corrupt files are skipped and counted in the log.
     """
+    if cfg.source in MODAL_SOURCES:
+        from mimkit.data.modalities import load_modal_split
+
+        return load_modal_split(cfg, split, channels, size)
     if cfg.source not in SOURCES:
         raise DataError(
-            f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES)}"
+            f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES + MODAL_SOURCES)}"
         )
     if cfg.source == "fashion_mnist":
         images, labels = load_fashion_mnist(split, cfg.path, cfg.download)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mimkit.data.transforms import normalize
+from mimkit.data.transforms import fit_to_model, normalize
 from mimkit.models.vit import VisionTransformer
 from mimkit.train.logging import progress_interval
 
@@ -33,5 +33,6 @@ def extract_features(
         mininterval=progress_interval(),
     ):
         x = normalize(images[start : start + batch_size].to(device), mean, std)
+        x = fit_to_model(x, encoder.cfg.input_size)
         chunks.append(encoder.features(x).float().cpu())
     return torch.cat(chunks) if chunks else torch.empty(0, encoder.cfg.embed_dim)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mimkit.data.transforms import denormalize, normalize
+from mimkit.data.transforms import denormalize, fit_to_model, normalize
 from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.patches import unpatchify
 
@@ -34,6 +34,8 @@ def reconstruction_grid(
     gap: int = 2,
 ) -> Image.Image:
     """A PIL image with one row per input and the four `COLUMNS`, upscaled by `scale`."""
+    if images.ndim == 5:
+        return clip_reconstruction_grid(model, images, mean, std, seed, scale, gap)
     model.eval()
     device = next(model.parameters()).device
     x = normalize(images.to(device), mean, std)
@@ -55,6 +57,42 @@ def reconstruction_grid(
             tile = to_uint8_hwc(panel[row]).repeat(scale, axis=0).repeat(scale, axis=1)
             top, left = gap + row * (sh + gap), gap + col * (sw + gap)
             canvas[top : top + sh, left : left + sw] = tile
+    return Image.fromarray(canvas)
+
+
+@torch.no_grad()
+def clip_reconstruction_grid(
+    model: MaskedAutoencoder,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    seed: int = 0,
+    scale: int = 2,
+    gap: int = 2,
+) -> Image.Image:
+    """Clips or volumes (N, C, T, H, W): per item, four rows (`COLUMNS`) of T frames/slices."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = fit_to_model(normalize(images.to(device), mean, std), model.cfg.input_size)
+    mask = model.make_mask(x, torch.Generator(device).manual_seed(seed))
+    out = model.reconstruct(x, mask)
+    panels = [
+        denormalize(p, mean, std) for p in (x, out["masked"], out["reconstruction"], out["pasted"])
+    ]
+    hidden_patches = mask.binary[..., None].expand(-1, -1, model.cfg.patch_dim)
+    hidden = model.unpatchify(hidden_patches) > 0.5
+    panels[1] = torch.where(hidden, torch.full_like(panels[1], 0.5), panels[1])
+    n, _, t, h, w = x.shape
+    sh, sw = h * scale, w * scale
+    rows = n * len(panels)
+    canvas = np.full((rows * (sh + gap) + gap * (n + 1), t * (sw + gap) + gap, 3), 255, np.uint8)
+    for item in range(n):
+        for k, panel in enumerate(panels):
+            top = gap * (item + 1) + (item * len(panels) + k) * (sh + gap)
+            for f in range(t):
+                tile = to_uint8_hwc(panel[item, :, f]).repeat(scale, 0).repeat(scale, 1)
+                left = gap + f * (sw + gap)
+                canvas[top : top + sh, left : left + sw] = tile
     return Image.fromarray(canvas)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimkit.models.pos_embed import sincos_2d
+from mimkit.models.pos_embed import position_table
 from mimkit.models.vit import Block, init_vit_weights
 
 
@@ -13,13 +13,14 @@ class MAEDecoder(nn.Module):
     """MAE's lightweight decoder: visible latents + mask tokens, unshuffled, through a small ViT.
 
     Input is the encoder output for [cls, visible...]; output is one prediction per patch, in
-    patch order, with the cls position dropped.
+    patch order, with the cls position dropped. `grid_hw` is the patch grid of any rank;
+    `cls_token=False` and `pos_embed='sincos_index'` give VideoMAE's decoder.
     """
 
     def __init__(
         self,
         encoder_dim: int,
-        grid_hw: tuple[int, int],
+        grid_hw: tuple[int, ...],
         out_dim: int,
         dim: int = 512,
         depth: int = 8,
@@ -27,11 +28,14 @@ class MAEDecoder(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         eps: float = 1e-6,
+        cls_token: bool = True,
+        pos_embed: str = "sincos",
     ) -> None:
         super().__init__()
+        self.prefix = 1 if cls_token else 0
         self.embed = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.register_buffer("pos_embed", sincos_2d(dim, *grid_hw, cls_token=True)[None])
+        self.register_buffer("pos_embed", position_table(pos_embed, dim, grid_hw, cls_token))
         self.blocks = nn.ModuleList(
             Block(dim, num_heads, mlp_ratio, qkv_bias, eps) for _ in range(depth)
         )
@@ -43,11 +47,37 @@ class MAEDecoder(nn.Module):
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         x = self.embed(latent)
         b, n = ids_restore.shape
-        visible = x[:, 1:]
+        k = self.prefix
+        visible = x[:, k:]
         masks = self.mask_token.expand(b, n - visible.shape[1], -1)
         tokens = torch.cat([visible, masks], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
-        x = torch.cat([x[:, :1], tokens], dim=1) + self.pos_embed
+        x = torch.cat([x[:, :k], tokens], dim=1) + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.pred(self.norm(x))[:, 1:]
+        return self.pred(self.norm(x))[:, k:]
+
+    def forward_subset(
+        self, latent: torch.Tensor, ids_keep: torch.Tensor, ids_pred: torch.Tensor
+    ) -> torch.Tensor:
+        """Predict only the patches `ids_pred` (B, M): VideoMAE's decoder, and V2's decoder masking.
+
+        The decoder sees the visible tokens and one mask token per predicted position (never
+        the whole grid), each with its position embedding; the output is (B, M, out_dim).
+        """
+        x = self.embed(latent)
+        k = self.prefix
+        grid_pos = self.pos_embed[:, k:].expand(x.shape[0], -1, -1)
+
+        def pos(ids: torch.Tensor) -> torch.Tensor:
+            return torch.gather(grid_pos, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+
+        visible = x[:, k:] + pos(ids_keep)
+        queries = self.mask_token + pos(ids_pred)
+        parts = [visible, queries]
+        if k:
+            parts.insert(0, x[:, :k] + self.pos_embed[:, :k])
+        h = torch.cat(parts, dim=1)
+        for block in self.blocks:
+            h = block(h)
+        return self.pred(self.norm(h[:, -ids_pred.shape[1] :]))

@@ -2,7 +2,9 @@
 
 The layout follows the MAE reference exactly so that weights and outputs match theirs: the
 first half of the channels encodes the column (w) coordinate, the second half the row (h)
-coordinate, each as [sin | cos] over geometrically spaced frequencies.
+coordinate, each as [sin | cos] over geometrically spaced frequencies. `sincos_grid` extends this
+to any rank (the last axis first, so a 2-D grid gives exactly `sincos_2d`); `sincos_index` is
+VideoMAE's 1-D table over the flat token index, with interleaved sin/cos channels.
 """
 
 from __future__ import annotations
@@ -38,6 +40,47 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> to
     if cls_token:
         emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
     return emb.float()
+
+
+def sincos_grid(dim: int, grid: tuple[int, ...], cls_token: bool = False) -> torch.Tensor:
+    """(prod(grid) [+1], dim) float32 table for a grid of any rank, tokens in row-major order.
+
+    Channels are split between the axes, last axis (width) first, each an even share of
+    [sin | cos]; for a 2-D grid this is bit-for-bit `sincos_2d`.
+    """
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
+    if len(grid) == 2:
+        return sincos_2d(dim, *grid, cls_token=cls_token)
+    coords = torch.meshgrid(*(torch.arange(g, dtype=torch.float64) for g in grid), indexing="ij")
+    pairs, axes = dim // 2, len(grid)
+    shares = [pairs // axes + (1 if i < pairs % axes else 0) for i in range(axes)]
+    parts = [sincos_1d(2 * share, coords[axes - 1 - i]) for i, share in enumerate(shares)]
+    emb = torch.cat(parts, dim=1)
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
+    return emb.float()
+
+
+def sincos_index(dim: int, num_tokens: int, cls_token: bool = False) -> torch.Tensor:
+    """VideoMAE's table: angle pos / 10000^(2*(j//2)/dim), sin on even channels, cos on odd."""
+    pos = torch.arange(num_tokens, dtype=torch.float64)[:, None]
+    j = torch.arange(dim, dtype=torch.float64)
+    angles = pos / 10000 ** (2 * torch.div(j, 2, rounding_mode="floor") / dim)
+    emb = torch.where(j.long() % 2 == 0, torch.sin(angles), torch.cos(angles))
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
+    return emb.float()
+
+
+def position_table(kind: str, dim: int, grid: tuple[int, ...], cls_token: bool) -> torch.Tensor:
+    """(1, [1+] N, dim) fixed table of the kind a model config names ('sincos' or 'sincos_index')."""
+    if kind == "sincos_index":
+        n = 1
+        for g in grid:
+            n *= g
+        return sincos_index(dim, n, cls_token)[None]
+    return sincos_grid(dim, tuple(grid), cls_token)[None]
 
 
 def resample_pos_embed(

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.models.pos_embed import sincos_2d
+from mimkit.models.pos_embed import position_table
 from mimkit.models.registry import ModelConfig
 
 
@@ -89,11 +89,16 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> tokens with a strided convolution (timm's layout)."""
+    """Non-overlapping patches -> tokens with a strided convolution (timm's layout).
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    An int patch size is a 2-D patch (`proj` is a Conv2d, as timm); a 3-tuple (t, p, p) is a
+    tubelet or a volume cube (`proj` is a Conv3d, as VideoMAE).
+    """
+
+    def __init__(self, patch_size: int | tuple[int, ...], in_chans: int, embed_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        conv = nn.Conv3d if isinstance(patch_size, tuple) and len(patch_size) == 3 else nn.Conv2d
+        self.proj = conv(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
@@ -118,9 +123,12 @@ class VisionTransformer(nn.Module):
         self.cfg = cfg
         self.grid_hw = cfg.grid_hw
         dim = cfg.embed_dim
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.register_buffer("pos_embed", sincos_2d(dim, *self.grid_hw, cls_token=True)[None])
+        patch = cfg.patch_size if len(cfg.input_size) == 2 else cfg.patch_shape
+        self.patch_embed = PatchEmbed(patch, cfg.in_chans, dim)
+        if cfg.cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        table = position_table(cfg.pos_embed, dim, cfg.grid_shape, cls_token=cfg.cls_token)
+        self.register_buffer("pos_embed", table)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
             Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.layer_norm_eps, rate)
@@ -133,21 +141,30 @@ class VisionTransformer(nn.Module):
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
-        nn.init.normal_(self.cls_token, std=0.02)
+        if self.cfg.cls_token:
+            nn.init.normal_(self.cls_token, std=0.02)
         self.blocks.apply(init_vit_weights)
         self.norm.apply(init_vit_weights)
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1
+        return 1 if self.cfg.cls_token else 0
 
     def embed(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens with position embedding, optionally only the `ids_keep` ones, plus cls."""
         if x.shape[1] != self.cfg.in_chans:
             raise ValueError(f"expected {self.cfg.in_chans} input channels, got {x.shape[1]}")
-        tokens = self.patch_embed(x) + self.pos_embed[:, 1:]
+        if x.ndim != 2 + len(self.cfg.input_size):
+            raise ValueError(
+                f"expected a {2 + len(self.cfg.input_size)}-D batch (B, C, *{self.cfg.input_size}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        prefix = self.num_prefix_tokens
+        tokens = self.patch_embed(x) + self.pos_embed[:, prefix:]
         if ids_keep is not None:
             tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        if not prefix:
+            return tokens
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens], dim=1)
 

@@ -6,6 +6,11 @@
    position, with position embeddings, and predicts each patch's pixels.
 4. The loss is the mean squared error on hidden patches only; with `norm_pix_loss` the target
    is each patch normalised by its own mean and variance.
+
+The same object is VideoMAE for clips (B, C, T, H, W): tubelet patches, `masking: tube`, no
+cls token, VideoMAE's position table and per-channel cube normalisation, all config fields.
+With `decoder_mask_ratio` > 0 (VideoMAE V2) the decoder predicts only the running-cell subset
+of positions and the loss covers the hidden patches among them.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mimkit.masking import Mask, mask_from_noise, random_masking
+from mimkit.masking import Mask, mask_from_noise, random_masking, running_cell_keep, tube_masking
 from mimkit.models.decoders import MAEDecoder
 from mimkit.models.registry import ModelConfig, resolve_model_config
 from mimkit.models.vit import VisionTransformer
@@ -38,6 +43,18 @@ def patch_stats(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, (var + NORM_PIX_EPS) ** 0.5
 
 
+def cube_channel_norm(patches: torch.Tensor, channels: int) -> torch.Tensor:
+    """VideoMAE's per-cube target: each channel of a patch standardised over the patch's pixels.
+
+    Patch vectors are laid out (..., c) so channels are the fastest axis; the formula is
+    VideoMAE's exactly: (x - mean) / (std_unbiased + 1e-6).
+    """
+    b, n, d = patches.shape
+    x = patches.reshape(b, n, d // channels, channels)
+    x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, keepdim=True).sqrt() + NORM_PIX_EPS)
+    return x.reshape(b, n, d)
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """Mean over hidden patches of each patch's mean squared error; visible patches cost nothing."""
     per_patch = ((pred - target) ** 2).mean(dim=-1)
@@ -49,17 +66,18 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = VisionTransformer(cfg)
-        p = cfg.patch_size
         self.decoder = MAEDecoder(
             encoder_dim=cfg.embed_dim,
-            grid_hw=cfg.grid_hw,
-            out_dim=p * p * cfg.in_chans,
+            grid_hw=cfg.grid_shape,
+            out_dim=cfg.patch_dim,
             dim=cfg.decoder_embed_dim,
             depth=cfg.decoder_depth,
             num_heads=cfg.decoder_num_heads,
             mlp_ratio=cfg.mlp_ratio,
             qkv_bias=cfg.qkv_bias,
             eps=cfg.layer_norm_eps,
+            cls_token=cfg.cls_token,
+            pos_embed=cfg.pos_embed,
         )
 
     def make_mask(
@@ -70,14 +88,34 @@ class MaskedAutoencoder(nn.Module):
     ) -> Mask:
         if noise is not None:
             return mask_from_noise(noise, self.cfg.mask_ratio)
+        if self.cfg.masking == "tube":
+            grid = self.cfg.grid_shape
+            return tube_masking(
+                images.shape[0], grid, self.cfg.mask_ratio, images.device, generator
+            )
+        if self.cfg.masking != "random":
+            from mimkit.mask_shapes import STRATEGIES
+
+            strategy = STRATEGIES[self.cfg.masking]
+            return strategy(
+                images.shape[0], self.cfg.grid_hw, self.cfg.mask_ratio, images.device, generator
+            )
         return random_masking(
             images.shape[0], self.cfg.num_patches, self.cfg.mask_ratio, images.device, generator
         )
 
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        return patchify(images, self.cfg.patch_shape)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        return unpatchify(patches, self.cfg.patch_shape, self.cfg.grid_shape, self.cfg.in_chans)
+
     def target(self, images: torch.Tensor) -> torch.Tensor:
-        patches = patchify(images, self.cfg.patch_size)
+        patches = self.patchify(images)
         if not self.cfg.norm_pix_loss:
             return patches
+        if self.cfg.target_norm == "channel":
+            return cube_channel_norm(patches, self.cfg.in_chans)
         mean, std = patch_stats(patches)
         return (patches - mean) / std
 
@@ -90,8 +128,32 @@ class MaskedAutoencoder(nn.Module):
     ) -> MAEOutput:
         mask = mask if mask is not None else self.make_mask(images, generator, noise)
         latent = self.encoder(images, mask.ids_keep)
+        if self.cfg.decoder_mask_ratio > 0 and self.training:
+            return self._forward_decoder_masked(images, latent, mask, generator)
         pred = self.decoder(latent, mask.ids_restore)
         loss = masked_mse(pred.float(), self.target(images).float(), mask.binary)
+        return MAEOutput(loss=loss, pred=pred, mask=mask)
+
+    def _forward_decoder_masked(
+        self,
+        images: torch.Tensor,
+        latent: torch.Tensor,
+        mask: Mask,
+        generator: torch.Generator | None,
+    ) -> MAEOutput:
+        """VideoMAE V2 dual masking: predict only running-cell positions; `pred` is (B, M, D)."""
+        b = images.shape[0]
+        keep = running_cell_keep(
+            b, self.cfg.grid_shape, self.cfg.decoder_mask_ratio, images.device, generator
+        )
+        ids_pred = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+        ids_pred = ids_pred[:, : int(keep[0].sum())]
+        pred = self.decoder.forward_subset(latent, mask.ids_keep, ids_pred)
+        target = torch.gather(
+            self.target(images), 1, ids_pred[..., None].expand(-1, -1, pred.shape[-1])
+        )
+        hidden = torch.gather(mask.binary, 1, ids_pred)
+        loss = masked_mse(pred.float(), target.float(), hidden)
         return MAEOutput(loss=loss, pred=pred, mask=mask)
 
     @torch.no_grad()
@@ -101,17 +163,27 @@ class MaskedAutoencoder(nn.Module):
         norm-pix predictions are mapped back with the input's own per-patch mean/std, so the
         pictures show what the model predicted rather than normalised noise.
         """
-        pred = self.forward(images, mask=mask).pred.float()
-        patches = patchify(images.float(), self.cfg.patch_size)
-        if self.cfg.norm_pix_loss:
+        was_training = self.training
+        self.eval()  # every patch predicted, also with decoder masking
+        try:
+            pred = self.forward(images, mask=mask).pred.float()
+        finally:
+            self.train(was_training)
+        patches = self.patchify(images.float())
+        if self.cfg.norm_pix_loss and self.cfg.target_norm == "channel":
+            c = self.cfg.in_chans
+            cubes = patches.reshape(*patches.shape[:2], -1, c)
+            mean = cubes.mean(dim=-2, keepdim=True)
+            std = cubes.var(dim=-2, keepdim=True).sqrt() + NORM_PIX_EPS
+            pred = (pred.reshape(cubes.shape) * std + mean).reshape(patches.shape)
+        elif self.cfg.norm_pix_loss:
             mean, std = patch_stats(patches)
             pred = pred * std + mean
         hidden = mask.binary[..., None]
-        shape = (self.cfg.patch_size, self.cfg.grid_hw, self.cfg.in_chans)
         return {
-            "reconstruction": unpatchify(pred, *shape),
-            "masked": unpatchify(patches * (1 - hidden), *shape),
-            "pasted": unpatchify(patches * (1 - hidden) + pred * hidden, *shape),
+            "reconstruction": self.unpatchify(pred),
+            "masked": self.unpatchify(patches * (1 - hidden)),
+            "pasted": self.unpatchify(patches * (1 - hidden) + pred * hidden),
         }
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mimkit.config import RunConfig
 from mimkit.data.sources import TrainSource
-from mimkit.data.transforms import crop_flip_theta, normalize, resample
+from mimkit.data.transforms import augment_clips, crop_flip_theta, normalize, resample
 from mimkit.errors import ConfigError, TrainingHalted
 from mimkit.masking import Mask
 from mimkit.models.registry import resolve_model_config
@@ -115,9 +115,19 @@ def prepare_batch(
 
     With `rows`, `images` are those rows of a global batch of `global_batch` samples: the crop
     and flip parameters are drawn for the whole global batch and sliced, so each sample is
-    augmented the same whatever the number of processes.
+    augmented the same whatever the number of processes. (Clips and volumes are augmented per
+    local batch: their split across processes is not yet invariant.)
     """
     x = normalize(to_device_async(images, device), cfg.data.mean, cfg.data.std)
+    if x.ndim == 5:  # clips and volumes: temporal/depth crop + one spatial crop per sample
+        return augment_clips(
+            x,
+            cfg.model.input_size,
+            tuple(cfg.data.crop_scale),
+            tuple(cfg.data.crop_ratio),
+            cfg.data.hflip,
+            generator,
+        )
     theta = crop_flip_theta(
         global_batch or x.shape[0],
         x.shape[-2:],

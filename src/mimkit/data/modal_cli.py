@@ -1,0 +1,87 @@
+"""`mimkit data synth` (make test data here) and `mimkit data stats` (per-band mean/std)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import yaml
+
+from mimkit.errors import ConfigError
+
+
+def add_data_synth(dsub: argparse._SubParsersAction) -> None:
+    from mimkit.data.synthetic import SYNTH_KINDS
+
+    p = dsub.add_parser(
+        "synth",
+        help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms",
+    )
+    p.add_argument("kind", choices=SYNTH_KINDS)
+    p.add_argument("out", help="folder to write root/{train,test}/CLASS/ into")
+    p.add_argument("--train", type=int, help="training items (default per kind)")
+    p.add_argument("--test", type=int, help="test items (default per kind)")
+    p.add_argument("--frames", type=int, default=16, help="moving-fmnist: frames per clip")
+    p.add_argument("--size", type=int, default=64, help="moving-fmnist canvas / tile side")
+    p.add_argument("--bands", type=int, default=6, help="tiles: number of bands")
+    p.add_argument("--format", default="npy", choices=("npy", "tif"), help="tiles: file format")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_synth)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from mimkit.data import synthetic
+
+    counts = {k: v for k, v in (("train", args.train), ("test", args.test)) if v is not None}
+    if any(v < 1 for v in counts.values()):
+        raise ConfigError("--train and --test must be >= 1")
+    if args.kind == "moving-fmnist":
+        root = synthetic.make_moving_fmnist(
+            args.out, frames=args.frames, size=args.size, seed=args.seed, **counts
+        )
+    elif args.kind == "volumes":
+        root = synthetic.make_volumes(args.out, seed=args.seed, **counts)
+    elif args.kind == "tiles":
+        root = synthetic.make_tiles(
+            args.out, bands=args.bands, size=args.size, fmt=args.format, seed=args.seed, **counts
+        )
+    else:
+        root = synthetic.make_spectrograms(args.out, seed=args.seed, **counts)
+    print(f"wrote {args.kind} to {root}")
+    return 0
+
+
+def add_data_stats(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "stats", help="per-channel (band) mean/std of a training split, for data.mean/data.std"
+    )
+    p.add_argument("path", help="data folder (with train/ or the items themselves)")
+    p.add_argument(
+        "--source",
+        required=True,
+        choices=("multiband", "spectrogram", "volume", "video", "folder"),
+        help="how to read the folder",
+    )
+    p.add_argument("--channels", type=int, required=True, help="channels (bands) per item")
+    p.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"))
+    p.add_argument("--config", help="also write mean/std into this YAML config's data section")
+    p.set_defaults(func=cmd_data_stats)
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mimkit.config import DataConfig, load_config
+    from mimkit.data.modalities import data_stats
+
+    cfg = DataConfig(source=args.source, path=args.path)
+    stats = data_stats(cfg, args.channels, tuple(args.size))
+    print(json.dumps(stats))
+    if args.config:
+        path = Path(args.config)
+        load_config(path)  # refuse to edit a config that does not load
+        tree = yaml.safe_load(path.read_text()) or {}
+        tree.setdefault("data", {}).update(stats)
+        path.write_text(yaml.safe_dump(tree, sort_keys=False))
+        print(f"wrote data.mean and data.std into {path}")
+    return 0
