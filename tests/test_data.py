@@ -103,8 +103,8 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     ds = ImageFolderDataset(tmp_path, channels=1, size=(8, 8))
     assert len(ds) == 7 and ds.classes == ["a", "b"]
-    images, labels, skipped = collate_skip_corrupt([ds[i] for i in range(len(ds))])
-    assert skipped == 1
+    images, labels, kept = collate_skip_corrupt([ds[i] for i in range(len(ds))])
+    assert kept.tolist() == [True] * 6 + [False]  # the broken file sorts last in class b
     assert images.shape == (6, 1, 8, 8)
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
 

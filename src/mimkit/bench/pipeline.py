@@ -96,8 +96,10 @@ def bench_pipeline(
         raise ConfigError(
             "--workers: the image-folder path decodes in DataLoader workers; use >= 1"
         )
-    data = DataConfig(source="folder", path=folder, mean=cfg.data.mean, std=cfg.data.std)
-    src = TrainSource(data, channels, hw, seed=0, num_workers=workers)
+    data = DataConfig(
+        source="folder", path=folder, mean=cfg.data.mean, std=cfg.data.std, num_workers=workers
+    )
+    src = TrainSource(data, channels, hw, seed=0)
     from_folder = time_source(src, cfg, batch, device, f"folder ({workers} workers)")
     return {
         "batch": batch,

@@ -143,12 +143,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 def collate_skip_corrupt(
     items: list[tuple[torch.Tensor, int, bool]],
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the good items; return how many were skipped so the caller can count them."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack the good items; also return which of the requested items they are (bool per item),
+    so the caller can count the skipped ones and keep per-item randomness aligned."""
+    kept = torch.tensor([ok for _, _, ok in items], dtype=torch.bool)
     good = [(img, label) for img, label, ok in items if ok]
-    skipped = len(items) - len(good)
     if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), skipped
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), kept
     images = torch.stack([img for img, _ in good])
     labels = torch.tensor([label for _, label in good], dtype=torch.int64)
-    return images, labels, skipped
+    return images, labels, kept

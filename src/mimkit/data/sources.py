@@ -29,7 +29,12 @@ MODAL_SOURCES = ("video", "volume", "multiband", "spectrogram")  # see data.moda
 class Batch:
     images: torch.Tensor  # (B, C, H, W) uint8
     labels: torch.Tensor  # (B,) int64, -1 where unlabelled
-    skipped: int = 0  # items in this batch that could not be decoded
+    kept: torch.Tensor | None = None  # (requested items,) bool: False where decoding failed
+
+    @property
+    def skipped(self) -> int:
+        """Items of this batch that could not be decoded."""
+        return 0 if self.kept is None else int((~self.kept).sum())
 
 
 def guess_source(path: str | Path) -> str:
@@ -211,8 +216,8 @@ class TrainSource:
             collate_fn=collate_skip_corrupt,
             pin_memory=torch.cuda.is_available(),
         )
-        for images, labels, skipped in loader:
-            yield Batch(images, labels, skipped)
+        for images, labels, kept in loader:
+            yield Batch(images, labels, kept)
 
     def sample(self, count: int) -> torch.Tensor:
         """The first `count` decodable training images, uint8, for pictures."""

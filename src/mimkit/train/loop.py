@@ -108,7 +108,7 @@ def prepare_batch(
     cfg: RunConfig,
     device: torch.device,
     generator: torch.Generator,
-    rows: slice | None = None,
+    rows: slice | torch.Tensor | None = None,
     global_batch: int | None = None,
 ) -> torch.Tensor:
     """uint8 batch -> augmented, normalised float batch on the device.
@@ -146,7 +146,7 @@ def draw_mask(
     model: MaskedAutoencoder,
     x: torch.Tensor,
     generator: torch.Generator,
-    rows: slice,
+    rows: slice | torch.Tensor,
     global_batch: int,
 ) -> Mask:
     """The model's mask for the global batch, cut to this rank's rows (see `prepare_batch`).
@@ -349,8 +349,11 @@ def _pretrain(cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str) 
             corrupt_since += batch.skipped
             if batch.skipped:
                 log.warning("skipped %d corrupt image(s) in this batch", batch.skipped)
-            x = prepare_batch(batch.images, cfg, device, generator, rows, global_batch)
-            mask = draw_mask(model, x, generator, rows, global_batch)
+            # augmentation and masks are drawn for the whole global batch; rows of items that
+            # failed to decode are dropped so every surviving item keeps its own draws
+            mine = rows if batch.kept is None else torch.arange(global_batch)[rows][batch.kept]
+            x = prepare_batch(batch.images, cfg, device, generator, mine, global_batch)
+            mask = draw_mask(model, x, generator, mine, global_batch)
             with autocast(device, amp_dtype):
                 loss = forward(x, mask=mask).loss
             scaler.scale(loss / tc.accum_steps).backward()
