@@ -27,7 +27,7 @@ def gen(seed=0):
 
 def test_simmim_encoder_sees_mask_tokens_not_hidden_pixels():
     torch.manual_seed(0)
-    model = SimMIM(cfg(), masking="random")
+    model = SimMIM(cfg(masking="random"))
     images = torch.randn(2, 1, 16, 16)
     mask = random_masking(2, 16, 0.5, generator=gen())
     tokens = model.encode_masked(images, mask.binary)
@@ -43,7 +43,7 @@ def test_simmim_encoder_sees_mask_tokens_not_hidden_pixels():
 
 def test_simmim_loss_is_l1_on_hidden_patches_only():
     torch.manual_seed(0)
-    model = SimMIM(cfg(), masking="coarse", mask_patch=2)
+    model = SimMIM(cfg(masking="coarse", mask_patch=2))
     images = torch.randn(2, 1, 16, 16)
     out = model(images, generator=gen())
     hidden = out.mask.binary
@@ -58,7 +58,7 @@ def test_simmim_loss_is_l1_on_hidden_patches_only():
 
 def test_crossmae_reconstructs_only_the_chosen_subset():
     torch.manual_seed(0)
-    model = CrossMAE(cfg(), predict_fraction=0.25)
+    model = CrossMAE(cfg(predict_fraction=0.25))
     out = model(torch.randn(3, 1, 16, 16), generator=gen())
     hidden = out.mask.ids_masked.shape[1]  # 12 of 16 hidden
     assert out.pred.shape == (3, round(hidden * 0.25), 16)
@@ -70,7 +70,7 @@ def test_crossmae_reconstructs_only_the_chosen_subset():
 
 def test_crossmae_queries_are_independent_of_each_other():
     torch.manual_seed(0)
-    model = CrossMAE(cfg(), predict_fraction=1.0).eval()
+    model = CrossMAE(cfg(predict_fraction=1.0)).eval()
     images = torch.randn(1, 1, 16, 16)
     mask = random_masking(1, 16, 0.75, generator=gen())
     out, hidden = model.encoder(images, mask.ids_keep, return_hidden=True)
@@ -95,7 +95,7 @@ def test_hog_of_a_vertical_edge_votes_into_the_horizontal_gradient_bin():
 
 def test_maskfeat_predicts_hog_for_hidden_patches():
     torch.manual_seed(0)
-    model = MaskFeat(cfg(), bins=9)
+    model = MaskFeat(cfg(hog_bins=9))
     out = model(torch.randn(2, 1, 16, 16), generator=gen())
     assert out.pred.shape == (2, 16, 9)
     assert torch.isfinite(out.loss)

@@ -233,3 +233,17 @@ def partial_reconstruction(
     count = max(1, round(hidden.shape[1] * fraction))
     order = torch.rand(hidden.shape, device=hidden.device, generator=generator).argsort(dim=1)
     return hidden.gather(1, order[:, :count])
+
+
+def mask_for_config(
+    cfg, batch: int, device: Device, generator: torch.Generator | None = None
+) -> Mask:
+    """The mask a model config asks for (`cfg.masking`, `cfg.mask_ratio`, `cfg.mask_patch`)."""
+    from mimkit.masking import tube_masking
+
+    if cfg.masking == "tube":
+        return tube_masking(batch, cfg.grid_shape, cfg.mask_ratio, device, generator)
+    if cfg.masking == "random":
+        return random_masking(batch, cfg.num_patches, cfg.mask_ratio, device, generator)
+    kwargs = {"mask_patch": cfg.mask_patch} if cfg.masking == "coarse" else {}
+    return STRATEGIES[cfg.masking](batch, cfg.grid_hw, cfg.mask_ratio, device, generator, **kwargs)

@@ -14,6 +14,7 @@ from mimkit.data.sources import load_labelled_splits
 from mimkit.eval.knn import knn_evaluate
 from mimkit.inspect.reconstructions import save_reconstructions
 from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.objectives.registry import build_model
 from mimkit.train.runtime import pick_device
 
 
@@ -43,7 +44,7 @@ def pretrain_report(
         lines.append(f"kNN top-1 pretrained:  {100 * trained.top1:.2f}%  ({desc})")
         if ec.compare_random_init:
             torch.manual_seed(cfg.train.seed)  # the very initialisation pretraining started from
-            random_model = MaskedAutoencoder(cfg.model)
+            random_model = build_model(cfg.model)
             rand = knn_evaluate(
                 random_model.encoder,
                 splits,
@@ -57,7 +58,8 @@ def pretrain_report(
                 f"kNN top-1 random init: {100 * rand.top1:.2f}%  (same architecture and seed, untrained)"
             )
     images = splits[2][: ec.reconstruction_images] if splits is not None else train_samples
-    if ec.reconstruction_images > 0 and images is not None and len(images):
+    pictures = getattr(model, "reconstructs_pixels", False)  # HOG/feature targets: no images
+    if pictures and ec.reconstruction_images > 0 and images is not None and len(images):
         path = save_reconstructions(
             model,
             images,

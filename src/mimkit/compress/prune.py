@@ -16,6 +16,7 @@ from mimkit.compress.importance import block_scores, blocks_to_keep
 from mimkit.config import RunConfig
 from mimkit.errors import ConfigError
 from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.objectives.registry import build_model
 from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir, save_checkpoint
 
 BLOCK_PREFIX = "encoder.blocks."
@@ -29,7 +30,7 @@ def prune_blocks(model: MaskedAutoencoder, keep: list[int]) -> MaskedAutoencoder
     keep = sorted(keep)
     new_index = {old: new for new, old in enumerate(keep)}
     cfg = dataclasses.replace(model.cfg, depth=len(keep))
-    pruned = MaskedAutoencoder(cfg)
+    pruned = build_model(cfg)
     state = {}
     for name, value in model.state_dict().items():
         if name.startswith(BLOCK_PREFIX):

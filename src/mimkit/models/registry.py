@@ -52,6 +52,13 @@ class ModelConfig:
     )
     masking: str = "random"  # random (MAE) | tube (VideoMAE clips) | any mimkit.mask_shapes name
     decoder_mask_ratio: float = 0.0  # > 0: VideoMAE V2 running-cell decoder masking
+    # which method of the family (mimkit.objectives.registry) and its own settings
+    method: str = "mae"  # mae | simmim | crossmae | maskfeat | maskalign
+    mask_patch: int = 2  # masking 'coarse' (SimMIM): model patches per mask patch side
+    predict_fraction: float = 0.25  # crossmae: share of hidden patches reconstructed
+    mix_layers: bool = True  # crossmae: decoder blocks read a learned mix of encoder blocks
+    hog_bins: int = 9  # maskfeat: orientation bins of the HOG target
+    teacher: str | None = None  # maskalign: checkpoint of the frozen teacher encoder
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -172,7 +179,35 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
         raise ConfigError("model.pool 'cls' needs model.cls_token true; use pool 'avg' without it")
     if cfg.in_chans < 1:
         raise ConfigError(f"model.in_chans must be >= 1, got {cfg.in_chans}")
+    _check_method(cfg)
     return cfg
+
+
+METHODS = ("mae", "simmim", "crossmae", "maskfeat", "maskalign")
+
+
+def _check_method(cfg: ModelConfig) -> None:
+    if cfg.method not in METHODS:
+        raise ConfigError(f"model.method must be one of {list(METHODS)}, got {cfg.method!r}")
+    if cfg.method != "mae" and len(cfg.input_size) != 2:
+        raise ConfigError(
+            f"model.method {cfg.method!r} is for 2-D images; clips and volumes use 'mae'"
+        )
+    if cfg.masking == "coarse":
+        gh, gw = cfg.grid_hw
+        if cfg.mask_patch < 1 or gh % cfg.mask_patch or gw % cfg.mask_patch:
+            raise ConfigError(
+                f"model.mask_patch {cfg.mask_patch} must divide the patch grid {gh}x{gw} "
+                "for masking 'coarse'"
+            )
+    if not 0.0 < cfg.predict_fraction <= 1.0:
+        raise ConfigError(f"model.predict_fraction must be in (0, 1], got {cfg.predict_fraction}")
+    if cfg.hog_bins < 2:
+        raise ConfigError(f"model.hog_bins must be >= 2, got {cfg.hog_bins}")
+    if cfg.method == "maskalign" and not cfg.teacher:
+        raise ConfigError(
+            "model.teacher: method 'maskalign' needs the checkpoint of a teacher encoder"
+        )
 
 
 def model_config_fields() -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mimkit.mask_shapes import STRATEGIES, partial_reconstruction
+from mimkit.mask_shapes import mask_for_config, partial_reconstruction
 from mimkit.masking import Mask, mask_from_noise
 from mimkit.models.cross_decoder import CrossMAEDecoder
 from mimkit.models.registry import ModelConfig
@@ -57,17 +57,14 @@ class CrossMAE(nn.Module):
             num_heads=cfg.decoder_num_heads,
             mlp_ratio=cfg.mlp_ratio,
             eps=cfg.layer_norm_eps,
-            mix_layers=mix_layers,
+            mix_layers=cfg.mix_layers,
         )
 
     def make_mask(self, images: torch.Tensor, generator: torch.Generator | None = None,
                   noise: torch.Tensor | None = None) -> Mask:  # fmt: skip
         if noise is not None:
             return mask_from_noise(noise, self.cfg.mask_ratio)
-        strategy = STRATEGIES[self.masking]
-        return strategy(
-            images.shape[0], self.cfg.grid_hw, self.cfg.mask_ratio, images.device, generator
-        )
+        return mask_for_config(self.cfg, images.shape[0], images.device, generator)
 
     def target(self, images: torch.Tensor) -> torch.Tensor:
         patches = patchify(images, self.cfg.patch_size)

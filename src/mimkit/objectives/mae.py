@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mimkit.masking import Mask, mask_from_noise, random_masking, running_cell_keep, tube_masking
+from mimkit.mask_shapes import mask_for_config
+from mimkit.masking import Mask, mask_from_noise, running_cell_keep
 from mimkit.models.decoders import MAEDecoder
 from mimkit.models.registry import ModelConfig, resolve_model_config
 from mimkit.models.vit import VisionTransformer
@@ -62,6 +63,8 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -
 
 
 class MaskedAutoencoder(nn.Module):
+    reconstructs_pixels = True  # `reconstruct` gives pictures (subclasses with other targets: no)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -88,21 +91,7 @@ class MaskedAutoencoder(nn.Module):
     ) -> Mask:
         if noise is not None:
             return mask_from_noise(noise, self.cfg.mask_ratio)
-        if self.cfg.masking == "tube":
-            grid = self.cfg.grid_shape
-            return tube_masking(
-                images.shape[0], grid, self.cfg.mask_ratio, images.device, generator
-            )
-        if self.cfg.masking != "random":
-            from mimkit.mask_shapes import STRATEGIES
-
-            strategy = STRATEGIES[self.cfg.masking]
-            return strategy(
-                images.shape[0], self.cfg.grid_hw, self.cfg.mask_ratio, images.device, generator
-            )
-        return random_masking(
-            images.shape[0], self.cfg.num_patches, self.cfg.mask_ratio, images.device, generator
-        )
+        return mask_for_config(self.cfg, images.shape[0], images.device, generator)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         return patchify(images, self.cfg.patch_shape)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.mask_shapes import STRATEGIES
+from mimkit.mask_shapes import mask_for_config
 from mimkit.masking import Mask, mask_from_noise
 from mimkit.models.registry import ModelConfig
 from mimkit.models.vit import VisionTransformer
@@ -32,7 +32,6 @@ class MaskAlign(nn.Module):
                 f"teacher grid {teacher.cfg.grid_hw} differs from the student's {cfg.grid_hw}"
             )
         self.cfg = cfg
-        self.masking = masking
         self.encoder = VisionTransformer(cfg)
         self.adapter = nn.Linear(cfg.embed_dim, teacher.cfg.embed_dim)
         self.teacher = teacher.eval()
@@ -47,10 +46,7 @@ class MaskAlign(nn.Module):
                   noise: torch.Tensor | None = None) -> Mask:  # fmt: skip
         if noise is not None:
             return mask_from_noise(noise, self.cfg.mask_ratio)
-        strategy = STRATEGIES[self.masking]
-        return strategy(
-            images.shape[0], self.cfg.grid_hw, self.cfg.mask_ratio, images.device, generator
-        )
+        return mask_for_config(self.cfg, images.shape[0], images.device, generator)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
                 noise: torch.Tensor | None = None, mask: Mask | None = None) -> MAEOutput:  # fmt: skip

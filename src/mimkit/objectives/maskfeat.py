@@ -18,9 +18,11 @@ from mimkit.objectives.targets import HOGTarget
 
 
 class MaskFeat(MaskedAutoencoder):
-    def __init__(self, cfg: ModelConfig, bins: int = 9, cell: int | None = None) -> None:
+    reconstructs_pixels = False
+
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        self.hog = HOGTarget(cfg.patch_size, cfg.in_chans, bins, cell)
+        self.hog = HOGTarget(cfg.patch_size, cfg.in_chans, cfg.hog_bins)
         self.decoder.pred = nn.Linear(cfg.decoder_embed_dim, self.hog.dim)
 
     def target(self, images: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimkit.mask_shapes import STRATEGIES
+from mimkit.mask_shapes import mask_for_config
 from mimkit.masking import Mask, mask_from_noise
 from mimkit.models.registry import ModelConfig
 from mimkit.models.vit import VisionTransformer
@@ -27,11 +27,9 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) ->
 
 
 class SimMIM(nn.Module):
-    def __init__(self, cfg: ModelConfig, masking: str = "coarse", mask_patch: int = 2) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.masking = masking
-        self.mask_patch = mask_patch
+        self.cfg = cfg  # cfg.masking 'coarse' with cfg.mask_patch > 1 is SimMIM's own choice
         self.encoder = VisionTransformer(cfg)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)
@@ -41,16 +39,7 @@ class SimMIM(nn.Module):
                   noise: torch.Tensor | None = None) -> Mask:  # fmt: skip
         if noise is not None:
             return mask_from_noise(noise, self.cfg.mask_ratio)
-        kwargs = {"mask_patch": self.mask_patch} if self.masking == "coarse" else {}
-        strategy = STRATEGIES[self.masking]
-        return strategy(
-            images.shape[0],
-            self.cfg.grid_hw,
-            self.cfg.mask_ratio,
-            images.device,
-            generator,
-            **kwargs,
-        )
+        return mask_for_config(self.cfg, images.shape[0], images.device, generator)
 
     def encode_masked(self, images: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Encoder output for all tokens, hidden patches entering as the mask token."""

@@ -168,10 +168,10 @@ def load_training_state(
 
 def load_model(path: str | Path, device: torch.device | str = "cpu"):
     """(MaskedAutoencoder, RunConfig) from a checkpoint folder, with keys and shapes checked."""
-    from mimkit.objectives.mae import build_mae
+    from mimkit.objectives.registry import build_model
 
     folder = resolve_checkpoint_dir(path)
     cfg = load_config_file(folder)
-    model = build_mae(cfg.model)
+    model = build_model(cfg.model)
     load_state_into(model, read_weights(folder / MODEL_FILE), str(folder / MODEL_FILE))
     return model.to(device).eval(), cfg

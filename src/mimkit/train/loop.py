@@ -27,6 +27,7 @@ from mimkit.errors import ConfigError, TrainingHalted
 from mimkit.masking import Mask
 from mimkit.models.registry import resolve_model_config
 from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.objectives.registry import build_model
 from mimkit.train.checkpoint import (
     MODEL_FILE,
     load_config_file,
@@ -210,7 +211,7 @@ def _pretrain(cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str) 
     compile_step = want_compile(tc.compile, device)
     tune_backends(device)
     torch.manual_seed(tc.seed)
-    model = MaskedAutoencoder(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     if tc.activation_checkpointing:
         checkpoint_blocks(model)
     source = TrainSource(cfg.data, cfg.model.in_chans, cfg.model.image_hw, tc.seed)

@@ -1,0 +1,65 @@
+"""Every method preset trains through the one loop and reloads as the same kind of model."""
+
+import pytest
+import torch
+from conftest import tiny_model_overrides
+from test_data import make_idx_folder
+
+from mimkit.config import load_config
+from mimkit.errors import ConfigError
+from mimkit.objectives.crossmae import CrossMAE
+from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.objectives.maskalign import MaskAlign
+from mimkit.objectives.maskfeat import MaskFeat
+from mimkit.objectives.simmim import SimMIM
+from mimkit.train.checkpoint import load_model
+from mimkit.train.loop import pretrain
+
+PRESETS = {
+    "configs/fmnist_mae_tiny.yaml": MaskedAutoencoder,
+    "configs/fmnist_mae_block_tiny.yaml": MaskedAutoencoder,
+    "configs/fmnist_colormae_green_tiny.yaml": MaskedAutoencoder,
+    "configs/fmnist_simmim_tiny.yaml": SimMIM,
+    "configs/fmnist_crossmae_tiny.yaml": CrossMAE,
+    "configs/fmnist_maskfeat_tiny.yaml": MaskFeat,
+}
+
+
+def short_run(tmp_path, preset, out, *extra):
+    data = make_idx_folder(tmp_path / "idx", n_train=32, n_test=8)
+    overrides = tiny_model_overrides(tmp_path / out) + [
+        "data.source=idx", f"data.path={data}", "train.batch_size=8", "train.epochs=1",
+        "train.max_steps=2", "eval.knn=false", *extra,
+    ]  # fmt: skip
+    return pretrain(load_config(preset, overrides))
+
+
+@pytest.mark.parametrize("preset, kind", list(PRESETS.items()))
+def test_preset_trains_and_reloads(tmp_path, preset, kind):
+    result = short_run(tmp_path, preset, "run")
+    assert type(result.model) is kind
+    assert result.steps == 2 and torch.isfinite(torch.tensor(result.final_loss))
+    model, cfg = load_model(result.checkpoint)
+    assert type(model) is kind and cfg.model.method == result.cfg.model.method
+
+
+def test_maskalign_preset_learns_from_a_frozen_teacher(tmp_path):
+    teacher = short_run(tmp_path, "configs/fmnist_mae_tiny.yaml", "teacher")
+    result = short_run(
+        tmp_path,
+        "configs/fmnist_maskalign_tiny.yaml",
+        "student",
+        f"model.teacher={teacher.checkpoint}",
+    )
+    assert isinstance(result.model, MaskAlign)
+    reference = teacher.model.encoder.state_dict()
+    assert all(torch.equal(reference[k], v) for k, v in result.model.teacher.state_dict().items())
+
+
+def test_method_settings_are_checked():
+    with pytest.raises(ConfigError, match="model.method must be one of"):
+        load_config("configs/fmnist_mae_tiny.yaml", ["model.method=beit"])
+    with pytest.raises(ConfigError, match="needs the checkpoint of a teacher"):
+        load_config("configs/fmnist_mae_tiny.yaml", ["model.method=maskalign"])
+    with pytest.raises(ConfigError, match="model.mask_patch 3 must divide the patch grid 4x4"):
+        load_config("configs/fmnist_simmim_tiny.yaml", ["model.mask_patch=3"])
