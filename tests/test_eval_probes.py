@@ -11,6 +11,8 @@ from mimkit.eval.linear import (
     LinearProbe,
     ProbeSettings,
     carve_validation,
+    fit_probe,
+    fit_probes,
     linear_probe,
     select_lr,
 )
@@ -50,13 +52,13 @@ def test_test_labels_cannot_influence_the_chosen_lr(monkeypatch):
     f_test, y_test = clustered_features(n_per_class=20, seed=2, spread=3.0)
     lrs = [1e-4, 0.003, 0.3]
     seen = []
-    real_fit = linear_mod.fit_probe
+    real_fit = linear_mod.fit_probes
 
     def spy(features, labels, *args, **kwargs):
         seen.append(labels.clone())
         return real_fit(features, labels, *args, **kwargs)
 
-    monkeypatch.setattr(linear_mod, "fit_probe", spy)
+    monkeypatch.setattr(linear_mod, "fit_probes", spy)
     base = linear_probe(f_train, y_train, f_test, y_test, lrs, settings=FAST)
     permuted = y_test[torch.randperm(len(y_test), generator=torch.Generator().manual_seed(0))]
     adversarial = (y_test + 1) % 4
@@ -65,7 +67,7 @@ def test_test_labels_cannot_influence_the_chosen_lr(monkeypatch):
         assert other.lr == base.lr and other.val_top1 == base.val_top1
     assert linear_probe(f_train, y_train, f_test, adversarial, lrs, settings=FAST).top1 < base.top1
     # every probe ever fitted saw training labels only
-    assert len(seen) == 4 * (len(lrs) + 1)
+    assert len(seen) == 4 * 2  # per linear_probe: one grid pass, one final fit
     train_multiset = sorted(y_train.tolist())
     for labels in seen:
         assert len(labels) <= len(y_train)
@@ -101,3 +103,13 @@ def test_fewshot_gets_better_with_more_shots_and_reports_spread():
     assert ten.mean > one.mean and ten.mean > 0.8
     assert one.std > 0
     assert abs(one.mean - sum(one.per_seed) / 4) < 1e-9
+
+
+def test_grid_trained_together_equals_each_rate_alone():
+    f, y = clustered_features(n_per_class=30, seed=5, spread=2.0)
+    together = fit_probes(f, y, 4, [0.01, 0.5], FAST)
+    for lr, probe in zip([0.01, 0.5], together, strict=True):
+        alone = fit_probe(f, y, 4, lr, FAST)
+        assert torch.allclose(alone.head.weight, probe.head.weight, atol=1e-6)
+        assert torch.allclose(alone.bn.running_mean, probe.bn.running_mean)
+    assert not torch.allclose(together[0].head.weight, together[1].head.weight)

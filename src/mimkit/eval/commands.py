@@ -125,8 +125,8 @@ def load_features(args: argparse.Namespace) -> dict[str, Any]:
         encoder, x_test, cfg.data.mean, cfg.data.std, desc="test features", **kw
     )
     return {
-        "train": (f_train, y_train),
-        "test": (f_test, y_test),
+        "train": (f_train.to(device), y_train.to(device)),
+        "test": (f_test.to(device), y_test.to(device)),
         "folder": folder,
         "pool": args.pool or encoder.cfg.pool,
         "block": args.block or len(encoder.blocks),

@@ -44,13 +44,12 @@ def fit_fewshot_probe(
     max_iter: int = 300,
 ) -> LinearProbe:
     """Probe with BN frozen to the unlabelled bank's statistics and an L-BFGS-fitted head."""
-    probe = LinearProbe(features.shape[1], num_classes)
+    probe = LinearProbe(features.shape[1], num_classes).to(features.device)
     probe.bn.running_mean.copy_(bank.mean(0))
     probe.bn.running_var.copy_(bank.var(0))
     probe.eval()
-    nn_init = torch.zeros_like(probe.head.weight)
     with torch.no_grad():
-        probe.head.weight.copy_(nn_init)
+        probe.head.weight.zero_()  # the convex optimum does not depend on the start
         x = probe.bn(features)
     opt = torch.optim.LBFGS(
         probe.head.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe"
