@@ -146,7 +146,10 @@ def test_corrupt_image_is_skipped_not_fatal(tmp_path, capsys):
     )
     assert code == 0
     captured = capsys.readouterr()
-    assert "skipped 1 corrupt image(s) of 9" in captured.err
+    assert "1 corrupt image(s) were skipped during training" in captured.err
+    assert (tmp_path / "o" / "reconstruction.png").is_file()
+    end = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert end["event"] == "end" and end["corrupt_skipped"] == 1
 
 
 def test_checkpoint_from_another_model(tmp_path, capsys):

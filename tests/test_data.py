@@ -65,8 +65,10 @@ def test_idx_source_from_a_path(tmp_path):
 
 def test_fashion_mnist_from_an_explicit_path(tmp_path):
     folder = make_idx_folder(tmp_path / "fm")
-    images, labels = load_fashion_mnist("train", folder)
+    images, labels = load_fashion_mnist("train", folder, verify=False)
     assert images.shape == (40, 1, 28, 28)
+    with pytest.raises(DataError, match="content checksum mismatch"):
+        load_fashion_mnist("train", folder)
     with pytest.raises(DataError, match="expected the four Fashion-MNIST IDX files"):
         load_fashion_mnist("train", tmp_path / "empty")
 
@@ -124,9 +126,7 @@ def test_folder_source_with_workers_counts_skips(tmp_path):
     for i in range(9):
         Image.fromarray(np.full((8, 8), i, np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "bad.png").write_bytes(b"\x00" * 10)
-    src = TrainSource(
-        DataConfig(source="folder", path=str(tmp_path)), 1, (8, 8), seed=0, num_workers=1
-    )
+    src = TrainSource(DataConfig(source="folder", path=str(tmp_path), num_workers=1), 1, (8, 8), 0)
     batches = list(src.batches(0, batch_size=5))
     assert sum(b.skipped for b in batches) == 1
     assert sum(len(b.images) for b in batches) == 9
@@ -156,3 +156,15 @@ def test_crop_identity_and_flip():
     a = random_resized_crop_flip(x, (12, 12), generator=gen)
     b = random_resized_crop_flip(x, (12, 12), generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
+
+
+def test_download_refuses_files_whose_md5_differs(tmp_path):
+    from mimkit.data.idx import download_fashion_mnist
+
+    mirror = make_idx_folder(tmp_path / "mirror")  # look-alike files: right names, wrong bytes
+    dest = tmp_path / "cache"
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte\.gz: MD5 [0-9a-f]{32} does not match"
+    ):
+        download_fashion_mnist(dest, url=mirror.as_uri() + "/")
+    assert not any(dest.iterdir())  # nothing unverified is kept

@@ -8,7 +8,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from mimkit.compress.cli import add_commands as add_compress_commands
 from mimkit.errors import MimkitError
+from mimkit.interop.cli import add_interop_commands
 
 log = logging.getLogger("mimkit")
 
@@ -57,6 +59,26 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=cmd_data_info)
 
 
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="pictures of what models and methods do")
+    isub = p.add_subparsers(dest="what", required=True)
+    masks = isub.add_parser("masks", help="a PNG gallery of every masking strategy on one image")
+    masks.add_argument("--image", help="an image file (default: a Fashion-MNIST test image)")
+    masks.add_argument("--grid", type=int, default=14, help="patches per side")
+    masks.add_argument("--ratio", type=float, default=0.75)
+    masks.add_argument("--seed", type=int, default=0)
+    masks.add_argument("--out", default="mask_gallery.png")
+    masks.set_defaults(func=cmd_inspect_masks)
+
+
+def cmd_inspect_masks(args: argparse.Namespace) -> int:
+    from mimkit.inspect.masks import save_mask_gallery
+
+    path = save_mask_gallery(args.out, args.image, args.grid, args.ratio, args.seed)
+    print(f"mask gallery: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mimkit", description="Masked image modelling for Vision Transformers."
@@ -66,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_eval(sub)
     _add_data(sub)
+    add_interop_commands(sub)
+    add_compress_commands(sub)
+    _add_inspect(sub)
     return parser
 
 
@@ -82,7 +107,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if result.corrupt_skipped:
         print(f"skipped corrupt images: {result.corrupt_skipped}")
     if not args.no_eval:
-        report = pretrain_report(result.model, result.cfg)
+        report = pretrain_report(result.model, result.cfg, result.sample_images)
         for line in report["lines"]:
             print(line)
     return 0

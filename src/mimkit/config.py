@@ -35,6 +35,7 @@ class DataConfig:
     )  # random-resized-crop area range
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     hflip: bool = True
+    num_workers: int = 0  # DataLoader processes decoding image folders (0: in the main process)
 
 
 @dataclass

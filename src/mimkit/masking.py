@@ -38,15 +38,19 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     return int(num_patches * (1 - mask_ratio))
 
 
-def mask_from_noise(noise: torch.Tensor, mask_ratio: float) -> Mask:
-    """Keep the lowest-noise tokens: MAE's argsort trick, with HF's tie-breaking (stable argsort)."""
-    n = noise.shape[1]
-    keep = num_kept(n, mask_ratio)
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
+def mask_keeping_lowest(priority: torch.Tensor, keep: int) -> Mask:
+    """Keep exactly `keep` patches per sample: those with the lowest priority (B, N)."""
+    ids_shuffle = torch.argsort(priority, dim=1)
     return Mask(
-        ids_keep=ids_shuffle[:, :keep], ids_masked=ids_shuffle[:, keep:], ids_restore=ids_restore
+        ids_keep=ids_shuffle[:, :keep],
+        ids_masked=ids_shuffle[:, keep:],
+        ids_restore=torch.argsort(ids_shuffle, dim=1),
     )
+
+
+def mask_from_noise(noise: torch.Tensor, mask_ratio: float) -> Mask:
+    """Keep the lowest-noise tokens: MAE's argsort trick, counted as MAE counts."""
+    return mask_keeping_lowest(noise, num_kept(noise.shape[1], mask_ratio))
 
 
 def random_masking(

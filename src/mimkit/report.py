@@ -17,7 +17,10 @@ from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.train.runtime import pick_device
 
 
-def pretrain_report(model: MaskedAutoencoder, cfg: RunConfig) -> dict[str, Any]:
+def pretrain_report(
+    model: MaskedAutoencoder, cfg: RunConfig, train_samples: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """kNN lines and a reconstruction image; pictures use test images, else `train_samples`."""
     device = pick_device(cfg.train.device)
     model = model.to(device).eval()
     out = Path(cfg.out_dir)
@@ -53,15 +56,8 @@ def pretrain_report(model: MaskedAutoencoder, cfg: RunConfig) -> dict[str, Any]:
             lines.append(
                 f"kNN top-1 random init: {100 * rand.top1:.2f}%  (same architecture and seed, untrained)"
             )
-    if ec.reconstruction_images > 0:
-        if splits is not None:
-            images = splits[2][: ec.reconstruction_images]
-        else:
-            from mimkit.data.sources import load_split
-
-            images = load_split(cfg.data, "train", cfg.model.in_chans, cfg.model.image_hw)[0][
-                : ec.reconstruction_images
-            ]
+    images = splits[2][: ec.reconstruction_images] if splits is not None else train_samples
+    if ec.reconstruction_images > 0 and images is not None and len(images):
         path = save_reconstructions(
             model,
             images,

@@ -27,7 +27,15 @@ FASHION_MNIST_FILES = {
     "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12e480ee83cd310",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+# SHA-256 of the decompressed IDX bytes: the same for the official files and for repacks such
+# as Debian's (whose .gz files differ byte-wise), so every local copy is checked on load.
+FASHION_MNIST_CONTENT_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -36,8 +44,11 @@ FASHION_MNIST_CLASSES = [
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array of its declared shape."""
+def read_idx(path: str | Path, expected_sha256: str | None = None) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array of its declared shape.
+
+    With `expected_sha256`, the decompressed bytes must hash to it (a damaged copy is refused).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: IDX file not found")
@@ -47,6 +58,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             data = f.read()
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read IDX file ({exc})") from exc
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise DataError(f"{path}: content checksum mismatch (damaged or not the official file)")
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
     ndim = data[3]
@@ -125,23 +138,28 @@ def find_fashion_mnist(path: str | Path | None = None, download: bool = False) -
     )
 
 
-def _read_split(folder: Path, stem: str) -> np.ndarray:
+def _read_split(folder: Path, stem: str, verify: bool) -> np.ndarray:
+    expected = FASHION_MNIST_CONTENT_SHA256[stem] if verify else None
     for name in (f"{stem}.gz", stem):
         if (folder / name).is_file():
-            return read_idx(folder / name)
+            return read_idx(folder / name, expected)
     raise DataError(f"{folder}: missing {stem}(.gz)")
 
 
 def load_fashion_mnist(
-    split: str, path: str | Path | None = None, download: bool = False
+    split: str, path: str | Path | None = None, download: bool = False, verify: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 (N, 1, 28, 28), labels int64 (N,)) for split 'train' or 'test'."""
+    """(images uint8 (N, 1, 28, 28), labels int64 (N,)) for split 'train' or 'test'.
+
+    `verify` checks the content checksums of the real data set; turn it off for look-alike
+    files in the same layout (tests, subsets).
+    """
     if split not in ("train", "test"):
         raise DataError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
     folder = find_fashion_mnist(path, download)
     prefix = "train" if split == "train" else "t10k"
-    images = _read_split(folder, f"{prefix}-images-idx3-ubyte")
-    labels = _read_split(folder, f"{prefix}-labels-idx1-ubyte")
+    images = _read_split(folder, f"{prefix}-images-idx3-ubyte", verify)
+    labels = _read_split(folder, f"{prefix}-labels-idx1-ubyte", verify)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(
             f"{folder}: {split} images {images.shape} and labels {labels.shape} do not pair up"

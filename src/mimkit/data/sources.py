@@ -7,6 +7,7 @@ tensor; folder sources decode in DataLoader workers and report corrupt files per
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,19 +129,20 @@ def _load_folder_split(
 
 
 class TrainSource:
-    """Seeded, resumable batches over a training set, in memory or decoded by workers."""
+    """Seeded, resumable batches over a training set: IDX data in memory, folders streamed."""
 
-    def __init__(
-        self, cfg: DataConfig, channels: int, size: tuple[int, int], seed: int, num_workers: int = 0
-    ) -> None:
+    def __init__(self, cfg: DataConfig, channels: int, size: tuple[int, int], seed: int) -> None:
         self.cfg = cfg
         self.seed = seed
-        self.num_workers = num_workers
         self.dataset: ImageFolderDataset | None = None
         self.images: torch.Tensor | None = None
-        if cfg.source == "folder" and cfg.path and num_workers > 0:
+        if cfg.source == "folder":
+            # streamed: decoded by DataLoader workers, so the folder may exceed memory
+            if not cfg.path:
+                raise DataError("data.path: the folder source needs the path of an image folder")
             self.dataset = ImageFolderDataset(split_folder(Path(cfg.path), "train"), channels, size)
             self.labels = torch.tensor(self.dataset.labels)
+            self.sample(1)  # fail now, not mid-epoch, on a channel mismatch
         else:
             self.images, self.labels = load_split(cfg, "train", channels, size)
         if cfg.limit is not None:
@@ -174,13 +176,20 @@ class TrainSource:
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=[idx.tolist() for idx in index_batches],
-            num_workers=self.num_workers,
+            num_workers=self.cfg.num_workers,
             collate_fn=collate_skip_corrupt,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=False,
         )
         for images, labels, skipped in loader:
             yield Batch(images, labels, skipped)
+
+    def sample(self, count: int) -> torch.Tensor:
+        """The first `count` decodable training images, uint8, for pictures."""
+        if self.images is not None:
+            return self.images[:count]
+        items = (self.dataset[i] for i in range(len(self.dataset)))
+        good = list(itertools.islice((image for image, _, ok in items if ok), count))
+        return torch.stack(good) if good else torch.empty(0, dtype=torch.uint8)
 
 
 def load_labelled_splits(

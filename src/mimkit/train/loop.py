@@ -46,6 +46,7 @@ class PretrainResult:
     final_loss: float
     nonfinite_skipped: int
     corrupt_skipped: int
+    sample_images: torch.Tensor  # a few uint8 training images, for reconstruction pictures
 
 
 def checkpoint_dir(cfg: RunConfig) -> Path:
@@ -252,6 +253,7 @@ def pretrain(cfg: RunConfig, resume: bool = True) -> PretrainResult:
     )
     if state["corrupt"]:
         log.warning("%d corrupt image(s) were skipped during training", state["corrupt"])
+    samples = source.sample(cfg.eval.reconstruction_images)
     return PretrainResult(
-        model, cfg, ckpt, state["step"], last_loss, state["nonfinite"], state["corrupt"]
+        model, cfg, ckpt, state["step"], last_loss, state["nonfinite"], state["corrupt"], samples
     )

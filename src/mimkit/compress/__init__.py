@@ -1,0 +1,1 @@
+"""Compression for deployment: data-free block importance and pruning, token merging."""

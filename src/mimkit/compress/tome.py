@@ -1,0 +1,119 @@
+"""Token merging (ToMe; Bolya et al., 2023) at inference, for any mimkit encoder, no training.
+
+After each block's attention, the tokens are split alternately into sets A and B; every A
+token finds its most similar B token (cosine similarity of the attention keys, averaged over
+heads); the r most similar pairs are merged by a size-weighted average. The cls token is never
+merged. Each token carries its `size` (how many patches it stands for); with proportional
+attention, log(size) is added to the attention logits so a merged token weighs as much as the
+tokens it replaced. Fewer tokens per block means less compute in every block after it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mimkit.models.vit import Attention, Block, VisionTransformer
+
+Merge = Callable[[torch.Tensor], torch.Tensor]
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_first: bool = True) -> Merge:
+    """A function that merges r tokens of any (B, N, C) tensor aligned with `metric` (B, N, K).
+
+    Returned function sums merged rows; callers divide by merged sizes for an average.
+    """
+    n = metric.shape[1]
+    num_a = (n + 1) // 2
+    r = min(r, num_a - int(protect_first))
+    if r <= 0:
+        return lambda x: x
+    metric = F.normalize(metric.float(), dim=-1)
+    a, b = metric[:, ::2], metric[:, 1::2]
+    scores = a @ b.transpose(1, 2)
+    if protect_first:
+        scores[:, 0, :] = -math.inf
+    best, best_b = scores.max(dim=-1)  # (B, |A|)
+    order = best.argsort(dim=-1, descending=True)[..., None]
+    merged_a = order[:, :r]  # A tokens folded into B
+    kept_a = order[:, r:].sort(dim=1).values  # the rest keep their relative order (cls first)
+    target_b = best_b[..., None].gather(1, merged_a)
+
+    def merge(x: torch.Tensor) -> torch.Tensor:
+        xa, xb = x[:, ::2], x[:, 1::2]
+        c = x.shape[-1]
+        keep = xa.gather(1, kept_a.expand(-1, -1, c))
+        moved = xa.gather(1, merged_a.expand(-1, -1, c))
+        xb = xb.scatter_reduce(1, target_b.expand(-1, -1, c), moved, reduce="sum")
+        return torch.cat([keep, xb], dim=1)
+
+    return merge
+
+
+def merge_weighted(
+    merge: Merge, x: torch.Tensor, size: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge tokens as size-weighted averages; sizes add up."""
+    total = merge(x * size)
+    size = merge(size)
+    return total / size, size
+
+
+def attention_with_keys(
+    attn: Attention, x: torch.Tensor, size: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's attention output and its keys averaged over heads (the matching metric)."""
+    b, n, d = x.shape
+    q, k, v = attn.qkv(x).view(b, n, 3, attn.num_heads, d // attn.num_heads).unbind(2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    bias = None if size is None else size.log().transpose(1, 2)[:, None].to(q.dtype)  # (B,1,1,N)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return attn.proj(out.transpose(1, 2).reshape(b, n, d)), k.mean(dim=1)
+
+
+def block_with_merging(
+    block: Block, x: torch.Tensor, size: torch.Tensor, r: int, proportional: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    y, keys = attention_with_keys(block.attn, block.norm1(x), size if proportional else None)
+    x = x + block.drop_path(y)
+    merge = bipartite_soft_matching(keys, r, protect_first=True)
+    x, size = merge_weighted(merge, x, size)
+    x = x + block.drop_path(block.mlp(block.norm2(x)))
+    return x, size
+
+
+@torch.no_grad()
+def tome_tokens(
+    encoder: VisionTransformer, images: torch.Tensor, r: int, proportional: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised tokens, sizes) after merging r tokens per block; r=0 is the plain encoder."""
+    x = encoder.embed(images)
+    size = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
+    for block in encoder.blocks:
+        if r > 0:
+            x, size = block_with_merging(block, x, size, r, proportional)
+        else:
+            x = block(x)
+    return encoder.norm(x), size
+
+
+@torch.no_grad()
+def tome_features(
+    encoder: VisionTransformer, images: torch.Tensor, r: int, proportional: bool = True
+) -> torch.Tensor:
+    """Pooled features as `encoder.features`, with average pooling weighted by token size."""
+    if r == 0:
+        return encoder.features(images)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        tokens, size = tome_tokens(encoder, images, r, proportional)
+    finally:
+        encoder.train(was_training)
+    if encoder.cfg.pool == "avg":
+        weights = size[:, 1:]
+        return (tokens[:, 1:] * weights).sum(1) / weights.sum(1)
+    return tokens[:, 0]

@@ -1,0 +1,90 @@
+"""Throughput against accuracy for token merging: one row per r, measured on the same data."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from mimkit.compress.tome import tome_features, tome_tokens
+from mimkit.data.transforms import normalize
+from mimkit.eval.knn import knn_top1
+from mimkit.models.vit import VisionTransformer
+
+
+@dataclass
+class TomeRow:
+    r: int
+    tokens_out: int  # tokens left after the last block (cls included)
+    img_per_s: float
+    knn_top1: float
+
+
+@torch.no_grad()
+def features_timed(
+    encoder: VisionTransformer, images: torch.Tensor, mean, std, r: int, batch: int, device
+) -> tuple[torch.Tensor, float]:
+    chunks, seconds = [], 0.0
+    for start in range(0, len(images), batch):
+        x = normalize(images[start : start + batch].to(device), mean, std)
+        t0 = time.perf_counter()
+        feats = tome_features(encoder, x, r)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        chunks.append(feats.float().cpu())
+    return torch.cat(chunks), len(images) / seconds
+
+
+def tome_tradeoff(
+    encoder: VisionTransformer,
+    splits: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    mean: list[float],
+    std: list[float],
+    rs: list[int],
+    batch: int = 256,
+    device: torch.device | str = "cpu",
+) -> list[TomeRow]:
+    encoder = encoder.to(device).eval()
+    x_train, y_train, x_test, y_test = splits
+    rows = []
+    for r in rs:
+        f_train, _ = features_timed(encoder, x_train, mean, std, r, batch, device)
+        f_test, rate = features_timed(encoder, x_test, mean, std, r, batch, device)
+        probe = normalize(x_test[:1].to(device), mean, std)
+        tokens = tome_tokens(encoder, probe, r)[0].shape[1]
+        rows.append(TomeRow(r, tokens, round(rate, 1), knn_top1(f_train, y_train, f_test, y_test)))
+    return rows
+
+
+def plot_tradeoff(rows: list[TomeRow], path: str | Path) -> Path | None:
+    """img/s vs top-1, one point per r; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r.img_per_s for r in rows], [100 * r.knn_top1 for r in rows], "o-")
+    for row in rows:
+        ax.annotate(
+            f"r={row.r}",
+            (row.img_per_s, 100 * row.knn_top1),
+            textcoords="offset points",
+            xytext=(4, 4),
+        )
+    ax.set_xlabel("images / s (feature extraction)")
+    ax.set_ylabel("kNN top-1 (%)")
+    ax.set_title("Token merging: speed vs accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def rows_as_dicts(rows: list[TomeRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

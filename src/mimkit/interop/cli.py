@@ -1,0 +1,69 @@
+"""Sub-commands `mimkit export` and `mimkit import`; registered by `mimkit.cli.build_parser`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_interop_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="write a checkpoint for Hugging Face, timm, or as weights-only safetensors"
+    )
+    p.add_argument("checkpoint", help="mimkit checkpoint folder (or the run folder holding it)")
+    p.add_argument("--to", required=True, choices=("hf", "timm", "safetensors"))
+    p.add_argument("out", help="output folder")
+    p.add_argument(
+        "--hf-arch",
+        default="pretraining",
+        choices=("pretraining", "vit"),
+        help="hf: ViTMAEForPreTraining with decoder (default) or ViTModel (encoder only)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "import", help="convert HF, timm or official MAE weights into a mimkit checkpoint"
+    )
+    p.add_argument("src", help="HF save_pretrained folder, timm folder/file, MAE .pth, or mimkit")
+    p.add_argument("out", help="output checkpoint folder")
+    p.add_argument(
+        "--from",
+        dest="fmt",
+        choices=("hf", "timm", "mae", "mimkit"),
+        help="source format (default: detected)",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="model.*/data.* overrides, e.g. model.img_size=448 (interpolates position tables)",
+    )
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mimkit.interop.convert import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.to, args.out, args.hf_arch)
+    what = {
+        "hf": f"Hugging Face folder ({args.hf_arch}): from_pretrained('{out}')",
+        "timm": "timm folder: encoder only, global_pool='token', num_classes=0",
+        "safetensors": "mimkit checkpoint, weights only (encoder + decoder)",
+    }[args.to]
+    print(f"exported {args.checkpoint} -> {out}  ({what})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mimkit.interop.convert import import_checkpoint
+
+    result = import_checkpoint(args.src, args.out, args.fmt, args.overrides)
+    decoder = (
+        "decoder imported" if result.has_decoder else "encoder only, decoder freshly initialised"
+    )
+    m = result.run.model
+    print(
+        f"imported {args.src} ({result.fmt}) -> {result.out}  ({decoder}; ViT {m.embed_dim}x"
+        f"{m.depth}, {m.num_heads} heads, patch {m.patch_size}, image {m.image_hw})"
+    )
+    for note in result.notes:
+        print(f"assumed: {note}")
+    return 0

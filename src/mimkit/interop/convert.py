@@ -1,0 +1,214 @@
+"""`mimkit import` and `mimkit export`: find the format, convert, write, say what was assumed.
+
+Import always produces a normal mimkit checkpoint folder (model.safetensors + config.yaml, no
+training state) plus `source.json` recording where the weights came from, whether the decoder
+was imported or freshly initialised, and every assumption made. Dotted overrides
+(`model.img_size=448`, `model.num_heads=16`, `data.mean=[...]`) apply before the model is
+built; a new image size interpolates the position embeddings, with a warning in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mimkit.config import RunConfig, config_from_dict, config_to_dict, parse_override
+from mimkit.errors import CheckpointError, ConfigError
+from mimkit.interop.common import ImportedModel, build_model
+from mimkit.models.registry import resolve_model_config
+from mimkit.objectives.mae import MaskedAutoencoder
+
+log = logging.getLogger(__name__)
+
+IMPORT_FORMATS = ("hf", "timm", "mae", "mimkit")
+EXPORT_FORMATS = ("hf", "timm", "safetensors")
+SOURCE_FILE = "source.json"
+
+
+def detect_format(path: Path) -> str:
+    """Guess the format of a folder or file from its config files and parameter names."""
+    from mimkit.interop.safe_load import PICKLE_SUFFIXES, safetensors_keys
+
+    if not path.exists():
+        raise CheckpointError(f"{path}: not found")
+    if path.is_dir():
+        if (path / "config.yaml").is_file() or (path / "checkpoint" / "config.yaml").is_file():
+            return "mimkit"
+        config = path / "config.json"
+        if config.is_file():
+            try:
+                tree = json.loads(config.read_text())
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{config}: not valid JSON ({exc})") from exc
+            if tree.get("model_type") in ("vit_mae", "vit"):
+                return "hf"
+            if "architecture" in tree:
+                return "timm"
+        raise CheckpointError(
+            f"{path}: cannot tell the format (no config.yaml, HF or timm config.json); "
+            f"name it with --from {{{','.join(IMPORT_FORMATS)}}}"
+        )
+    if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: unknown file type {path.suffix!r}; expected a folder, .safetensors or "
+            f"one of {', '.join(PICKLE_SUFFIXES)}"
+        )
+    if path.suffix in PICKLE_SUFFIXES:
+        return "mae"  # timm names + optional decoder_*; read_official handles both, never twice
+    keys = safetensors_keys(path)
+    if any(k.startswith(("vit.", "embeddings.")) for k in keys):
+        raise CheckpointError(
+            f"{path}: Hugging Face weights need their config.json: import the folder instead"
+        )
+    if any(k.startswith("decoder_") or k == "mask_token" for k in keys):
+        return "mae"
+    if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
+        return "timm"
+    raise CheckpointError(f"{path}: parameter names match no known ViT layout")
+
+
+def read_source(path: Path, fmt: str) -> tuple[ImportedModel, RunConfig | None]:
+    """Read weights in `fmt`; for a mimkit source also return its whole run config."""
+    if fmt == "hf":
+        from mimkit.interop.hf import read_hf_folder
+
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: Hugging Face import needs the save_pretrained folder")
+        return read_hf_folder(path), None
+    if fmt == "timm":
+        from mimkit.interop.timm import read_timm
+
+        return read_timm(path), None
+    if fmt == "mae":
+        from mimkit.interop.official_mae import read_official
+
+        return read_official(path), None
+    if fmt == "mimkit":
+        from mimkit.train.checkpoint import (
+            MODEL_FILE,
+            load_config_file,
+            read_weights,
+            resolve_checkpoint_dir,
+        )
+
+        folder = resolve_checkpoint_dir(path)
+        run = load_config_file(folder)
+        run.model = resolve_model_config(run.model)
+        state = read_weights(folder / MODEL_FILE)
+        has_decoder = any(k.startswith("decoder.") for k in state)
+        imported = ImportedModel(state, run.model, "mimkit", str(folder), has_decoder)
+        return imported, run
+    raise CheckpointError(f"--from {fmt!r}: expected one of {', '.join(IMPORT_FORMATS)}")
+
+
+def _apply_overrides(run: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    tree = config_to_dict(run)
+    for text in overrides:
+        key, value = parse_override(text)
+        section, _, name = key.rpartition(".")
+        section = section or "model"
+        if section not in ("model", "data") or not name:
+            raise ConfigError(f"override {text!r}: import takes model.* and data.* keys only")
+        tree[section][name] = value
+    run = config_from_dict(tree, "import overrides")
+    run.model = resolve_model_config(run.model)
+    return run
+
+
+def refuse_existing(out: Path) -> None:
+    """Never write over something: a run's checkpoint or another export may live there."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out}: already exists and is not empty; choose a new folder")
+
+
+@dataclass
+class Loaded:
+    """A foreign checkpoint as a ready mimkit model, with what was assumed on the way."""
+
+    model: MaskedAutoencoder
+    run: RunConfig
+    fmt: str
+    has_decoder: bool
+    notes: list[str]
+    source_image_hw: tuple[int, int]
+
+
+@dataclass
+class ImportResult:
+    out: Path
+    fmt: str
+    has_decoder: bool
+    notes: list[str]
+    run: RunConfig
+
+
+def load_foreign(
+    src: str | Path, fmt: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Loaded:
+    """Any supported checkpoint -> an in-memory MaskedAutoencoder (eval mode, CPU), e.g.
+    `load_foreign("vit-mae-base", overrides=["model.img_size=448"]).model`."""
+    src = Path(src)
+    fmt = fmt or detect_format(src)
+    imported, run = read_source(src, fmt)
+    if run is None:
+        run = RunConfig(model=imported.model)
+        if imported.mean is not None and imported.std is not None:
+            run.data.mean, run.data.std = list(imported.mean), list(imported.std)
+    run = _apply_overrides(run, overrides)
+    for note in imported.notes:
+        log.info("%s: %s", src, note)
+    model = build_model(imported, run.model)
+    return Loaded(model, run, fmt, imported.has_decoder, imported.notes, imported.model.image_hw)
+
+
+def import_checkpoint(
+    src: str | Path,
+    out: str | Path,
+    fmt: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> ImportResult:
+    """Convert `src` into a mimkit checkpoint folder at `out` (plus source.json)."""
+    from mimkit.train.checkpoint import save_checkpoint
+
+    out = Path(out)
+    refuse_existing(out)
+    loaded = load_foreign(src, fmt, overrides)
+    if loaded.fmt != "mimkit":
+        loaded.run.out_dir = str(out)
+    save_checkpoint(out, loaded.model, loaded.run)
+    record = {
+        "source": str(src),
+        "format": loaded.fmt,
+        "decoder": "imported" if loaded.has_decoder else "freshly initialised (source has none)",
+        "source_image_size": list(loaded.source_image_hw),
+        "image_size": list(loaded.run.model.image_hw),
+        "assumptions": loaded.notes,
+        "overrides": list(overrides),
+    }
+    (out / SOURCE_FILE).write_text(json.dumps(record, indent=1))
+    return ImportResult(out, loaded.fmt, loaded.has_decoder, loaded.notes, loaded.run)
+
+
+def export_checkpoint(
+    checkpoint: str | Path, to: str, out: str | Path, hf_arch: str = "pretraining"
+) -> Path:
+    """Write a mimkit checkpoint as a HF folder, a timm folder or weights-only safetensors."""
+    from mimkit.train.checkpoint import load_model, save_checkpoint
+
+    out = Path(out)
+    refuse_existing(out)
+    model, run = load_model(checkpoint)
+    state = model.state_dict()
+    if to == "hf":
+        from mimkit.interop.hf import write_hf_folder
+
+        return write_hf_folder(state, run.model, out, run.data.mean, run.data.std, hf_arch)
+    if to == "timm":
+        from mimkit.interop.timm import write_timm
+
+        return write_timm(state, run.model, out, run.data.mean, run.data.std)
+    if to == "safetensors":
+        return save_checkpoint(out, model, run)
+    raise CheckpointError(f"--to {to!r}: expected one of {', '.join(EXPORT_FORMATS)}")

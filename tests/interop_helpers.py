@@ -1,0 +1,48 @@
+"""Small random models shared by the interop tests."""
+
+from __future__ import annotations
+
+import torch
+
+from mimkit.config import RunConfig
+from mimkit.models import ModelConfig
+from mimkit.objectives.mae import build_mae
+from mimkit.train.checkpoint import save_checkpoint
+
+
+def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter and buffer random values, so a wrong mapping cannot go unnoticed
+    (fresh inits have zero biases, unit norms and tables that coincide between formats)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if tensor.is_floating_point():
+                scale = 0.05 if tensor.dim() > 1 else 0.2
+                tensor.copy_(torch.randn(tensor.shape, generator=g) * scale + (tensor.dim() == 1))
+    return module
+
+
+def tiny_model_config(**kw) -> ModelConfig:
+    fields = dict(
+        img_size=16,
+        in_chans=3,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    fields.update(kw)
+    return ModelConfig(**fields)
+
+
+def random_checkpoint(folder, seed: int = 0, **kw):
+    """A saved mimkit checkpoint with random weights; returns (model, RunConfig)."""
+    cfg = RunConfig(model=tiny_model_config(**kw))
+    torch.manual_seed(seed)
+    model = randomise_(build_mae(cfg.model), seed).eval()
+    cfg.model = model.cfg
+    save_checkpoint(folder, model, cfg)
+    return model, cfg

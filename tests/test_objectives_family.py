@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+
+from mimkit.masking import random_masking
+from mimkit.models import ModelConfig
+from mimkit.models.registry import resolve_model_config
+from mimkit.models.vit import VisionTransformer
+from mimkit.objectives.crossmae import CrossMAE
+from mimkit.objectives.maskalign import MaskAlign
+from mimkit.objectives.maskfeat import MaskFeat
+from mimkit.objectives.simmim import SimMIM
+from mimkit.objectives.targets import HOGTarget
+
+
+def cfg(**kw):
+    base = dict(img_size=16, in_chans=1, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                decoder_embed_dim=16, decoder_depth=2, decoder_num_heads=2)  # fmt: skip
+    base.update(kw)
+    return resolve_model_config(ModelConfig(**base))
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_simmim_encoder_sees_mask_tokens_not_hidden_pixels():
+    torch.manual_seed(0)
+    model = SimMIM(cfg(), masking="random")
+    images = torch.randn(2, 1, 16, 16)
+    mask = random_masking(2, 16, 0.5, generator=gen())
+    tokens = model.encode_masked(images, mask.binary)
+    assert tokens.shape == (2, 17, 32)  # every patch is in the sequence, plus cls
+    r, c = divmod(mask.ids_masked[0, 0].item(), 4)
+    altered = images.clone()
+    altered[0, :, r * 4 : r * 4 + 4, c * 4 : c * 4 + 4] += 3.0
+    assert torch.allclose(model.encode_masked(altered, mask.binary), tokens, atol=1e-6)
+    out = model(images, mask=mask)
+    out.loss.backward()
+    assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+
+
+def test_simmim_loss_is_l1_on_hidden_patches_only():
+    torch.manual_seed(0)
+    model = SimMIM(cfg(), masking="coarse", mask_patch=2)
+    images = torch.randn(2, 1, 16, 16)
+    out = model(images, generator=gen())
+    hidden = out.mask.binary
+    from mimkit.patches import patchify
+
+    target = patchify(images, 4)
+    expected = ((out.pred - target).abs().mean(-1) * hidden).sum() / hidden.sum()
+    assert torch.allclose(out.loss, expected)
+    groups = hidden.view(2, 2, 2, 2, 2).sum(dim=(2, 4))  # SimMIM hides whole 2x2 groups
+    assert set(groups.unique().tolist()) <= {0.0, 4.0}
+
+
+def test_crossmae_reconstructs_only_the_chosen_subset():
+    torch.manual_seed(0)
+    model = CrossMAE(cfg(), predict_fraction=0.25)
+    out = model(torch.randn(3, 1, 16, 16), generator=gen())
+    hidden = out.mask.ids_masked.shape[1]  # 12 of 16 hidden
+    assert out.pred.shape == (3, round(hidden * 0.25), 16)
+    for row, masked in zip(out.predicted, out.mask.ids_masked, strict=True):
+        assert set(row.tolist()) <= set(masked.tolist())
+    out.loss.backward()
+    assert model.decoder.layer_mix.grad.abs().sum() > 0  # the layer mix learns
+
+
+def test_crossmae_queries_are_independent_of_each_other():
+    torch.manual_seed(0)
+    model = CrossMAE(cfg(), predict_fraction=1.0).eval()
+    images = torch.randn(1, 1, 16, 16)
+    mask = random_masking(1, 16, 0.75, generator=gen())
+    out, hidden = model.encoder(images, mask.ids_keep, return_hidden=True)
+    layers = [*hidden[1:-1], out]
+    a, b, c = mask.ids_masked[0, :3].tolist()
+    with_b = model.decoder(layers, torch.tensor([[a, b]]))
+    with_c = model.decoder(layers, torch.tensor([[a, c]]))
+    assert torch.allclose(with_b[0, 0], with_c[0, 0], atol=1e-6)
+
+
+def test_hog_of_a_vertical_edge_votes_into_the_horizontal_gradient_bin():
+    hog = HOGTarget(patch_size=8, channels=1, bins=9)
+    image = torch.zeros(1, 1, 8, 16)
+    image[..., 8:] = 1.0  # a vertical edge at the patch boundary: gradient along x (angle 0)
+    feats = hog(image)
+    assert feats.shape == (1, 2, 9)
+    assert feats[0, 0].argmax() == 0 and feats[0, 1].argmax() == 0
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(1, 2))
+    rotated = hog(image.transpose(-1, -2).contiguous())  # horizontal edge: angle pi/2
+    assert rotated[0, 0].argmax() == int(math.pi / 2 / math.pi * 9)
+
+
+def test_maskfeat_predicts_hog_for_hidden_patches():
+    torch.manual_seed(0)
+    model = MaskFeat(cfg(), bins=9)
+    out = model(torch.randn(2, 1, 16, 16), generator=gen())
+    assert out.pred.shape == (2, 16, 9)
+    assert torch.isfinite(out.loss)
+    with pytest.raises(Exception, match="HOG features, not pixels"):
+        model.reconstruct(torch.randn(1, 1, 16, 16), out.mask)
+
+
+def test_maskalign_teacher_is_frozen():
+    torch.manual_seed(0)
+    teacher = VisionTransformer(cfg(embed_dim=48, num_heads=3, drop_path_rate=0.5))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    model = MaskAlign(cfg(), teacher).train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    images = torch.randn(4, 1, 16, 16)
+    losses = []
+    for step in range(5):
+        out = model(images, generator=gen(step))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert out.pred.shape == (4, 4, 48)  # visible tokens, at the teacher's width
+    assert losses[-1] < losses[0]
