@@ -45,6 +45,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     knn.add_argument("--device", default="auto")
     knn.set_defaults(func=cmd_eval_knn)
+    from mimkit.eval.commands import add_eval_protocols, add_feature_args
+
+    add_feature_args(knn)
+    add_eval_protocols(esub)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -169,8 +173,18 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
     splits = load_labelled_splits(
         cfg.data, cfg.model.in_chans, cfg.model.image_hw, args.train_limit
     )
+    cache = None if args.no_cache else resolve_checkpoint_dir(args.checkpoint) / "features"
     result = knn_evaluate(
-        model.encoder, splits, cfg.data.mean, cfg.data.std, args.k, args.temperature, device
+        model.encoder,
+        splits,
+        cfg.data.mean,
+        cfg.data.std,
+        args.k,
+        args.temperature,
+        device,
+        cache_dir=cache,
+        pool=args.pool,
+        block=args.block,
     )
     name = "random-init" if args.random_init else "pretrained"
     print(

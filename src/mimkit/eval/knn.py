@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from mimkit.eval.features import extract_features
+from mimkit.eval.cache import cached_features
 from mimkit.models.vit import VisionTransformer
 
 
@@ -77,15 +78,18 @@ def knn_evaluate(
     device: torch.device | str = "cpu",
     progress: bool = True,
     label: str = "",
+    cache_dir: str | Path | None = None,
+    pool: str | None = None,
+    block: int | None = None,
 ) -> KnnResult:
-    """Extract features of (train, test) uint8 splits and score kNN top-1."""
+    """Features of (train, test) uint8 splits (cached in `cache_dir` if given); kNN top-1."""
     start = time.perf_counter()
     x_train, y_train, x_test, y_test = splits
-    common = dict(device=device, progress=progress)
-    f_train = extract_features(
+    common = dict(device=device, progress=progress, cache_dir=cache_dir, pool=pool, block=block)
+    f_train = cached_features(
         encoder, x_train, mean, std, desc=f"{label} train features".strip(), **common
     )
-    f_test = extract_features(
+    f_test = cached_features(
         encoder, x_test, mean, std, desc=f"{label} test features".strip(), **common
     )
     top1 = knn_top1(

@@ -42,3 +42,45 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: fl
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def vit_layer_id(name: str, num_blocks: int) -> int:
+    """Depth of a ViT parameter for layer-wise decay: embeddings 0, block i -> i+1, the rest top.
+
+    Names are relative to the encoder or prefixed with `encoder.` (timm's names either way).
+    """
+    name = name.removeprefix("encoder.")
+    if name.startswith(("patch_embed", "cls_token", "pos_embed", "mask_token", "dist_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_blocks + 1
+
+
+def layer_decay_param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float, num_blocks: int
+) -> list[dict]:
+    """Param groups with `lr_scale = layer_decay ** (num_blocks + 1 - layer_id)` (BEiT/MAE).
+
+    The head and final norm train at the full rate, each block below at `layer_decay` times the
+    one above; weight decay is split as in `param_groups`. `set_lr` applies the scales.
+    """
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = (
+            param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES
+        )
+        layer = vit_layer_id(name, num_blocks)
+        group = groups.setdefault(
+            (layer, no_decay),
+            {
+                "params": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": layer_decay ** (num_blocks + 1 - layer),
+                "layer_id": layer,
+            },
+        )
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]

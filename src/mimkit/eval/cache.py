@@ -1,0 +1,117 @@
+"""On-disk feature cache, so a second evaluation of the same encoder on the same data is free.
+
+A cache entry is one safetensors file named by a SHA-256 over everything the features depend
+on: the encoder's weights (every tensor's name, dtype, shape and bytes, so a random-init twin and
+a trained checkpoint never collide), the exact image bytes, and the settings (pool, block, image
+size, normalisation). Changing any of them gives a new key; nothing is ever stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mimkit.eval.features import check_feature_settings, extract_features
+from mimkit.models.vit import VisionTransformer
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes, values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(_tensor_bytes(tensor))
+    return h.hexdigest()
+
+
+def data_digest(images: torch.Tensor) -> str:
+    """SHA-256 of an image tensor's shape, dtype and bytes: the data's identity."""
+    h = hashlib.sha256(f"{images.dtype}|{tuple(images.shape)}|".encode())
+    h.update(_tensor_bytes(images))
+    return h.hexdigest()
+
+
+def feature_key(
+    encoder: VisionTransformer,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    pool: str,
+    block: int,
+) -> str:
+    settings = {
+        "version": CACHE_VERSION,
+        "weights": weights_digest(encoder),
+        "data": data_digest(images),
+        "pool": pool,
+        "block": block,
+        "img_size": list(encoder.cfg.image_hw),
+        "patch_size": encoder.cfg.patch_size,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cached_features(
+    encoder: VisionTransformer,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    cache_dir: str | Path | None,
+    pool: str | None = None,
+    block: int | None = None,
+    **extract_kwargs,
+) -> torch.Tensor:
+    """`extract_features`, read from `cache_dir` when this exact computation was done before.
+
+    With `cache_dir=None` this is plain extraction. A corrupt cache file is recomputed.
+    """
+    pool = pool or encoder.cfg.pool
+    block = block or len(encoder.blocks)
+    check_feature_settings(encoder, pool, block)
+    if cache_dir is None:
+        return extract_features(
+            encoder, images, mean, std, pool=pool, block=block, **extract_kwargs
+        )
+    folder = Path(cache_dir)
+    path = folder / f"{feature_key(encoder, images, mean, std, pool, block)}.safetensors"
+    if path.is_file():
+        try:
+            features = load_file(path)["features"]
+            if features.shape[0] == images.shape[0]:
+                log.debug("features from cache %s", path)
+                return features
+        except (SafetensorError, OSError, KeyError, ValueError):
+            pass
+        log.warning("%s: unreadable feature cache entry; recomputing", path)
+    features = extract_features(
+        encoder, images, mean, std, pool=pool, block=block, **extract_kwargs
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        save_file(
+            {"features": features.contiguous()}, tmp, metadata={"pool": pool, "block": str(block)}
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return features

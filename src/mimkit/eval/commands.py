@@ -1,0 +1,279 @@
+"""`mimkit eval linear|finetune|fewshot`: argument parsing, printing and JSON next to the checkpoint.
+
+Kept out of cli.py so each protocol's command lives beside the others; cli.py registers them
+with one call. Every command accepts `--random-init` (the same architecture, untrained: the
+floor) and the `--data/--source/--train-limit` options of `eval knn`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FEATURE_CACHE_DIR = "features"
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint folder (or the run folder holding it)")
+    p.add_argument("--data", help="data path (default: the checkpoint's own data config)")
+    p.add_argument("--source", help="data source for --data: fashion_mnist, idx or folder")
+    p.add_argument("--train-limit", type=int, help="use only the first N training items")
+    p.add_argument(
+        "--random-init", action="store_true", help="evaluate the same architecture untrained"
+    )
+    p.add_argument("--device", default="auto")
+
+
+def add_feature_args(p: argparse.ArgumentParser) -> None:
+    """Which features: pooling, block, and the on-disk cache (kept in CHECKPOINT/features/)."""
+    p.add_argument("--pool", choices=("cls", "avg"), help="default: the checkpoint's model.pool")
+    p.add_argument("--block", type=int, help="features after this block (1..depth); default last")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+
+
+def add_eval_protocols(esub: argparse._SubParsersAction) -> None:
+    """Register linear, fewshot and finetune under `mimkit eval`."""
+    from mimkit.eval.linear import DEFAULT_LRS, ProbeSettings
+
+    lin = esub.add_parser("linear", help="linear probe (BN + linear) on cached frozen features")
+    add_common_args(lin)
+    add_feature_args(lin)
+    lin.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULT_LRS), help="lr grid")
+    lin.add_argument(
+        "--val-fraction", type=float, default=0.1, help="part of train held out to pick the lr"
+    )
+    lin.add_argument("--epochs", type=int, default=ProbeSettings.epochs)
+    lin.add_argument("--batch-size", type=int, default=ProbeSettings.batch_size)
+    lin.add_argument("--seed", type=int, default=0)
+    lin.set_defaults(func=cmd_eval_linear)
+
+    few = esub.add_parser("fewshot", help="linear probe on 1/5/10 labelled items per class")
+    add_common_args(few)
+    add_feature_args(few)
+    few.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
+    few.add_argument("--seeds", type=int, default=5, help="number of random draws per shot count")
+    few.add_argument("--l2", type=float, default=1e-2, help="L2 strength of the probe (fixed)")
+    few.set_defaults(func=cmd_eval_fewshot)
+
+    ft = esub.add_parser("finetune", help="fine-tune the whole encoder with a linear head")
+    add_common_args(ft)
+    ft.add_argument("--out", help="run folder (default: next to the checkpoint's run folder)")
+    ft.add_argument("--no-resume", action="store_true", help="start over even if --out holds one")
+    from mimkit.eval.finetune import FinetuneSettings
+
+    skip = {"train_limit", "device", "progress"}
+    for f in fields(FinetuneSettings):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if f.name == "betas":
+            ft.add_argument(flag, type=float, nargs=2, default=list(default))
+        elif f.name == "pool":
+            ft.add_argument(flag, choices=("cls", "avg"), default=None)
+        else:
+            kind = {int: int, float: float, str: str}.get(type(default), float)
+            if f.name in ("img_size", "max_steps"):
+                kind = int
+            ft.add_argument(flag, type=kind, default=default)
+    ft.set_defaults(func=cmd_eval_finetune)
+
+
+def load_target(args: argparse.Namespace):
+    """(encoder, run config, checkpoint folder, device), honouring --random-init/--data/--source."""
+    from mimkit.data.sources import guess_source
+    from mimkit.objectives.mae import build_mae
+    from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
+    from mimkit.train.runtime import pick_device
+
+    device = pick_device(args.device)
+    folder = resolve_checkpoint_dir(args.checkpoint)
+    model, cfg = load_model(folder, device)
+    if args.random_init:
+        torch.manual_seed(cfg.train.seed)  # the initialisation pretraining started from
+        model = build_mae(cfg.model).to(device).eval()
+    if args.data:
+        cfg.data.path = args.data
+        cfg.data.source = args.source or guess_source(args.data)
+    elif args.source:
+        cfg.data.source = args.source
+    return model.encoder, cfg, folder, device
+
+
+def load_features(args: argparse.Namespace) -> dict[str, Any]:
+    """Train/test features and labels for the target, from the cache when possible."""
+    from mimkit.data.sources import load_labelled_splits
+    from mimkit.eval.cache import cached_features
+
+    start = time.perf_counter()
+    encoder, cfg, folder, device = load_target(args)
+    x_train, y_train, x_test, y_test = load_labelled_splits(
+        cfg.data, cfg.model.in_chans, cfg.model.image_hw, args.train_limit
+    )
+    cache_dir = None if args.no_cache else folder / FEATURE_CACHE_DIR
+    kw = dict(cache_dir=cache_dir, pool=args.pool, block=args.block, device=device, progress=True)
+    f_train = cached_features(
+        encoder, x_train, cfg.data.mean, cfg.data.std, desc="train features", **kw
+    )
+    f_test = cached_features(
+        encoder, x_test, cfg.data.mean, cfg.data.std, desc="test features", **kw
+    )
+    return {
+        "train": (f_train.to(device), y_train.to(device)),
+        "test": (f_test.to(device), y_test.to(device)),
+        "folder": folder,
+        "pool": args.pool or encoder.cfg.pool,
+        "block": args.block or len(encoder.blocks),
+        "depth": len(encoder.blocks),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def write_result(folder: Path, protocol: str, random_init: bool, record: dict) -> Path:
+    path = folder / f"eval_{protocol}{'_random_init' if random_init else ''}.json"
+    path.write_text(json.dumps(record, indent=1))
+    print(f"written: {path}")
+    return path
+
+
+def _name(args: argparse.Namespace) -> str:
+    return "random-init" if args.random_init else "pretrained"
+
+
+def cmd_eval_linear(args: argparse.Namespace) -> int:
+    from mimkit.eval.linear import ProbeSettings, linear_probe
+
+    start = time.perf_counter()
+    feats = load_features(args)
+    settings = ProbeSettings(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    result = linear_probe(
+        *feats["train"], *feats["test"], args.lrs, args.val_fraction, settings, progress=True
+    )
+    n_val = round(result.train_items * args.val_fraction)
+    print(
+        f"linear probe top-1 ({_name(args)}, pool {feats['pool']}, block {feats['block']}/{feats['depth']}): "
+        f"{100 * result.top1:.2f}%  (lr {result.lr:g} chosen on {n_val} validation items carved "
+        f"from train; train {result.train_items}, test {result.test_items})"
+    )
+    print("  lr        val top-1")
+    for lr, acc in sorted(result.val_top1.items()):
+        mark = "  <- chosen" if lr == result.lr else ""
+        print(f"  {lr:<9g} {100 * acc:6.2f}%{mark}")
+    seconds = time.perf_counter() - start
+    print(
+        f"time: {seconds:.1f} s (features {feats['seconds']:.1f} s, probe {result.seconds:.1f} s)"
+    )
+    write_result(
+        feats["folder"],
+        "linear",
+        args.random_init,
+        {
+            "top1": result.top1,
+            "lr": result.lr,
+            "val_top1": {str(k): v for k, v in result.val_top1.items()},
+            "val_fraction": args.val_fraction,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "pool": feats["pool"],
+            "block": feats["block"],
+            "train_items": result.train_items,
+            "test_items": result.test_items,
+            "random_init": args.random_init,
+            "seconds": round(seconds, 2),
+        },
+    )
+    return 0
+
+
+def cmd_eval_fewshot(args: argparse.Namespace) -> int:
+    from mimkit.eval.fewshot import fewshot_evaluate
+
+    start = time.perf_counter()
+    feats = load_features(args)
+    seeds = list(range(args.seeds))
+    results, probe_seconds = fewshot_evaluate(
+        *feats["train"], *feats["test"], args.shots, seeds, args.l2
+    )
+    print(
+        f"few-shot linear probe ({_name(args)}, pool {feats['pool']}, block {feats['block']}/{feats['depth']}, "
+        f"{len(seeds)} seeds, L2 {args.l2:g}; test {len(feats['test'][1])})"
+    )
+    print("  shots/class   top-1 mean ± std")
+    for r in results:
+        print(f"  {r.shots:<13d} {100 * r.mean:6.2f}% ± {100 * r.std:.2f}")
+    seconds = time.perf_counter() - start
+    print(
+        f"time: {seconds:.1f} s (features {feats['seconds']:.1f} s, probes {probe_seconds:.1f} s)"
+    )
+    write_result(
+        feats["folder"],
+        "fewshot",
+        args.random_init,
+        {
+            "results": [
+                {"shots": r.shots, "mean": r.mean, "std": r.std, "per_seed": r.per_seed}
+                for r in results
+            ],
+            "seeds": seeds,
+            "l2": args.l2,
+            "pool": feats["pool"],
+            "block": feats["block"],
+            "random_init": args.random_init,
+            "seconds": round(seconds, 2),
+        },
+    )
+    return 0
+
+
+def cmd_eval_finetune(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from mimkit.eval.finetune import FinetuneSettings, finetune
+    from mimkit.train.checkpoint import (
+        MODEL_FILE,
+        load_config_file,
+        read_weights,
+        resolve_checkpoint_dir,
+    )
+
+    folder = resolve_checkpoint_dir(args.checkpoint)
+    cfg = load_config_file(folder)
+    if args.data:
+        from mimkit.data.sources import guess_source
+
+        cfg.data.path = args.data
+        cfg.data.source = args.source or guess_source(args.data)
+    elif args.source:
+        cfg.data.source = args.source
+    values = {
+        f.name: getattr(args, f.name) for f in fields(FinetuneSettings) if hasattr(args, f.name)
+    }
+    values["betas"] = tuple(values["betas"])
+    settings = FinetuneSettings(**values)  # train_limit and device come from the common args
+    weights = None if args.random_init else read_weights(folder / MODEL_FILE)
+    default_out = folder.parent / ("finetune_random_init" if args.random_init else "finetune")
+    out = Path(args.out) if args.out else default_out
+    result = finetune(cfg, weights, settings, out, resume=not args.no_resume)
+    print(
+        f"fine-tune top-1 ({_name(args)}, {result.epochs} epoch(s), {result.steps} steps, "
+        f"train {result.train_items}, test {result.test_items}): {100 * result.top1:.2f}%  "
+        f"(final train loss {result.final_loss:.4f}; {result.seconds:.0f} s; run folder {out})"
+    )
+    record = dict(asdict(settings), top1=result.top1, steps=result.steps, epochs_done=result.epochs)
+    record.update(
+        train_items=result.train_items,
+        test_items=result.test_items,
+        final_loss=result.final_loss,
+        random_init=args.random_init,
+        run_folder=str(out),
+        seconds=round(result.seconds, 2),
+    )
+    record["betas"] = list(record["betas"])
+    write_result(folder, "finetune", args.random_init, record)
+    return 0

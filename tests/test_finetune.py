@@ -1,0 +1,80 @@
+"""Fine-tuning: resume is exact, pretrained weights arrive (resampled at a new resolution), it learns."""
+
+import logging
+
+import pytest
+import torch
+from eval_helpers import make_learnable_idx, save_tiny_checkpoint
+from safetensors.torch import load_file
+
+from mimkit.errors import ConfigError
+from mimkit.eval.finetune import FinetuneSettings, build_classifier, finetune
+from mimkit.models.pos_embed import resample_pos_embed
+from mimkit.train.checkpoint import load_config_file, read_weights
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    data = make_learnable_idx(tmp_path / "idx", n_train=64, n_test=32)
+    folder, cfg, _ = save_tiny_checkpoint(tmp_path, data, seed=1)  # not the seed-0 scratch init
+    return folder
+
+
+def settings(**kw):
+    base = dict(epochs=2, batch_size=16, progress=False, warmup_epochs=0.5, seed=0)
+    return FinetuneSettings(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_resume_is_bit_exact_with_mixing_and_drop_path(ckpt, tmp_path):
+    cfg, weights = load_config_file(ckpt), read_weights(ckpt / "model.safetensors")
+    kw = dict(drop_path=0.2, mixup=0.8, cutmix=1.0, label_smoothing=0.1)
+    straight = finetune(cfg, weights, settings(**kw), tmp_path / "straight")
+    finetune(cfg, weights, settings(max_steps=5, **kw), tmp_path / "resumed")
+    resumed = finetune(cfg, weights, settings(**kw), tmp_path / "resumed")
+    assert straight.steps == resumed.steps == 8 and resumed.epochs == 2
+    a = load_file(straight.checkpoint / "model.safetensors")
+    b = load_file(resumed.checkpoint / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("head.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert straight.top1 == resumed.top1
+    with pytest.raises(ConfigError, match="other settings \\(layer_decay\\)"):
+        finetune(cfg, weights, settings(layer_decay=0.5, **kw), tmp_path / "resumed")
+
+
+def test_pretrained_weights_load_and_pos_embed_is_resampled(ckpt, caplog):
+    cfg, weights = load_config_file(ckpt), read_weights(ckpt / "model.safetensors")
+    same = build_classifier(cfg.model, weights, 4, settings())
+    assert torch.equal(
+        same.encoder.blocks[0].attn.qkv.weight, weights["encoder.blocks.0.attn.qkv.weight"]
+    )
+    with caplog.at_level(logging.WARNING, logger="mimkit"):
+        bigger = build_classifier(cfg.model, weights, 4, settings(img_size=42, drop_path=0.1))
+    assert "position embedding resampled from grid (4, 4) to (6, 6)" in caplog.text
+    expected = resample_pos_embed(weights["encoder.pos_embed"], (6, 6), (4, 4))
+    assert bigger.encoder.pos_embed.shape == (1, 37, 32)
+    assert torch.equal(bigger.encoder.pos_embed, expected)
+    assert torch.equal(bigger.encoder.norm.weight, weights["encoder.norm.weight"])
+    assert bigger.encoder.blocks[1].drop_path.p == pytest.approx(0.1)
+    out = bigger(torch.randn(2, 1, 42, 42))
+    assert out.shape == (2, 4)
+    scratch = build_classifier(cfg.model, None, 4, settings())
+    assert not torch.equal(
+        scratch.encoder.blocks[0].attn.qkv.weight, weights["encoder.blocks.0.attn.qkv.weight"]
+    )
+
+
+@pytest.mark.slow
+def test_finetune_learns_an_easy_task_at_a_new_resolution(ckpt, tmp_path):
+    cfg = load_config_file(ckpt)
+    cfg.data.hflip = False
+    result = finetune(
+        cfg,
+        read_weights(ckpt / "model.safetensors"),
+        settings(epochs=6, base_lr=5e-3, img_size=35, layer_decay=0.9, pool="avg"),
+        tmp_path / "ft",
+    )
+    assert result.top1 >= 0.75  # 4 classes: chance is 0.25
+    assert (tmp_path / "ft" / "finetune.json").is_file()
+    assert (tmp_path / "ft" / "checkpoint" / "trainer_state.json").is_file()
