@@ -27,7 +27,8 @@ from mimkit.models import ModelConfig
 from mimkit.objectives.mae import build_mae
 
 CONFIGS = {
-    # the README demo: 28x28 grey, 7x7 patches, ViT-tiny width, 12 blocks, small decoder
+    # the README demo's input and widths (28x28 grey, 7x7 patches, ViT-tiny width, small decoder)
+    # at the full vit_tiny depth of 12 blocks (the demo itself uses 6)
     "fmnist_tiny": dict(
         img=28,
         chans=1,
