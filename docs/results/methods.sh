@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The method comparison behind docs/results/methods.md: every row gets the same budget
+# (ViT-tiny width, 6 blocks, 7x7 patches, 1 epoch of Fashion-MNIST at batch 256, seed as given),
+# then kNN (bank 10k) and a linear probe (10k labels) on frozen features of the test set.
+# Usage: bash docs/results/methods.sh [OUT_ROOT]   (default runs/methods)
+set -euo pipefail
+OUT=${1:-runs/methods}
+COMMON="train.epochs=1 eval.knn_train_limit=10000 eval.compare_random_init=false"
+run() {  # name preset seed [extra overrides...]
+    local name=$1 preset=$2 seed=$3; shift 3
+    local dir="$OUT/${name}_seed${seed}"
+    local start=$(date +%s)
+    mkdir -p "$dir"
+    python -m mimkit.cli pretrain "$preset" $COMMON train.seed="$seed" out_dir="$dir" --no-resume "$@" > "$dir.log" 2>&1
+    python -m mimkit.cli eval linear "$dir" --train-limit 10000 >> "$dir.log" 2>&1
+    echo "$name seed=$seed wall_s=$(( $(date +%s) - start ))" >> "$OUT/times.log"
+}
+mkdir -p "$OUT"
+export TQDM_DISABLE=1
+run mae configs/fmnist_mae_tiny.yaml 0
+run mae_block configs/fmnist_mae_block_tiny.yaml 0
+run colormae_green configs/fmnist_colormae_green_tiny.yaml 0
+run simmim configs/fmnist_simmim_tiny.yaml 0
+run crossmae configs/fmnist_crossmae_tiny.yaml 0
+run maskfeat configs/fmnist_maskfeat_tiny.yaml 0
+run maskalign configs/fmnist_maskalign_tiny.yaml 0 model.teacher="$OUT/mae_seed0/checkpoint"
+run mae configs/fmnist_mae_tiny.yaml 1
+run crossmae configs/fmnist_crossmae_tiny.yaml 1
