@@ -142,3 +142,16 @@ def test_mask_gallery_command_writes_one_tile_per_strategy(tmp_path, capsys):
     assert sheet.size == (5 * (tile + 4) + 4, 2 * (tile + 14 + 4) + 4)
     assert "mask gallery:" in capsys.readouterr().out
     assert main(["inspect", "masks", "--image", str(tmp_path / "missing.png")]) == 2
+
+
+def test_multiblock_keeps_context_outside_the_targets_first():
+    from mimkit.mask_shapes import multiblock_regions
+
+    target, context = multiblock_regions(16, (14, 14), generator=gen(3))
+    free = context & ~target
+    assert target.any(1).all() and (context.sum(1) >= 0.8 * 196).all()
+    ratio = 1 - int(free.sum(1).min()) / 196  # keep no more than the smallest free region
+    mask = STRATEGIES["multiblock"](16, (14, 14), ratio, generator=gen(3))
+    kept = ~mask.binary.bool()
+    assert torch.all(kept <= free)  # every kept patch is context and outside all targets
+    assert torch.all(mask.binary.bool() >= target)  # every target patch is hidden

@@ -15,6 +15,7 @@ and draws randomness only from the generator it is given.
 - grid (UM-MAE style uniform sampling): one kept patch at a random place in every s x s cell
   (s = round(1 / sqrt(1 - ratio))); any surplus or shortfall is settled at random.
 - gmml (GMML-style groups): connected blobs of random radius around random centres.
+- multiblock (I-JEPA): four target rectangles hidden, one large context block kept.
 - colormae red/blue/green/purple (ColorMAE): white noise filtered on the patch grid (low-pass,
   high-pass, band-pass, band-stop), then thresholded to the exact ratio. The masks do not look
   at the image at all: they are data-independent by construction.
@@ -75,23 +76,8 @@ def block_masking(
     h, w = grid
     n = h * w
     target = n - num_kept(n, mask_ratio)
-    max_area = max(min_patches, target)
-    area = _uniform((batch, max_blocks), min_patches, max_area, device, generator)
-    log_aspect = _uniform(
-        (batch, max_blocks), math.log(aspect[0]), math.log(aspect[1]), device, generator
-    )
-    ratio = log_aspect.exp()
-    bh = (area * ratio).sqrt().round().clamp(1, h)
-    bw = (area / ratio).sqrt().round().clamp(1, w)
-    top = (torch.rand(batch, max_blocks, device=device, generator=generator) * (h - bh + 1)).floor()
-    left = (
-        torch.rand(batch, max_blocks, device=device, generator=generator) * (w - bw + 1)
-    ).floor()
-    rows, cols = _coords(grid, device)
-    covers = (
-        (rows >= top[..., None]) & (rows < (top + bh)[..., None])
-        & (cols >= left[..., None]) & (cols < (left + bw)[..., None])
-    )  # fmt: skip
+    scale = (min_patches / n, max(min_patches, target) / n)
+    covers = _random_blocks(batch, max_blocks, grid, scale, aspect, device, generator)
     return mask_from_noise(_first_cover_priority(covers, generator, device), mask_ratio)
 
 
@@ -138,6 +124,68 @@ def grid_masking(
     # chosen patches are kept first; the others fill up or are cut at random
     priority = torch.where(chosen, draw - 2.0, draw)
     return mask_from_noise(priority, mask_ratio)
+
+
+def _random_blocks(
+    batch: int,
+    count: int,
+    grid: tuple[int, int],
+    scale: tuple[float, float],
+    aspect: tuple[float, float],
+    device: Device,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """(B, count, N) bool: rectangles covering a `scale` share of the grid, aspect in range."""
+    h, w = grid
+    area = _uniform((batch, count), *scale, device, generator) * h * w
+    ratio = _uniform(
+        (batch, count), math.log(aspect[0]), math.log(aspect[1]), device, generator
+    ).exp()
+    bh = (area * ratio).sqrt().round().clamp(1, h)
+    bw = (area / ratio).sqrt().round().clamp(1, w)
+    top = (torch.rand(batch, count, device=device, generator=generator) * (h - bh + 1)).floor()
+    left = (torch.rand(batch, count, device=device, generator=generator) * (w - bw + 1)).floor()
+    rows, cols = _coords(grid, device)
+    return (
+        (rows >= top[..., None]) & (rows < (top + bh)[..., None])
+        & (cols >= left[..., None]) & (cols < (left + bw)[..., None])
+    )  # fmt: skip
+
+
+def multiblock_regions(
+    batch: int,
+    grid: tuple[int, int],
+    device: Device = "cpu",
+    generator: torch.Generator | None = None,
+    targets: int = 4,
+    target_scale: tuple[float, float] = (0.15, 0.2),
+    target_aspect: tuple[float, float] = (0.75, 1.5),
+    context_scale: tuple[float, float] = (0.85, 1.0),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """I-JEPA's regions, (B, N) bool each: the union of the target blocks, and the context block."""
+    target = _random_blocks(batch, targets, grid, target_scale, target_aspect, device, generator)
+    context = _random_blocks(batch, 1, grid, context_scale, (1.0, 1.0), device, generator)
+    return target.any(1), context[:, 0]
+
+
+def multiblock_masking(
+    batch: int,
+    grid: tuple[int, int],
+    mask_ratio: float,
+    device: Device = "cpu",
+    generator: torch.Generator | None = None,
+    **regions,
+) -> Mask:
+    """I-JEPA's multi-block mask: target rectangles to predict and one large context block.
+
+    Kept first: context patches outside every target block; then patches outside the context;
+    target-block patches last. The count is MAE's for `mask_ratio`, so where the context minus
+    the targets is smaller than that, some of the lower tiers are kept too.
+    """
+    target, context = multiblock_regions(batch, grid, device, generator, **regions)
+    jitter = torch.rand(batch, grid[0] * grid[1], device=device, generator=generator)
+    tier = torch.where(target, 2.0, torch.where(context, 0.0, 1.0))
+    return mask_from_noise(tier + jitter, mask_ratio)
 
 
 def gmml_masking(
@@ -221,6 +269,7 @@ STRATEGIES: dict[str, Strategy] = {
     "coarse": coarse_masking,
     "grid": grid_masking,
     "gmml": gmml_masking,
+    "multiblock": multiblock_masking,
     **{f"colormae_{c}": functools.partial(colormae_masking, color=c) for c in COLORS},
 }
 

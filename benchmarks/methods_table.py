@@ -1,0 +1,95 @@
+"""Collect the runs of docs/results/methods.sh into a markdown table and a PNG.
+
+python benchmarks/methods_table.py runs/methods --out docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def collect(root: Path) -> dict[str, list[dict]]:
+    times = {}
+    log = root / "times.log"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            m = re.match(r"(\S+) seed=(\d+) wall_s=(\d+)", line)
+            if m:
+                times[(m[1], int(m[2]))] = int(m[3])
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for run in sorted(root.glob("*_seed*")):
+        if not run.is_dir():
+            continue
+        name, seed = run.name.rsplit("_seed", 1)
+        results = run / "results.json"
+        linear = run / "checkpoint" / "eval_linear.json"
+        if not (results.is_file() and linear.is_file()):
+            continue
+        rows[name].append({
+            "seed": int(seed),
+            "knn": json.loads(results.read_text())["knn_pretrained"],
+            "linear": json.loads(linear.read_text())["top1"],
+            "wall_s": times.get((name, int(seed))),
+        })  # fmt: skip
+    return rows
+
+
+def fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root")
+    parser.add_argument("--out", default="docs/results")
+    args = parser.parse_args()
+    rows = collect(Path(args.root))
+    lines = ["| method / masking | seeds | kNN top-1 (%) | linear top-1 (%) | wall time per run (s) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, runs in sorted(
+        rows.items(), key=lambda kv: -statistics.mean(r["linear"] for r in kv[1])
+    ):
+        walls = [r["wall_s"] for r in runs if r["wall_s"] is not None]
+        wall = f"{statistics.mean(walls):.0f}" if walls else "?"
+        lines.append(
+            f"| {name} | {len(runs)} | {fmt([r['knn'] for r in runs])} | "
+            f"{fmt([r['linear'] for r in runs])} | {wall} |"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "methods_table.md").write_text("\n".join(lines) + "\n")
+    (out / "methods.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(rows, key=lambda n: -statistics.mean(r["linear"] for r in rows[n]))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    xs = range(len(names))
+    for offset, key, label in ((-0.2, "knn", "kNN"), (0.2, "linear", "linear probe")):
+        means = [100 * statistics.mean(r[key] for r in rows[n]) for n in names]
+        ax.bar([x + offset for x in xs], means, width=0.4, label=label)
+        for x, n in zip(xs, names, strict=True):
+            for r in rows[n]:
+                ax.plot(x + offset, 100 * r[key], "k.", markersize=4)
+    ax.set_xticks(list(xs), names, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_ylim(50, 90)
+    ax.set_title("Same budget, Fashion-MNIST (dots: seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "methods.png", dpi=120)
+    print(f"wrote {out / 'methods_table.md'}, methods.json, methods.png")
+
+
+if __name__ == "__main__":
+    main()
