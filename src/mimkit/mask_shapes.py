@@ -296,3 +296,20 @@ def mask_for_config(
         return random_masking(batch, cfg.num_patches, cfg.mask_ratio, device, generator)
     kwargs = {"mask_patch": cfg.mask_patch} if cfg.masking == "coarse" else {}
     return STRATEGIES[cfg.masking](batch, cfg.grid_hw, cfg.mask_ratio, device, generator, **kwargs)
+
+
+class ConfigMasking:
+    """`make_mask` for models that carry a `cfg`: the config's strategy, or MAE's argsort of
+    given noise (how parity tests feed transformers' exact noise)."""
+
+    cfg: object
+
+    def make_mask(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> Mask:
+        if noise is not None:
+            return mask_from_noise(noise, self.cfg.mask_ratio)
+        return mask_for_config(self.cfg, images.shape[0], images.device, generator)

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mimkit.mask_shapes import mask_for_config, partial_reconstruction
-from mimkit.masking import Mask, mask_from_noise
+from mimkit.mask_shapes import ConfigMasking, partial_reconstruction
+from mimkit.masking import Mask
 from mimkit.models.cross_decoder import CrossMAEDecoder
 from mimkit.models.registry import ModelConfig
 from mimkit.models.vit import VisionTransformer
-from mimkit.objectives.mae import patch_stats
+from mimkit.objectives.mae import pixel_target
 from mimkit.patches import patchify
 
 
@@ -32,7 +32,7 @@ class CrossMAEOutput:
     predicted: torch.Tensor  # (B, M) patch ids that were reconstructed
 
 
-class CrossMAE(nn.Module):
+class CrossMAE(ConfigMasking, nn.Module):
     def __init__(
         self,
         cfg: ModelConfig,
@@ -60,18 +60,8 @@ class CrossMAE(nn.Module):
             mix_layers=cfg.mix_layers,
         )
 
-    def make_mask(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                  noise: torch.Tensor | None = None) -> Mask:  # fmt: skip
-        if noise is not None:
-            return mask_from_noise(noise, self.cfg.mask_ratio)
-        return mask_for_config(self.cfg, images.shape[0], images.device, generator)
-
     def target(self, images: torch.Tensor) -> torch.Tensor:
-        patches = patchify(images, self.cfg.patch_size)
-        if not self.cfg.norm_pix_loss:
-            return patches
-        mean, std = patch_stats(patches)
-        return (patches - mean) / std
+        return pixel_target(self.cfg, patchify(images, self.cfg.patch_size))
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
                 noise: torch.Tensor | None = None, mask: Mask | None = None) -> CrossMAEOutput:  # fmt: skip

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mimkit.mask_shapes import mask_for_config
-from mimkit.masking import Mask, mask_from_noise, running_cell_keep
+from mimkit.mask_shapes import ConfigMasking
+from mimkit.masking import Mask, running_cell_keep
 from mimkit.models.decoders import MAEDecoder
 from mimkit.models.registry import ModelConfig, resolve_model_config
 from mimkit.models.vit import VisionTransformer
@@ -56,13 +56,23 @@ def cube_channel_norm(patches: torch.Tensor, channels: int) -> torch.Tensor:
     return x.reshape(b, n, d)
 
 
+def pixel_target(cfg: ModelConfig, patches: torch.Tensor) -> torch.Tensor:
+    """Patches as they are, or normalised per patch (norm-pix) or per cube channel (VideoMAE)."""
+    if not cfg.norm_pix_loss:
+        return patches
+    if cfg.target_norm == "channel":
+        return cube_channel_norm(patches, cfg.in_chans)
+    mean, std = patch_stats(patches)
+    return (patches - mean) / std
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """Mean over hidden patches of each patch's mean squared error; visible patches cost nothing."""
     per_patch = ((pred - target) ** 2).mean(dim=-1)
     return (per_patch * hidden).sum() / hidden.sum()
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(ConfigMasking, nn.Module):
     reconstructs_pixels = True  # `reconstruct` gives pictures (subclasses with other targets: no)
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -83,16 +93,6 @@ class MaskedAutoencoder(nn.Module):
             pos_embed=cfg.pos_embed,
         )
 
-    def make_mask(
-        self,
-        images: torch.Tensor,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> Mask:
-        if noise is not None:
-            return mask_from_noise(noise, self.cfg.mask_ratio)
-        return mask_for_config(self.cfg, images.shape[0], images.device, generator)
-
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         return patchify(images, self.cfg.patch_shape)
 
@@ -100,13 +100,7 @@ class MaskedAutoencoder(nn.Module):
         return unpatchify(patches, self.cfg.patch_shape, self.cfg.grid_shape, self.cfg.in_chans)
 
     def target(self, images: torch.Tensor) -> torch.Tensor:
-        patches = self.patchify(images)
-        if not self.cfg.norm_pix_loss:
-            return patches
-        if self.cfg.target_norm == "channel":
-            return cube_channel_norm(patches, self.cfg.in_chans)
-        mean, std = patch_stats(patches)
-        return (patches - mean) / std
+        return pixel_target(self.cfg, self.patchify(images))
 
     def forward(
         self,

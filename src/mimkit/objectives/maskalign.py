@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.mask_shapes import mask_for_config
-from mimkit.masking import Mask, mask_from_noise
+from mimkit.mask_shapes import ConfigMasking
+from mimkit.masking import Mask
 from mimkit.models.registry import ModelConfig
 from mimkit.models.vit import VisionTransformer
 from mimkit.objectives.mae import MAEOutput
 
 
-class MaskAlign(nn.Module):
+class MaskAlign(ConfigMasking, nn.Module):
     def __init__(
         self, cfg: ModelConfig, teacher: VisionTransformer, masking: str = "random"
     ) -> None:
@@ -41,12 +41,6 @@ class MaskAlign(nn.Module):
         super().train(mode)
         self.teacher.eval()  # frozen: no drop-path, no statistics updates, ever
         return self
-
-    def make_mask(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                  noise: torch.Tensor | None = None) -> Mask:  # fmt: skip
-        if noise is not None:
-            return mask_from_noise(noise, self.cfg.mask_ratio)
-        return mask_for_config(self.cfg, images.shape[0], images.device, generator)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
                 noise: torch.Tensor | None = None, mask: Mask | None = None) -> MAEOutput:  # fmt: skip

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimkit.mask_shapes import mask_for_config
-from mimkit.masking import Mask, mask_from_noise
+from mimkit.mask_shapes import ConfigMasking
+from mimkit.masking import Mask
 from mimkit.models.registry import ModelConfig
 from mimkit.models.vit import VisionTransformer
 from mimkit.objectives.mae import MAEOutput
@@ -26,7 +26,7 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) ->
     return (per_patch * hidden).sum() / hidden.sum()
 
 
-class SimMIM(nn.Module):
+class SimMIM(ConfigMasking, nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg  # cfg.masking 'coarse' with cfg.mask_patch > 1 is SimMIM's own choice
@@ -34,12 +34,6 @@ class SimMIM(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)
         self.head = nn.Linear(cfg.embed_dim, cfg.patch_size**2 * cfg.in_chans)
-
-    def make_mask(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                  noise: torch.Tensor | None = None) -> Mask:  # fmt: skip
-        if noise is not None:
-            return mask_from_noise(noise, self.cfg.mask_ratio)
-        return mask_for_config(self.cfg, images.shape[0], images.device, generator)
 
     def encode_masked(self, images: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Encoder output for all tokens, hidden patches entering as the mask token."""
