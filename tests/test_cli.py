@@ -187,3 +187,18 @@ def test_subprocess_error_has_no_traceback():
         "mimkit: error: configs/fmnist_mae_tiny.yaml: model.preset: unknown preset 'vit_gigantic'; expected one of "
         "['vit_base', 'vit_huge', 'vit_large', 'vit_small', 'vit_tiny']"
     )
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    data = make_idx_folder(tmp_path / "idx", n_train=16, n_test=8)
+    args = [
+        "pretrain",
+        "configs/fmnist_mae_tiny.yaml",
+        "--no-eval",
+        *tiny_model_overrides(tmp_path / "run"),
+    ]
+    args += ["data.source=idx", f"data.path={data}", "train.batch_size=8", "train.epochs=1"]
+    assert main(args) == 0
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()
+    with pytest.raises(SystemExit):
+        main(["pretrain", "configs/fmnist_mae_tiny.yaml", "--bogus"])

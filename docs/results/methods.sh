@@ -11,7 +11,7 @@ run() {  # name preset seed [extra overrides...]
     local dir="$OUT/${name}_seed${seed}"
     local start=$(date +%s)
     mkdir -p "$dir"
-    python -m mimkit.cli pretrain "$preset" $COMMON train.seed="$seed" out_dir="$dir" --no-resume "$@" > "$dir.log" 2>&1
+    python -m mimkit.cli pretrain "$preset" $COMMON train.seed="$seed" out_dir="$dir" "$@" --no-resume > "$dir.log" 2>&1
     python -m mimkit.cli eval linear "$dir" --train-limit 10000 >> "$dir.log" 2>&1
     echo "$name seed=$seed wall_s=$(( $(date +%s) - start ))" >> "$OUT/times.log"
 }

@@ -281,7 +281,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from mimkit.train.logging import setup_console_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may also come after options, e.g. `--no-resume a.b=1`
+        if not (
+            hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra)
+        ):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     setup_console_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
