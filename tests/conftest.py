@@ -34,3 +34,22 @@ def tiny_model_overrides(out_dir) -> list[str]:
         f"out_dir={out_dir}",
         "train.progress=false",
     ]
+
+
+def tiny_model_config(**kw):
+    """A 2-block, 32-wide ViT-MAE config on 16x16 RGB images, overridable field by field."""
+    from mimkit.models import ModelConfig
+
+    fields = dict(
+        img_size=16,
+        in_chans=3,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    fields.update(kw)
+    return ModelConfig(**fields)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from conftest import tiny_model_config  # noqa: F401 - re-exported for the interop tests
 
 from mimkit.config import RunConfig
-from mimkit.models import ModelConfig
 from mimkit.objectives.mae import build_mae
 from mimkit.train.checkpoint import save_checkpoint
 
@@ -20,22 +20,6 @@ def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 scale = 0.05 if tensor.dim() > 1 else 0.2
                 tensor.copy_(torch.randn(tensor.shape, generator=g) * scale + (tensor.dim() == 1))
     return module
-
-
-def tiny_model_config(**kw) -> ModelConfig:
-    fields = dict(
-        img_size=16,
-        in_chans=3,
-        patch_size=4,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
-    fields.update(kw)
-    return ModelConfig(**fields)
 
 
 def random_checkpoint(folder, seed: int = 0, **kw):

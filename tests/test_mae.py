@@ -1,26 +1,14 @@
 import torch
+from conftest import tiny_model_config
 
 from mimkit.masking import random_masking
-from mimkit.models import ModelConfig
 from mimkit.objectives.mae import build_mae, masked_mse, patch_stats
 from mimkit.patches import patchify
 
 
 def tiny(**kw):
-    cfg = dict(
-        img_size=16,
-        in_chans=3,
-        patch_size=4,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
-    cfg.update(kw)
     torch.manual_seed(0)
-    return build_mae(ModelConfig(**cfg))
+    return build_mae(tiny_model_config(**kw))
 
 
 def test_loss_counts_only_masked_patches():
