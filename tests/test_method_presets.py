@@ -8,9 +8,11 @@ from test_data import make_idx_folder
 from mimkit.config import load_config
 from mimkit.errors import ConfigError
 from mimkit.objectives.crossmae import CrossMAE
+from mimkit.objectives.g2sd import G2SD
 from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.objectives.maskalign import MaskAlign
 from mimkit.objectives.maskfeat import MaskFeat
+from mimkit.objectives.mfm import MaskedFrequencyModel
 from mimkit.objectives.simmim import SimMIM
 from mimkit.train.checkpoint import load_model
 from mimkit.train.loop import pretrain
@@ -22,6 +24,7 @@ PRESETS = {
     "configs/fmnist_simmim_tiny.yaml": SimMIM,
     "configs/fmnist_crossmae_tiny.yaml": CrossMAE,
     "configs/fmnist_maskfeat_tiny.yaml": MaskFeat,
+    "configs/fmnist_mfm_tiny.yaml": MaskedFrequencyModel,
 }
 
 
@@ -54,6 +57,28 @@ def test_maskalign_preset_learns_from_a_frozen_teacher(tmp_path):
     assert isinstance(result.model, MaskAlign)
     reference = teacher.model.encoder.state_dict()
     assert all(torch.equal(reference[k], v) for k, v in result.model.teacher.state_dict().items())
+
+
+def test_g2sd_preset_distils_a_teacher_and_reloads_without_it(tmp_path):
+    teacher = short_run(tmp_path, "configs/fmnist_mae_vit12.yaml", "teacher", "model.patch_size=4")
+    reference = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+    result = short_run(
+        tmp_path,
+        "configs/fmnist_g2sd_student.yaml",
+        "student",
+        "model.patch_size=4",
+        "model.embed_dim=16",
+        "model.decoder_embed_dim=8",
+        f"model.teacher={teacher.checkpoint}",
+    )
+    assert isinstance(result.model, G2SD)
+    assert result.cfg.model.teacher_dim == 16  # the teacher's decoder width, saved with the run
+    assert all(torch.equal(reference[k], v) for k, v in result.model.teacher.state_dict().items())
+    for path in teacher.checkpoint.iterdir():
+        path.unlink()
+    teacher.checkpoint.rmdir()
+    student, _ = load_model(result.checkpoint)  # the teacher is gone; the student still loads
+    assert isinstance(student, G2SD) and not student._teacher
 
 
 def test_method_settings_are_checked():

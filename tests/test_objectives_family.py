@@ -121,3 +121,100 @@ def test_maskalign_teacher_is_frozen():
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert out.pred.shape == (4, 4, 48)  # visible tokens, at the teacher's width
     assert losses[-1] < losses[0]
+
+
+def test_mfm_input_lacks_exactly_the_hidden_frequencies():
+    from mimkit.objectives.mfm import FrequencyMask, filter_images, hidden_frequencies
+
+    images = torch.randn(2, 1, 16, 16)
+    mask = FrequencyMask(torch.tensor([True, False]))  # sample 0 low-pass, sample 1 high-pass
+    hidden = hidden_frequencies(mask, (16, 16), radius=3.0)
+    assert torch.equal(hidden[0] + hidden[1], torch.ones(1, 16, 16))  # the halves partition
+    assert hidden[0, 0, 0, 0] == 0 and hidden[1, 0, 0, 0] == 1  # zero frequency: low half
+    spectrum = torch.fft.fft2(filter_images(images, hidden), norm="ortho")
+    assert spectrum.abs()[hidden.bool()].max() < 1e-5
+    original = torch.fft.fft2(images, norm="ortho")
+    kept = ~hidden.bool()
+    assert torch.allclose(spectrum[kept], original[kept], atol=1e-5)
+
+
+def test_mfm_loss_ignores_errors_at_frequencies_the_input_kept():
+    from mimkit.objectives.mfm import FrequencyMask, focal_frequency_loss, hidden_frequencies
+
+    torch.manual_seed(0)
+    target = torch.randn(2, 1, 16, 16)
+    pred = torch.randn(2, 1, 16, 16)
+    hidden = hidden_frequencies(FrequencyMask(torch.tensor([True, False])), (16, 16), 3.0)
+    base = focal_frequency_loss(pred, target, hidden)
+    # add an error living only at kept frequencies: the loss must not move
+    noise = torch.fft.fft2(torch.randn(2, 1, 16, 16), norm="ortho") * (1 - hidden)
+    shifted = pred + torch.fft.ifft2(noise, norm="ortho").real
+    assert torch.allclose(focal_frequency_loss(shifted, target, hidden), base, atol=1e-5)
+    # and an error at hidden frequencies raises it
+    noise = torch.fft.fft2(torch.randn(2, 1, 16, 16), norm="ortho") * hidden
+    worse = pred + torch.fft.ifft2(noise, norm="ortho").real
+    assert focal_frequency_loss(worse, target, hidden) > base
+    assert focal_frequency_loss(target, target, hidden) == 0
+
+
+def test_mfm_trains_its_encoder_on_whole_filtered_images():
+    from mimkit.objectives.mfm import MaskedFrequencyModel
+
+    torch.manual_seed(0)
+    model = MaskedFrequencyModel(cfg(method="mfm", freq_radius=0.2))
+    images = torch.randn(4, 1, 16, 16)
+    out = model(images, generator=gen())
+    assert out.pred.shape == images.shape and out.mask.lowpass.shape == (4,)
+    out.loss.backward()
+    assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    again = model(images, generator=gen())
+    assert torch.equal(again.mask.lowpass, out.mask.lowpass)  # seeded
+
+
+def _teacher_mae(seed=1):
+    from mimkit.objectives.mae import MaskedAutoencoder
+
+    torch.manual_seed(seed)
+    return MaskedAutoencoder(cfg(embed_dim=48, decoder_embed_dim=24, decoder_num_heads=2))
+
+
+def test_g2sd_targets_are_the_frozen_teachers_decoder_tokens_for_every_patch():
+    import torch.nn.functional as F
+
+    from mimkit.objectives.g2sd import G2SD
+
+    teacher = _teacher_mae()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    torch.manual_seed(0)
+    student = G2SD(cfg(method="g2sd", teacher="t"), teacher).train()
+    assert student.cfg.teacher_dim == 24
+    assert not any(k.startswith("teacher") for k in student.state_dict())  # not saved with it
+    images = torch.randn(2, 1, 16, 16)
+    mask = random_masking(2, 16, 0.75, generator=gen())
+    target = student.target(images, mask)
+    assert target.shape == (2, 16, 24)  # hidden and visible patches alike
+    latent = teacher.encoder(images, mask.ids_keep)
+    expected = teacher.decoder.hidden(latent, mask.ids_restore)[:, 1:]
+    assert torch.allclose(target, F.layer_norm(expected, (24,)), atol=1e-6)
+    out = student(images, mask=mask)
+    assert out.pred.shape == (2, 16, 24)
+    out.loss.backward()
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    opt.step()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_g2sd_student_rebuilds_without_its_teacher():
+    from mimkit.errors import ConfigError
+    from mimkit.objectives.g2sd import G2SD
+
+    student = G2SD(cfg(method="g2sd", teacher="t"), _teacher_mae())
+    alone = G2SD(student.cfg)  # what loading a checkpoint without the teacher does
+    alone.load_state_dict(student.state_dict())
+    images = torch.randn(2, 1, 16, 16)
+    assert torch.equal(alone.encode(images), student.encode(images))
+    with pytest.raises(ConfigError, match="teacher"):
+        alone(images, generator=gen())
+    with pytest.raises(ConfigError, match="teacher_dim"):
+        G2SD(cfg(method="g2sd", teacher="missing"))

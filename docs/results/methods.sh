@@ -9,6 +9,7 @@ COMMON="train.epochs=1 eval.knn_train_limit=10000 eval.compare_random_init=false
 run() {  # name preset seed [extra overrides...]
     local name=$1 preset=$2 seed=$3; shift 3
     local dir="$OUT/${name}_seed${seed}"
+    if [[ -f "$dir/checkpoint/eval_linear.json" ]]; then return; fi  # finished earlier
     local start=$(date +%s)
     mkdir -p "$dir"
     python -m mimkit.cli pretrain "$preset" $COMMON train.seed="$seed" out_dir="$dir" "$@" --no-resume > "$dir.log" 2>&1
@@ -26,3 +27,8 @@ run maskfeat configs/fmnist_maskfeat_tiny.yaml 0
 run maskalign configs/fmnist_maskalign_tiny.yaml 0 model.teacher="$OUT/mae_seed0/checkpoint"
 run mae configs/fmnist_mae_tiny.yaml 1
 run crossmae configs/fmnist_crossmae_tiny.yaml 1
+run mae_block configs/fmnist_mae_block_tiny.yaml 1
+run colormae_green configs/fmnist_colormae_green_tiny.yaml 1
+run maskfeat configs/fmnist_maskfeat_tiny.yaml 1
+run simmim configs/fmnist_simmim_tiny.yaml 1
+run maskalign configs/fmnist_maskalign_tiny.yaml 1 model.teacher="$OUT/mae_seed0/checkpoint"

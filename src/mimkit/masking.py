@@ -24,6 +24,10 @@ class Mask:
     def num_patches(self) -> int:
         return self.ids_restore.shape[1]
 
+    def select(self, rows: slice | torch.Tensor) -> Mask:
+        """The masks of some samples (a rank's share of a global-batch draw)."""
+        return Mask(self.ids_keep[rows], self.ids_masked[rows], self.ids_restore[rows])
+
     @property
     def binary(self) -> torch.Tensor:
         """(B, N) float, 1 where the patch is hidden (the MAE/HF convention)."""

@@ -45,6 +45,13 @@ class MAEDecoder(nn.Module):
         self.apply(init_vit_weights)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        return self.pred(self.norm(self.hidden(latent, ids_restore)))[:, self.prefix :]
+
+    def hidden(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """The decoder's tokens after its blocks, before its norm: (B, prefix + N, dim).
+
+        G2SD distils these: they are the decoder's own picture of every patch, hidden or not.
+        """
         x = self.embed(latent)
         b, n = ids_restore.shape
         k = self.prefix
@@ -55,7 +62,7 @@ class MAEDecoder(nn.Module):
         x = torch.cat([x[:, :k], tokens], dim=1) + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.pred(self.norm(x))[:, k:]
+        return x
 
     def forward_subset(
         self, latent: torch.Tensor, ids_keep: torch.Tensor, ids_pred: torch.Tensor

@@ -53,12 +53,14 @@ class ModelConfig:
     masking: str = "random"  # random (MAE) | tube (VideoMAE clips) | any mimkit.mask_shapes name
     decoder_mask_ratio: float = 0.0  # > 0: VideoMAE V2 running-cell decoder masking
     # which method of the family (mimkit.objectives.registry) and its own settings
-    method: str = "mae"  # mae | simmim | crossmae | maskfeat | maskalign
+    method: str = "mae"  # mae | simmim | crossmae | maskfeat | maskalign | mfm | g2sd
     mask_patch: int = 2  # masking 'coarse' (SimMIM): model patches per mask patch side
     predict_fraction: float = 0.25  # crossmae: share of hidden patches reconstructed
     mix_layers: bool = True  # crossmae: decoder blocks read a learned mix of encoder blocks
     hog_bins: int = 9  # maskfeat: orientation bins of the HOG target
-    teacher: str | None = None  # maskalign: checkpoint of the frozen teacher encoder
+    teacher: str | None = None  # maskalign, g2sd: checkpoint of the frozen teacher
+    teacher_dim: int | None = None  # g2sd: width of the teacher's decoder (read from teacher)
+    freq_radius: float = 16 / 224  # mfm: radius of the hidden disc, as a fraction of the side
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -183,7 +185,7 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
-METHODS = ("mae", "simmim", "crossmae", "maskfeat", "maskalign")
+METHODS = ("mae", "simmim", "crossmae", "maskfeat", "maskalign", "mfm", "g2sd")
 
 
 def _check_method(cfg: ModelConfig) -> None:
@@ -204,10 +206,12 @@ def _check_method(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.predict_fraction must be in (0, 1], got {cfg.predict_fraction}")
     if cfg.hog_bins < 2:
         raise ConfigError(f"model.hog_bins must be >= 2, got {cfg.hog_bins}")
-    if cfg.method == "maskalign" and not cfg.teacher:
+    if cfg.method in ("maskalign", "g2sd") and not cfg.teacher:
         raise ConfigError(
-            "model.teacher: method 'maskalign' needs the checkpoint of a teacher encoder"
+            f"model.teacher: method {cfg.method!r} needs the checkpoint of a teacher model"
         )
+    if not 0.0 < cfg.freq_radius < 0.5:
+        raise ConfigError(f"model.freq_radius must be in (0, 0.5), got {cfg.freq_radius}")
 
 
 def model_config_fields() -> list[str]:

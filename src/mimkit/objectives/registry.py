@@ -23,9 +23,11 @@ def load_teacher(path: str):
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The model `cfg.method` asks for, with its config resolved and checked."""
     from mimkit.objectives.crossmae import CrossMAE
+    from mimkit.objectives.g2sd import build_g2sd
     from mimkit.objectives.mae import MaskedAutoencoder
     from mimkit.objectives.maskalign import MaskAlign
     from mimkit.objectives.maskfeat import MaskFeat
+    from mimkit.objectives.mfm import MaskedFrequencyModel
     from mimkit.objectives.simmim import SimMIM
 
     cfg = resolve_model_config(cfg)
@@ -36,5 +38,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         "simmim": SimMIM,
         "crossmae": CrossMAE,
         "maskfeat": MaskFeat,
+        "mfm": MaskedFrequencyModel,
+        "g2sd": build_g2sd,
     }
     return builders[cfg.method](cfg)

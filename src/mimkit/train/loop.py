@@ -27,6 +27,7 @@ from mimkit.errors import ConfigError, TrainingHalted
 from mimkit.masking import Mask
 from mimkit.models.registry import resolve_model_config
 from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.objectives.mfm import FrequencyMask
 from mimkit.objectives.registry import build_model
 from mimkit.train.checkpoint import (
     MODEL_FILE,
@@ -149,15 +150,14 @@ def draw_mask(
     generator: torch.Generator,
     rows: slice | torch.Tensor,
     global_batch: int,
-) -> Mask:
+) -> Mask | FrequencyMask:
     """The model's mask for the global batch, cut to this rank's rows (see `prepare_batch`).
 
     `make_mask` reads only the batch size and device of its input, so a zero-stride view of one
     row stands in for the global batch without allocating it.
     """
     stand_in = x[:1].expand(global_batch, *x.shape[1:])
-    mask = model.make_mask(stand_in, generator)
-    return Mask(mask.ids_keep[rows], mask.ids_masked[rows], mask.ids_restore[rows])
+    return model.make_mask(stand_in, generator).select(rows)
 
 
 def _resume_position(
@@ -212,6 +212,7 @@ def _pretrain(cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str) 
     tune_backends(device)
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model).to(device)
+    cfg.model = model.cfg  # what the method filled in (G2SD: the teacher's width) is saved too
     if tc.activation_checkpointing:
         checkpoint_blocks(model)
     source = TrainSource(cfg.data, cfg.model.in_chans, cfg.model.image_hw, tc.seed)
