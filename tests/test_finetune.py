@@ -78,3 +78,37 @@ def test_finetune_learns_an_easy_task_at_a_new_resolution(ckpt, tmp_path):
     assert result.top1 >= 0.75  # 4 classes: chance is 0.25
     assert (tmp_path / "ft" / "finetune.json").is_file()
     assert (tmp_path / "ft" / "checkpoint" / "trainer_state.json").is_file()
+
+
+def test_specific_distillation_learns_a_frozen_teachers_classes(ckpt, tmp_path):
+    import torch.nn.functional as F
+
+    from mimkit.eval.finetune import load_classifier, specific_distillation_loss
+    from mimkit.eval.mixup import soft_cross_entropy
+
+    cfg, weights = load_config_file(ckpt), read_weights(ckpt / "model.safetensors")
+    teacher_run = finetune(cfg, weights, settings(epochs=1), tmp_path / "teacher")
+    frozen = load_file(teacher_run.checkpoint / "model.safetensors")
+    student_run = finetune(
+        cfg, weights, settings(epochs=1, teacher=str(teacher_run.checkpoint)), tmp_path / "student"
+    )
+    after = load_file(teacher_run.checkpoint / "model.safetensors")
+    assert all(torch.equal(frozen[k], after[k]) for k in frozen)
+    student = load_classifier(student_run.checkpoint)
+    assert student.dist_head is not None and 0.0 <= student_run.top1 <= 1.0
+    teacher = load_classifier(teacher_run.checkpoint)
+    assert teacher.dist_head is None and not any(p.requires_grad for p in teacher.parameters())
+
+    x = torch.randn(4, 1, 28, 28)
+    targets = F.one_hot(torch.tensor([0, 1, 2, 3]), 4).float()
+    logits, dist = student.both_heads(x)
+    assert torch.allclose(student(x), (logits + dist) / 2)  # DeiT: both heads vote
+    expected = 0.5 * soft_cross_entropy(logits, targets) + 0.5 * F.cross_entropy(
+        dist, teacher(x).argmax(1)
+    )
+    assert torch.allclose(specific_distillation_loss(student, teacher, x, targets), expected)
+    with pytest.raises(ConfigError, match="not a fine-tuned classifier"):
+        load_classifier(ckpt)
+    cfg.data.mean = [0.5]
+    with pytest.raises(ConfigError, match="normalised with mean"):
+        finetune(cfg, weights, settings(teacher=str(teacher_run.checkpoint)), tmp_path / "bad")

@@ -77,6 +77,12 @@ def add_eval_protocols(esub: argparse._SubParsersAction) -> None:
             ft.add_argument(flag, type=float, nargs=2, default=list(default))
         elif f.name == "pool":
             ft.add_argument(flag, choices=("cls", "avg"), default=None)
+        elif f.name == "teacher":
+            ft.add_argument(
+                flag,
+                help="a fine-tuned classifier's checkpoint: distil its predictions (G2SD's "
+                "specific stage) through a second head",
+            )
         else:
             kind = {int: int, float: float, str: str}.get(type(default), float)
             if f.name in ("img_size", "max_steps"):
@@ -276,4 +282,5 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
     )
     record["betas"] = list(record["betas"])
     write_result(folder, "finetune", args.random_init, record)
+    (out / "result.json").write_text(json.dumps(record, indent=1))  # this run's own copy
     return 0

@@ -2,7 +2,10 @@
 
 AdamW with layer-wise learning-rate decay, drop-path, label smoothing, Mixup/CutMix, warmup +
 cosine, cls or average pooling, optional new resolution (position embeddings resampled from the
-checkpoint's grid). It runs on the pretraining machinery: the same seeded, resumable data
+checkpoint's grid). With a fine-tuned `teacher`, it is G2SD's specific distillation stage: the
+student gets a second head that learns the teacher's predicted class (DeiT's hard
+distillation, as the G2SD authors do), the two losses weigh half each, and at test time the
+two heads' logits are averaged. It runs on the pretraining machinery: the same seeded, resumable data
 source, device augmentation, autocast/GradScaler and atomic safetensors checkpoints, so
 stopping and re-running with the same `out_dir` resumes where it stopped. Nothing here looks at
 test data until the fixed budget is spent; the reported number is the last epoch's.
@@ -69,6 +72,7 @@ class FinetuneSettings:
     img_size: int | None = None  # None: the checkpoint's resolution
     pool: str | None = None  # None: the checkpoint's model.pool
     train_limit: int | None = None
+    teacher: str | None = None  # a fine-tuned classifier's checkpoint: G2SD specific stage
     seed: int = 0
     amp: str = "auto"
     device: str = "auto"
@@ -88,18 +92,63 @@ class FinetuneSettings:
             raise ConfigError(f"finetune: pool must be cls or avg, got {self.pool!r}")
 
 
-class ViTClassifier(nn.Module):
-    """Encoder + linear head on the pooled tokens (`encoder.*`, `head.*`)."""
+def _near_zero_head(dim: int, num_classes: int) -> nn.Linear:
+    head = nn.Linear(dim, num_classes)
+    nn.init.trunc_normal_(head.weight, std=2e-5)  # MAE: a near-zero head
+    nn.init.zeros_(head.bias)
+    return head
 
-    def __init__(self, encoder: VisionTransformer, num_classes: int) -> None:
+
+class ViTClassifier(nn.Module):
+    """Encoder + linear head on the pooled tokens (`encoder.*`, `head.*`).
+
+    With `distill_head`, a second head (`dist_head.*`) learns a teacher's predictions; the
+    prediction is the mean of both heads' logits (DeiT).
+    """
+
+    def __init__(
+        self, encoder: VisionTransformer, num_classes: int, distill_head: bool = False
+    ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.cfg.embed_dim, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE: a near-zero head
-        nn.init.zeros_(self.head.bias)
+        self.head = _near_zero_head(encoder.cfg.embed_dim, num_classes)
+        self.dist_head = (
+            _near_zero_head(encoder.cfg.embed_dim, num_classes) if distill_head else None
+        )
+
+    def both_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class-head logits, distillation-head logits) from one encoder pass."""
+        pooled = self.encoder.pool(self.encoder(x))
+        if self.dist_head is None:
+            raise ValueError("this classifier has no distillation head")
+        return self.head(pooled), self.dist_head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder.pool(self.encoder(x)))
+        pooled = self.encoder.pool(self.encoder(x))
+        if self.dist_head is None:
+            return self.head(pooled)
+        return (self.head(pooled) + self.dist_head(pooled)) / 2
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> ViTClassifier:
+    """A fine-tuned classifier (a `mimkit eval finetune` checkpoint), frozen in eval mode."""
+    from mimkit.train.checkpoint import load_config_file, resolve_checkpoint_dir
+
+    folder = resolve_checkpoint_dir(path)
+    cfg = load_config_file(folder)
+    weights = read_weights(folder / MODEL_FILE)
+    if "head.weight" not in weights:
+        raise ConfigError(
+            f"{folder}: not a fine-tuned classifier (no head.weight); the teacher of the "
+            "specific stage is the checkpoint `mimkit eval finetune` writes"
+        )
+    model = ViTClassifier(
+        VisionTransformer(resolve_model_config(cfg.model)),
+        weights["head.weight"].shape[0],
+        distill_head="dist_head.weight" in weights,
+    )
+    load_state_into(model, weights, str(folder / MODEL_FILE))
+    return model.to(device).eval().requires_grad_(False)
 
 
 def finetune_model_config(base: ModelConfig, s: FinetuneSettings) -> ModelConfig:
@@ -134,7 +183,7 @@ def build_classifier(
     encoder = VisionTransformer(cfg)
     if weights is not None:
         load_state_into(encoder, encoder_weights(weights, base, cfg), where)
-    return ViTClassifier(encoder, num_classes)
+    return ViTClassifier(encoder, num_classes, distill_head=s.teacher is not None)
 
 
 @torch.no_grad()
@@ -166,6 +215,46 @@ def classifier_accuracy(
             preds = model(x).argmax(1).cpu()
         correct += (preds == labels[start : start + batch_size]).sum().item()
     return correct / max(1, len(labels))
+
+
+def _check_teacher_fits(
+    path: str, teacher: ViTClassifier, cfg: RunConfig, num_classes: int
+) -> None:
+    """The teacher must read the student's inputs as it was trained to, and share its classes."""
+    from mimkit.train.checkpoint import load_config_file, resolve_checkpoint_dir
+
+    if teacher.head.out_features != num_classes:
+        raise ConfigError(
+            f"finetune: teacher {path} predicts {teacher.head.out_features} classes, "
+            f"the data has {num_classes}"
+        )
+    seen = load_config_file(resolve_checkpoint_dir(path)).data
+    if list(seen.mean) != list(cfg.data.mean) or list(seen.std) != list(cfg.data.std):
+        raise ConfigError(
+            f"finetune: teacher {path} was trained on inputs normalised with mean {seen.mean}, "
+            f"std {seen.std}; the student uses {cfg.data.mean}, {cfg.data.std}"
+        )
+    if teacher.encoder.cfg.in_chans != cfg.model.in_chans:
+        raise ConfigError(
+            f"finetune: teacher {path} takes {teacher.encoder.cfg.in_chans} channels, "
+            f"the student {cfg.model.in_chans}"
+        )
+
+
+def specific_distillation_loss(
+    model: ViTClassifier, teacher: ViTClassifier, x: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """G2SD's specific stage: half the label loss, half cross-entropy to the teacher's class."""
+    with torch.no_grad():
+        seen = x
+        hw = teacher.encoder.cfg.image_hw
+        if tuple(x.shape[-2:]) != tuple(hw):
+            seen = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+        teacher_class = teacher(seen).argmax(dim=1)
+    logits, dist_logits = model.both_heads(x)
+    return 0.5 * soft_cross_entropy(logits, targets) + 0.5 * F.cross_entropy(
+        dist_logits.float(), teacher_class
+    )
 
 
 @dataclass
@@ -221,6 +310,9 @@ def finetune(
         raise ConfigError("finetune: the training data has unlabelled items")
 
     model = build_classifier(base, weights, num_classes, s).to(device)
+    teacher = load_classifier(s.teacher, device) if s.teacher else None
+    if teacher is not None:
+        _check_teacher_fits(s.teacher, teacher, cfg, num_classes)
     steps_per_epoch = source.steps_per_epoch(s.batch_size)
     total_steps = steps_per_epoch * s.epochs
     warmup_steps = round(s.warmup_epochs * steps_per_epoch)
@@ -285,8 +377,10 @@ def finetune(
             lr = lr_at(state["step"], total_steps, warmup_steps, peak_lr, s.min_lr)
             set_lr(optimizer, lr)
             with autocast(device, amp_dtype):
-                logits = model(x)
-            loss = soft_cross_entropy(logits, targets)
+                if teacher is None:
+                    loss = soft_cross_entropy(model(x), targets)
+                else:
+                    loss = specific_distillation_loss(model, teacher, x, targets)
             scaler.scale(loss).backward()
             if s.clip_grad is not None:
                 scaler.unscale_(optimizer)
