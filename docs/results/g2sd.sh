@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# G2SD on Fashion-MNIST (docs/results/compression.md, "Distillation"): the 12-block MAE of
+# configs/fmnist_mae_vit12.yaml is the teacher; the student is the same depth at half the width.
+# Usage: bash docs/results/g2sd.sh TEACHER_RUN [OUT_ROOT]   (e.g. runs/vit12 runs/g2sd)
+set -euo pipefail
+TEACHER=${1:?the teacher MAE run folder, e.g. runs/vit12}
+OUT=${2:-runs/g2sd}
+FT="--epochs ${FT_EPOCHS:-2} --train-limit ${FT_LIMIT:-10000}"  # every fine-tune: MAE recipe defaults
+mkdir -p "$OUT"
+export TQDM_DISABLE=1
+step() {  # name command...: run once, log it, time it
+    local name=$1; shift
+    if [[ -f "$OUT/$name.done" ]]; then return; fi
+    local start=$(date +%s)
+    "$@" > "$OUT/$name.log" 2>&1
+    echo "$name wall_s=$(( $(date +%s) - start ))" | tee -a "$OUT/times.log"
+    touch "$OUT/$name.done"
+}
+mk() { python -m mimkit.cli "$@"; }
+# the teacher, fine-tuned
+step teacher_ft mk eval finetune "$TEACHER" --out "$OUT/teacher_ft" $FT
+# generic stage: the student predicts the teacher's decoder tokens (same 2 epochs as the teacher's MAE)
+step student_generic mk pretrain configs/fmnist_g2sd_student.yaml \
+    model.teacher="$TEACHER/checkpoint" out_dir="$OUT/student_generic" --no-resume
+# specific stage: fine-tune the student against the fine-tuned teacher's predictions + labels
+step student_g2sd mk eval finetune "$OUT/student_generic" --out "$OUT/student_g2sd" \
+    --teacher "$OUT/teacher_ft/checkpoint" $FT
+# ablations: generic stage only; plain MAE for the student (same budget), with and without
+# the specific stage; and the student trained from scratch
+step student_generic_ft mk eval finetune "$OUT/student_generic" --out "$OUT/student_generic_ft" $FT
+step student_mae mk pretrain configs/fmnist_g2sd_student.yaml model.method=mae model.teacher=null \
+    model.norm_pix_loss=true out_dir="$OUT/student_mae" --no-resume
+step student_mae_ft mk eval finetune "$OUT/student_mae" --out "$OUT/student_mae_ft" $FT
+step student_mae_specific mk eval finetune "$OUT/student_mae" --out "$OUT/student_mae_specific" \
+    --teacher "$OUT/teacher_ft/checkpoint" $FT
+step student_scratch mk eval finetune "$OUT/student_mae" --random-init --out "$OUT/student_scratch" $FT
