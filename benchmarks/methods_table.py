@@ -49,6 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root")
     parser.add_argument("--out", default="docs/results")
+    parser.add_argument("--tag", default="", help="suffix of the output names (methods<tag>.png)")
+    parser.add_argument("--budget", default="1 epoch", help="the budget, for the plot's title")
     args = parser.parse_args()
     rows = collect(Path(args.root))
     lines = ["| method / masking | seeds | kNN top-1 (%) | linear top-1 (%) | wall time per run (s) |",
@@ -64,8 +66,8 @@ def main() -> None:
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "methods_table.md").write_text("\n".join(lines) + "\n")
-    (out / "methods.json").write_text(json.dumps(rows, indent=1))
+    (out / f"methods{args.tag}_table.md").write_text("\n".join(lines) + "\n")
+    (out / f"methods{args.tag}.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
     import matplotlib
 
@@ -84,11 +86,11 @@ def main() -> None:
     ax.set_xticks(list(xs), names, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("top-1 (%)")
     ax.set_ylim(50, 90)
-    ax.set_title("Same budget, Fashion-MNIST (dots: seeds)")
+    ax.set_title(f"Same budget ({args.budget}), Fashion-MNIST (dots: seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "methods.png", dpi=120)
-    print(f"wrote {out / 'methods_table.md'}, methods.json, methods.png")
+    fig.savefig(out / f"methods{args.tag}.png", dpi=120)
+    print(f"wrote methods{args.tag}_table.md, .json and .png under {out}")
 
 
 if __name__ == "__main__":

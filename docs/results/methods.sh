@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The method comparison behind docs/results/methods.md: every row gets the same budget
-# (ViT-tiny width, 6 blocks, 7x7 patches, 1 epoch of Fashion-MNIST at batch 256, seed as given),
-# then kNN (bank 10k) and a linear probe (10k labels) on frozen features of the test set.
-# Usage: bash docs/results/methods.sh [OUT_ROOT]   (default runs/methods)
+# (ViT-tiny width, 6 blocks, 7x7 patches, EPOCHS epochs of Fashion-MNIST at batch 256, seed as
+# given), then kNN (bank 10k) and a linear probe (10k labels) on frozen features of the test set.
+# Usage: [EPOCHS=1] bash docs/results/methods.sh [OUT_ROOT]   (default runs/methods)
 set -euo pipefail
 OUT=${1:-runs/methods}
-COMMON="train.epochs=1 eval.knn_train_limit=10000 eval.compare_random_init=false"
+COMMON="train.epochs=${EPOCHS:-1} eval.knn_train_limit=10000 eval.compare_random_init=false"
 run() {  # name preset seed [extra overrides...]
     local name=$1 preset=$2 seed=$3; shift 3
     local dir="$OUT/${name}_seed${seed}"
