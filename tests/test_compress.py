@@ -202,4 +202,5 @@ def test_tome_command_prints_a_tradeoff_table(tmp_path, capsys):
     rows = json.loads((tmp_path / "run" / "checkpoint" / "tome.json").read_text())
     assert [r["r"] for r in rows] == [0, 4]
     assert rows[0]["tokens_out"] == 50 and rows[1]["tokens_out"] == 50 - 2 * 4
-    assert "kNN top-1" in out
+    assert rows[0]["speedup"] == 1.0 and rows[1]["img_per_s"] > 0
+    assert "kNN top-1" in out and "speed-up" in out

@@ -80,9 +80,12 @@ def cmd_tome(args: argparse.Namespace) -> int:
         args.batch_size,
         device,
     )
-    print(f"{'r':>4} {'tokens out':>10} {'img/s':>10} {'kNN top-1':>10}")
+    print(f"{'r':>4} {'tokens out':>10} {'img/s':>10} {'speed-up':>9} {'kNN top-1':>10}")
     for row in rows:
-        print(f"{row.r:>4} {row.tokens_out:>10} {row.img_per_s:>10.1f} {100 * row.knn_top1:>9.2f}%")
+        print(
+            f"{row.r:>4} {row.tokens_out:>10} {row.img_per_s:>10.1f} {row.speedup:>8.2f}x "
+            f"{100 * row.knn_top1:>9.2f}%"
+        )
     folder = resolve_checkpoint_dir(args.checkpoint)
     (folder / "tome.json").write_text(json.dumps(rows_as_dicts(rows), indent=1))
     plot = plot_tradeoff(rows, Path(folder) / "tome.png")
