@@ -2,6 +2,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mimkit.masking import random_masking
 from mimkit.models import ModelConfig
@@ -218,3 +220,26 @@ def test_g2sd_student_rebuilds_without_its_teacher():
         alone(images, generator=gen())
     with pytest.raises(ConfigError, match="teacher_dim"):
         G2SD(cfg(method="g2sd", teacher="missing"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(4, 20),
+    w=st.integers(4, 20),
+    radius=st.floats(0.5, 6.0),
+    low=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_mfm_filter_is_real_exact_and_idempotent_for_any_shape(h, w, radius, low, seed):
+    from mimkit.objectives.mfm import FrequencyMask, filter_images, hidden_frequencies
+
+    hidden = hidden_frequencies(FrequencyMask(torch.tensor([low])), (h, w), radius)
+    # the hidden set is symmetric under f -> -f, so removing it leaves a real image exactly
+    flipped = torch.roll(torch.flip(hidden, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+    assert torch.equal(hidden, flipped)
+    images = torch.randn(1, 2, h, w, generator=torch.Generator().manual_seed(seed))
+    once = filter_images(images, hidden)
+    spectrum = torch.fft.fft2(once.double(), norm="ortho")
+    leaked = spectrum.abs() * hidden
+    assert leaked.max() < 1e-5
+    assert torch.allclose(filter_images(once, hidden), once, atol=1e-5)
