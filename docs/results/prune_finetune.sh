@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Pruning followed by fine-tuning (the Gardener paper's protocol) on the 12-block MAE of
 # configs/fmnist_mae_vit12.yaml: keep 3 of 12 blocks by each data-free ranking, then fine-tune
-# with the same recipe as the full model's fine-tune in g2sd.sh (2 epochs, 10k labels).
+# with the same recipe as the full model's fine-tune in g2sd.sh (1 epoch, all labels).
 # (The oracle keeps blocks 0, 1, 2 at this size, the same as first-k.)
 # Usage: bash docs/results/prune_finetune.sh MAE_RUN [OUT_ROOT] [KEEP]
 set -euo pipefail
 RUN=${1:?the MAE run folder, e.g. runs/vit12}
 OUT=${2:-runs/prune_ft}
 KEEP=${3:-3}
-FT="--epochs ${FT_EPOCHS:-2} --train-limit ${FT_LIMIT:-10000}"
+FT="--epochs ${FT_EPOCHS:-1} --batch-size 64 --base-lr 4e-3 --layer-decay 0.9"
 mkdir -p "$OUT"
 export TQDM_DISABLE=1
 for method in entropy norm first last random; do
