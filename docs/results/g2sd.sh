@@ -36,3 +36,14 @@ step student_mae_ft mk eval finetune "$OUT/student_mae" --out "$OUT/student_mae_
 step student_mae_specific mk eval finetune "$OUT/student_mae" --out "$OUT/student_mae_specific" \
     --teacher "$OUT/teacher_ft/checkpoint" $FT
 step student_scratch mk eval finetune "$OUT/student_mae" --random-init --out "$OUT/student_scratch" $FT
+# the teacher's own floor, and a second fine-tuning seed for every fine-tuned row (the teacher
+# of the specific stage stays the seed-0 one)
+step teacher_scratch mk eval finetune "$TEACHER" --random-init --out "$OUT/teacher_scratch" $FT
+step teacher_ft_s1 mk eval finetune "$TEACHER" --out "$OUT/teacher_ft_s1" $FT --seed 1
+step student_g2sd_s1 mk eval finetune "$OUT/student_generic" --out "$OUT/student_g2sd_s1" \
+    --teacher "$OUT/teacher_ft/checkpoint" $FT --seed 1
+step student_generic_ft_s1 mk eval finetune "$OUT/student_generic" --out "$OUT/student_generic_ft_s1" $FT --seed 1
+step student_mae_ft_s1 mk eval finetune "$OUT/student_mae" --out "$OUT/student_mae_ft_s1" $FT --seed 1
+step student_mae_specific_s1 mk eval finetune "$OUT/student_mae" --out "$OUT/student_mae_specific_s1" \
+    --teacher "$OUT/teacher_ft/checkpoint" $FT --seed 1
+step student_scratch_s1 mk eval finetune "$OUT/student_mae" --random-init --out "$OUT/student_scratch_s1" $FT --seed 1
