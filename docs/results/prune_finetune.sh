@@ -20,3 +20,11 @@ for method in entropy norm first last random; do
     echo "$name wall_s=$(( $(date +%s) - start ))" | tee -a "$OUT/times.log"
     touch "$OUT/$name.done"
 done
+# the control: the same 3-block architecture fine-tuned from random weights
+if [[ ! -f "$OUT/scratch_keep${KEEP}.done" ]]; then
+    start=$(date +%s)
+    python -m mimkit.cli eval finetune "$OUT/first_keep${KEEP}" --random-init \
+        --out "$OUT/scratch_keep${KEEP}_ft" $FT > "$OUT/scratch_keep${KEEP}.log" 2>&1
+    echo "scratch_keep${KEEP} wall_s=$(( $(date +%s) - start ))" | tee -a "$OUT/times.log"
+    touch "$OUT/scratch_keep${KEEP}.done"
+fi
