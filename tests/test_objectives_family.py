@@ -243,3 +243,19 @@ def test_mfm_filter_is_real_exact_and_idempotent_for_any_shape(h, w, radius, low
     leaked = spectrum.abs() * hidden
     assert leaked.max() < 1e-5
     assert torch.allclose(filter_images(once, hidden), once, atol=1e-5)
+
+
+def test_mfm_pictures_complete_the_inputs_spectrum_with_the_prediction():
+    from mimkit.objectives.mfm import MaskedFrequencyModel, hidden_frequencies
+
+    torch.manual_seed(0)
+    model = MaskedFrequencyModel(cfg(method="mfm", freq_radius=0.2))
+    images = torch.randn(3, 1, 16, 16)
+    mask = model.make_mask(images, gen())
+    out = model.reconstruct(images, mask)
+    hidden = hidden_frequencies(mask, (16, 16), model.radius).expand(-1, 1, -1, -1).bool()
+    pasted = torch.fft.fft2(out["pasted"], norm="ortho")
+    assert torch.allclose(pasted[~hidden], torch.fft.fft2(images, norm="ortho")[~hidden], atol=1e-4)
+    pred = torch.fft.fft2(out["reconstruction"], norm="ortho")
+    assert torch.allclose(pasted[hidden], pred[hidden], atol=1e-4)
+    assert out["masked"].shape == images.shape

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from mimkit.data.transforms import denormalize, fit_to_model, normalize
+from mimkit.masking import Mask
 from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.patches import unpatchify
 
@@ -44,11 +45,12 @@ def reconstruction_grid(
     out = model.reconstruct(x, mask)
     panels = [x, out["masked"], out["reconstruction"], out["pasted"]]
     panels = [denormalize(p, mean, std) for p in panels]
-    # grey out hidden patches in the masked panel so they read as "missing", not "black"
-    cfg = model.cfg
-    per_patch = mask.binary[..., None].expand(-1, -1, cfg.patch_size**2 * cfg.in_chans)
-    hidden = unpatchify(per_patch, cfg.patch_size, cfg.grid_hw, cfg.in_chans) > 0.5
-    panels[1] = torch.where(hidden, torch.full_like(panels[1], 0.5), panels[1])
+    if isinstance(mask, Mask):  # (MFM hides frequencies: its masked panel is the filtered image)
+        # grey out hidden patches in the masked panel so they read as "missing", not "black"
+        cfg = model.cfg
+        per_patch = mask.binary[..., None].expand(-1, -1, cfg.patch_size**2 * cfg.in_chans)
+        hidden = unpatchify(per_patch, cfg.patch_size, cfg.grid_hw, cfg.in_chans) > 0.5
+        panels[1] = torch.where(hidden, torch.full_like(panels[1], 0.5), panels[1])
     n, _, h, w = x.shape
     sh, sw = h * scale, w * scale
     canvas = np.full((n * (sh + gap) + gap, len(panels) * (sw + gap) + gap, 3), 255, dtype=np.uint8)

@@ -77,7 +77,7 @@ class MFMOutput:
 
 
 class MaskedFrequencyModel(nn.Module):
-    reconstructs_pixels = False  # its pictures are filtered images, not patch reconstructions
+    reconstructs_pixels = True  # pictures: the filtered input and the predicted image
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -106,6 +106,20 @@ class MaskedFrequencyModel(nn.Module):
         pred = unpatchify(patches, self.cfg.patch_shape, self.cfg.grid_shape, self.cfg.in_chans)
         loss = focal_frequency_loss(pred, images, hidden)
         return MFMOutput(loss=loss, pred=pred, mask=mask)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, mask: FrequencyMask) -> dict[str, torch.Tensor]:
+        """The input the encoder saw, the prediction, and the input's spectrum completed with
+        the predicted hidden frequencies (the analogue of MAE's pasted image)."""
+        was_training = self.training
+        self.eval()
+        try:
+            pred = self.forward(images, mask=mask).pred.float()
+        finally:
+            self.train(was_training)
+        hidden = hidden_frequencies(mask, self.cfg.image_hw, self.radius)
+        pasted = filter_images(images.float(), hidden) + filter_images(pred, 1 - hidden)
+        return {"masked": filter_images(images, hidden), "reconstruction": pred, "pasted": pasted}
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder.features(images)
