@@ -83,3 +83,19 @@ def test_load_foreign_in_memory_keeps_global_rng(tmp_path):
     assert loaded.fmt == "mimkit" and loaded.source_image_hw == (16, 16)
     assert loaded.model.encoder.pos_embed.shape[1] == 1 + 4 * 8
     assert not (tmp_path / "ck" / "source.json").exists()
+
+
+def test_only_pixel_mae_exports_as_hf_pretraining_other_methods_as_encoders(tmp_path, capsys):
+    from conftest import tiny_model_config
+
+    from mimkit.config import RunConfig
+    from mimkit.objectives.registry import build_model
+    from mimkit.train.checkpoint import save_checkpoint
+
+    cfg = RunConfig(model=tiny_model_config(method="maskfeat"))
+    save_checkpoint(tmp_path / "mf", build_model(cfg.model), cfg)
+    code = main(["export", str(tmp_path / "mf"), "--to", "hf", str(tmp_path / "o")])
+    assert code == 2
+    assert "no ViTMAEForPreTraining counterpart" in capsys.readouterr().err
+    args = ["export", str(tmp_path / "mf"), "--to", "hf", "--hf-arch", "vit", str(tmp_path / "v")]
+    assert main(args) == 0

@@ -204,6 +204,12 @@ def export_checkpoint(
     if to == "hf":
         from mimkit.interop.hf import write_hf_folder
 
+        if hf_arch == "pretraining" and run.model.method != "mae":
+            raise CheckpointError(
+                f"{checkpoint}: model.method {run.model.method!r} has no ViTMAEForPreTraining "
+                "counterpart (only MAE's pixel decoder has one); export its encoder with "
+                "--hf-arch vit or --to timm"
+            )
         return write_hf_folder(state, run.model, out, run.data.mean, run.data.std, hf_arch)
     if to == "timm":
         from mimkit.interop.timm import write_timm
