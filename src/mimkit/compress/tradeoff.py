@@ -101,6 +101,10 @@ def plot_tradeoff(rows: list[TomeRow], path: str | Path) -> Path | None:
             textcoords="offset points",
             xytext=(4, 4),
         )
+    tops = [100 * r.knn_top1 for r in rows]
+    middle = (max(tops) + min(tops)) / 2
+    half = max(5.0, (max(tops) - min(tops)) / 2 + 1)  # tiny differences must look tiny
+    ax.set_ylim(middle - half, middle + half)
     ax.set_xlabel("images / s (feature extraction)")
     ax.set_ylabel("kNN top-1 (%)")
     ax.set_title("Token merging: speed vs accuracy")
