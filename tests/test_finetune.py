@@ -94,9 +94,9 @@ def test_specific_distillation_learns_a_frozen_teachers_classes(ckpt, tmp_path):
     )
     after = load_file(teacher_run.checkpoint / "model.safetensors")
     assert all(torch.equal(frozen[k], after[k]) for k in frozen)
-    student = load_classifier(student_run.checkpoint)
+    student, _ = load_classifier(student_run.checkpoint)
     assert student.dist_head is not None and 0.0 <= student_run.top1 <= 1.0
-    teacher = load_classifier(teacher_run.checkpoint)
+    teacher, _ = load_classifier(teacher_run.checkpoint)
     assert teacher.dist_head is None and not any(p.requires_grad for p in teacher.parameters())
 
     x = torch.randn(4, 1, 28, 28)

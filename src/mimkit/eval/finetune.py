@@ -118,19 +118,20 @@ class ViTClassifier(nn.Module):
 
     def both_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(class-head logits, distillation-head logits) from one encoder pass."""
-        pooled = self.encoder.pool(self.encoder(x))
         if self.dist_head is None:
             raise ValueError("this classifier has no distillation head")
+        pooled = self.encoder.pool(self.encoder(x))
         return self.head(pooled), self.dist_head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.encoder.pool(self.encoder(x))
         if self.dist_head is None:
-            return self.head(pooled)
-        return (self.head(pooled) + self.dist_head(pooled)) / 2
+            return self.head(self.encoder.pool(self.encoder(x)))
+        return sum(self.both_heads(x)) / 2
 
 
-def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> ViTClassifier:
+def load_classifier(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[ViTClassifier, RunConfig]:
     """A fine-tuned classifier (a `mimkit eval finetune` checkpoint), frozen in eval mode."""
     from mimkit.train.checkpoint import load_config_file, resolve_checkpoint_dir
 
@@ -148,7 +149,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> ViT
         distill_head="dist_head.weight" in weights,
     )
     load_state_into(model, weights, str(folder / MODEL_FILE))
-    return model.to(device).eval().requires_grad_(False)
+    return model.to(device).eval().requires_grad_(False), cfg
 
 
 def finetune_model_config(base: ModelConfig, s: FinetuneSettings) -> ModelConfig:
@@ -218,17 +219,15 @@ def classifier_accuracy(
 
 
 def _check_teacher_fits(
-    path: str, teacher: ViTClassifier, cfg: RunConfig, num_classes: int
+    path: str, teacher: ViTClassifier, teacher_run: RunConfig, cfg: RunConfig, num_classes: int
 ) -> None:
     """The teacher must read the student's inputs as it was trained to, and share its classes."""
-    from mimkit.train.checkpoint import load_config_file, resolve_checkpoint_dir
-
     if teacher.head.out_features != num_classes:
         raise ConfigError(
             f"finetune: teacher {path} predicts {teacher.head.out_features} classes, "
             f"the data has {num_classes}"
         )
-    seen = load_config_file(resolve_checkpoint_dir(path)).data
+    seen = teacher_run.data
     if list(seen.mean) != list(cfg.data.mean) or list(seen.std) != list(cfg.data.std):
         raise ConfigError(
             f"finetune: teacher {path} was trained on inputs normalised with mean {seen.mean}, "
@@ -310,9 +309,10 @@ def finetune(
         raise ConfigError("finetune: the training data has unlabelled items")
 
     model = build_classifier(base, weights, num_classes, s).to(device)
-    teacher = load_classifier(s.teacher, device) if s.teacher else None
-    if teacher is not None:
-        _check_teacher_fits(s.teacher, teacher, cfg, num_classes)
+    teacher = None
+    if s.teacher:
+        teacher, teacher_cfg = load_classifier(s.teacher, device)
+        _check_teacher_fits(s.teacher, teacher, teacher_cfg, cfg, num_classes)
     steps_per_epoch = source.steps_per_epoch(s.batch_size)
     total_steps = steps_per_epoch * s.epochs
     warmup_steps = round(s.warmup_epochs * steps_per_epoch)
