@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model_overrides
+from conftest import tiny_model_config, tiny_model_overrides
 from test_data import make_idx_folder
 
 from mimkit.config import load_config
 from mimkit.errors import ConfigError
-from mimkit.models import ModelConfig
 from mimkit.objectives.mae import build_mae
 from mimkit.train.speed import checkpoint_blocks, to_device_async, want_compile
 from mimkit.train.step import GuardedStep, supports_sync_free
@@ -18,17 +17,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def tiny_mae():
-    cfg = ModelConfig(
-        img_size=28,
-        in_chans=1,
-        patch_size=7,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
+    cfg = tiny_model_config(img_size=28, in_chans=1, patch_size=7)
     torch.manual_seed(0)
     return build_mae(cfg)
 
