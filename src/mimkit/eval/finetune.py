@@ -187,6 +187,13 @@ def build_classifier(
     return ViTClassifier(encoder, num_classes, distill_head=s.teacher is not None)
 
 
+def resize_to(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Images at a model's resolution: bilinear resampling only when the size differs."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
 def classifier_accuracy(
     model: ViTClassifier,
@@ -209,9 +216,7 @@ def classifier_accuracy(
         disable=not progress,
         mininterval=progress_interval(),
     ):
-        x = normalize(images[start : start + batch_size].to(device), mean, std)
-        if tuple(x.shape[-2:]) != tuple(hw):
-            x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+        x = resize_to(normalize(images[start : start + batch_size].to(device), mean, std), hw)
         with autocast(device, amp_dtype):
             preds = model(x).argmax(1).cpu()
         correct += (preds == labels[start : start + batch_size]).sum().item()
@@ -245,11 +250,7 @@ def specific_distillation_loss(
 ) -> torch.Tensor:
     """G2SD's specific stage: half the label loss, half cross-entropy to the teacher's class."""
     with torch.no_grad():
-        seen = x
-        hw = teacher.encoder.cfg.image_hw
-        if tuple(x.shape[-2:]) != tuple(hw):
-            seen = F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
-        teacher_class = teacher(seen).argmax(dim=1)
+        teacher_class = teacher(resize_to(x, teacher.encoder.cfg.image_hw)).argmax(dim=1)
     logits, dist_logits = model.both_heads(x)
     return 0.5 * soft_cross_entropy(logits, targets) + 0.5 * F.cross_entropy(
         dist_logits.float(), teacher_class
