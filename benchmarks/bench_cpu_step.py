@@ -68,9 +68,7 @@ def model_config(c: dict) -> ModelConfig:
         decoder_embed_dim=c["ddim"],
         decoder_depth=c["ddepth"],
         decoder_num_heads=c["dheads"],
-        mask_ratio=0.75,
-        norm_pix_loss=True,
-    )
+    )  # MAE's defaults: 75% masking, norm-pix target
 
 
 def bench(name: str, steps: int, warmup: int) -> dict:

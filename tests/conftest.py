@@ -36,20 +36,35 @@ def tiny_model_overrides(out_dir) -> list[str]:
     ]
 
 
+TINY_MODEL = dict(
+    img_size=16,
+    in_chans=3,
+    patch_size=4,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=16,
+    decoder_depth=1,
+    decoder_num_heads=2,
+)
+
+
 def tiny_model_config(**kw):
     """A 2-block, 32-wide ViT-MAE config on 16x16 RGB images, overridable field by field."""
     from mimkit.models import ModelConfig
 
-    fields = dict(
-        img_size=16,
-        in_chans=3,
-        patch_size=4,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
-    fields.update(kw)
-    return ModelConfig(**fields)
+    return ModelConfig(**{**TINY_MODEL, **kw})
+
+
+def method_parts(**flat):
+    """0.1-style flat keywords (geometry, masking and method fields together) ->
+    (resolved ModelConfig, MaskingConfig, method settings), as a 0.1 config is migrated."""
+    from mimkit.config import build_run_config, resolve_run_config
+
+    run = resolve_run_config(build_run_config({"model": flat}, "test"))
+    return run.model, run.masking, run.method
+
+
+def tiny_method_parts(**kw):
+    """`tiny_model_config`'s model, with any masking and method fields, as `method_parts`."""
+    return method_parts(**{**TINY_MODEL, **kw})

@@ -33,7 +33,7 @@ def save_tiny_checkpoint(tmp_path, data_folder, seed=0):
         tiny_model_overrides(tmp_path / "run") + ["data.source=idx", f"data.path={data_folder}"],
     )
     torch.manual_seed(seed)
-    model = build_mae(cfg.model)
+    model = build_mae(cfg.model, cfg.masking, cfg.method)
     return save_checkpoint(tmp_path / "run" / "checkpoint", model, cfg), cfg, model
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_model_config  # noqa: F401 - re-exported for the interop tests
+from conftest import tiny_method_parts, tiny_model_config  # noqa: F401 - re-exported for the interop tests
 
 from mimkit.config import RunConfig
 from mimkit.objectives.mae import build_mae
@@ -24,9 +24,9 @@ def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def random_checkpoint(folder, seed: int = 0, **kw):
     """A saved mimkit checkpoint with random weights; returns (model, RunConfig)."""
-    cfg = RunConfig(model=tiny_model_config(**kw))
+    model_cfg, masking, settings = tiny_method_parts(**kw)
+    cfg = RunConfig(model=model_cfg, masking=masking, method=settings)
     torch.manual_seed(seed)
-    model = randomise_(build_mae(cfg.model), seed).eval()
-    cfg.model = model.cfg
+    model = randomise_(build_mae(model_cfg, masking, settings), seed).eval()
     save_checkpoint(folder, model, cfg)
     return model, cfg

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import method_parts
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -16,7 +17,7 @@ from mimkit.objectives.mae import build_mae
 
 
 def test_flop_formula_matches_pytorchs_counter_on_our_forward():
-    cfg = ModelConfig(
+    parts = method_parts(
         img_size=[32, 48],
         in_chans=3,
         patch_size=8,
@@ -28,14 +29,14 @@ def test_flop_formula_matches_pytorchs_counter_on_our_forward():
         decoder_num_heads=2,
         mask_ratio=0.6,
     )
-    model = build_mae(cfg)
+    model = build_mae(*parts)
     batch = 3
     # the math backend runs attention as matmuls, which the counter sees
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(torch.randn(batch, 3, 32, 48))
     c = model.cfg
-    flops = mae_flops_per_image(c)
-    n, k, pixels = c.num_patches, num_kept(c.num_patches, c.mask_ratio), 8 * 8 * 3
+    flops = mae_flops_per_image(c, model.masking.ratio)
+    n, k, pixels = c.num_patches, num_kept(c.num_patches, model.masking.ratio), 8 * 8 * 3
     # work our implementation does beyond the method's FLOPs: patch embedding of the hidden
     # patches (embedded, then dropped by the gather) and the prediction at the cls position
     extra = 2 * (n - k) * pixels * c.embed_dim + 2 * c.decoder_embed_dim * pixels

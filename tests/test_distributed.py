@@ -115,7 +115,7 @@ def test_augmentation_and_masks_of_a_row_do_not_depend_on_the_split(tmp_path):
     cfg = load_config(CONFIG, overrides(data, tmp_path / "x", 4))
     from mimkit.objectives.mae import build_mae
 
-    model = build_mae(cfg.model)
+    model = build_mae(cfg.model, cfg.masking, cfg.method)
     images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
 
     def draw(rows):

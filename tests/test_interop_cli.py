@@ -86,14 +86,14 @@ def test_load_foreign_in_memory_keeps_global_rng(tmp_path):
 
 
 def test_only_pixel_mae_exports_as_hf_pretraining_other_methods_as_encoders(tmp_path, capsys):
-    from conftest import tiny_model_config
+    from conftest import tiny_method_parts
 
     from mimkit.config import RunConfig
-    from mimkit.objectives.registry import build_model
-    from mimkit.train.checkpoint import save_checkpoint
+    from mimkit.train.checkpoint import method_from_config, save_checkpoint
 
-    cfg = RunConfig(model=tiny_model_config(method="maskfeat"))
-    save_checkpoint(tmp_path / "mf", build_model(cfg.model), cfg)
+    model_cfg, masking, settings = tiny_method_parts(method="maskfeat")
+    cfg = RunConfig(model=model_cfg, masking=masking, method=settings)
+    save_checkpoint(tmp_path / "mf", method_from_config(cfg), cfg)
     code = main(["export", str(tmp_path / "mf"), "--to", "hf", str(tmp_path / "o")])
     assert code == 2
     assert "no ViTMAEForPreTraining counterpart" in capsys.readouterr().err

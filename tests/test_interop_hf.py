@@ -7,15 +7,22 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from interop_helpers import random_checkpoint, randomise_, tiny_model_config  # noqa: E402
+from interop_helpers import (  # noqa: E402
+    random_checkpoint,
+    randomise_,
+    tiny_method_parts,
+    tiny_model_config,
+)
 
 from mimkit.errors import CheckpointError  # noqa: E402
 from mimkit.interop.convert import export_checkpoint, import_checkpoint  # noqa: E402
 from mimkit.interop.hf import (  # noqa: E402
+    hf_config_to_mae,
     hf_config_to_model_config,
     hf_state_to_mimkit,
     model_config_to_hf_config,
 )
+from mimkit.masking import mask_from_noise  # noqa: E402
 from mimkit.objectives.mae import build_mae  # noqa: E402
 from mimkit.train.checkpoint import load_model  # noqa: E402
 
@@ -48,7 +55,7 @@ def assert_same_outputs(hf_model, ours, batch=2, seed=1):
     noise = torch.rand(batch, cfg.num_patches, generator=g)
     with torch.no_grad():
         theirs = hf_model(images, noise=noise, output_hidden_states=True)
-        mine = ours(images, noise=noise)
+        mine = ours(images, mask=mask_from_noise(noise, ours.masking.ratio))
         latent, hidden = ours.encoder(images, mine.mask.ids_keep, return_hidden=True)
         their_latent = hf_model.vit(images, noise=noise).last_hidden_state
     torch.testing.assert_close(mine.mask.binary, theirs.mask, atol=0, rtol=0)
@@ -61,9 +68,10 @@ def assert_same_outputs(hf_model, ours, batch=2, seed=1):
 
 
 def hf_to_mimkit(hf_model):
-    cfg, has_decoder = hf_config_to_model_config(hf_model.config.to_dict(), "test")
+    hf = hf_model.config.to_dict()
+    cfg, has_decoder = hf_config_to_model_config(hf, "test")
     assert has_decoder
-    ours = build_mae(cfg).eval()
+    ours = build_mae(cfg, *hf_config_to_mae(hf)).eval()
     ours.load_state_dict(hf_state_to_mimkit(hf_model.state_dict(), "test"))
     return ours
 
@@ -80,7 +88,7 @@ def test_hf_to_mimkit_parity_small(extra):
     hf_model = random_hf_mae(**SMALL, **extra)
     ours = hf_to_mimkit(hf_model)
     assert ours.cfg.layer_norm_eps == extra.get("layer_norm_eps", 1e-12)
-    assert ours.cfg.norm_pix_loss == extra.get("norm_pix_loss", False)
+    assert ours.settings.norm_pix_loss == extra.get("norm_pix_loss", False)
     assert_same_outputs(hf_model, ours)
 
 
@@ -169,10 +177,11 @@ def test_vit_model_folder_imports_as_encoder(tmp_path):
 
 
 def test_config_maps_both_ways():
-    cfg = build_mae(
-        tiny_model_config(layer_norm_eps=1e-12, qkv_bias=False, norm_pix_loss=True, in_chans=1)
-    ).cfg
-    hf = model_config_to_hf_config(cfg)
+    model = build_mae(
+        *tiny_method_parts(layer_norm_eps=1e-12, qkv_bias=False, norm_pix_loss=True, in_chans=1)
+    )
+    cfg = model.cfg
+    hf = model_config_to_hf_config(cfg, masking=model.masking, settings=model.settings)
     assert hf["layer_norm_eps"] == 1e-12 and hf["qkv_bias"] is False and hf["num_channels"] == 1
     back, has_decoder = hf_config_to_model_config(hf, "test")
     assert has_decoder and replace(back, preset=cfg.preset) == cfg

@@ -45,7 +45,7 @@ def test_full_visualize_layout_imports_exactly(tmp_path, suffix):
     assert result.has_decoder
     back, run = load_model(tmp_path / "ours")
     assert run.model.num_heads == 3 and run.model.decoder_num_heads == 16  # assumed, and noted
-    assert run.model.norm_pix_loss is False and run.model.layer_norm_eps == 1e-6
+    assert run.method.norm_pix_loss is False and run.model.layer_norm_eps == 1e-6
     assert any("norm_pix_loss" in n for n in result.notes)
     for key, value in model.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
@@ -57,7 +57,7 @@ def test_training_checkpoint_with_args_namespace(tmp_path):
     torch.save({"model": official_state(model), "epoch": 3, "args": args}, tmp_path / "ckpt.pth")
     import_checkpoint(tmp_path / "ckpt.pth", tmp_path / "ours")
     _, run = load_model(tmp_path / "ours")
-    assert run.model.norm_pix_loss is True and run.model.mask_ratio == 0.6
+    assert run.method.norm_pix_loss is True and run.masking.ratio == 0.6
 
 
 def test_encoder_only_pretrain_layout(tmp_path):

@@ -4,9 +4,9 @@ import shutil
 from pathlib import Path
 
 import torch
+from conftest import needs_fmnist
 from safetensors.torch import load_file
 
-from conftest import needs_fmnist
 from mimkit.masking import mask_from_noise
 from mimkit.train.checkpoint import load_config_file, load_model
 

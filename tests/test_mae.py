@@ -1,5 +1,5 @@
 import torch
-from conftest import tiny_model_config
+from conftest import tiny_method_parts
 
 from mimkit.masking import random_masking
 from mimkit.objectives.mae import build_mae, masked_mse, patch_stats
@@ -8,7 +8,7 @@ from mimkit.patches import patchify
 
 def tiny(**kw):
     torch.manual_seed(0)
-    return build_mae(tiny_model_config(**kw))
+    return build_mae(*tiny_method_parts(**kw))
 
 
 def test_loss_counts_only_masked_patches():

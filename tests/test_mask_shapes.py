@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mimkit.mask_shapes import STRATEGIES, colored_noise, partial_reconstruction
-from mimkit.masking import num_kept
+from mimkit.masking import STRATEGIES, colored_noise, num_kept
+from mimkit.objectives.crossmae import partial_reconstruction
 
 
 def gen(seed=0):
@@ -145,7 +145,7 @@ def test_mask_gallery_command_writes_one_tile_per_strategy(tmp_path, capsys):
 
 
 def test_multiblock_keeps_context_outside_the_targets_first():
-    from mimkit.mask_shapes import multiblock_regions
+    from mimkit.masking import multiblock_regions
 
     target, context = multiblock_regions(16, (14, 14), generator=gen(3))
     free = context & ~target

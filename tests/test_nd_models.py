@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from conftest import method_parts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mimkit.config import load_config
 from mimkit.errors import ConfigError
-from mimkit.masking import mask_from_bool, running_cell_keep, tube_masking
-from mimkit.models import ModelConfig
+from mimkit.masking import mask_from_bool, tube_masking
+from mimkit.masking import running_cell_targets as running_cell_keep
 from mimkit.models.pos_embed import sincos_2d, sincos_grid, sincos_index
 from mimkit.objectives.mae import build_mae, cube_channel_norm
 from mimkit.patches import patchify, unpatchify
@@ -25,7 +26,7 @@ def tiny(**kw):
     )
     cfg.update(kw)
     torch.manual_seed(0)
-    return build_mae(ModelConfig(**cfg))
+    return build_mae(*method_parts(**cfg))
 
 
 @settings(max_examples=30, deadline=None)
@@ -181,9 +182,9 @@ def test_bad_nd_configs_are_refused_by_name(override, message):
 
 def test_family_masking_strategies_drive_mae_on_images_only():
     model = tiny(img_size=16, in_chans=1, patch_size=4, masking="block")
-    mask = model.make_mask(torch.zeros(2, 1, 16, 16), torch.Generator().manual_seed(0))
+    mask = model.draw_mask(2, "cpu", torch.Generator().manual_seed(0))
     assert mask.ids_keep.shape == (2, int(16 * 0.25))
-    from mimkit.mask_shapes import block_masking
+    from mimkit.masking import block_masking
 
     same = block_masking(2, (4, 4), 0.75, "cpu", torch.Generator().manual_seed(0))
     assert torch.equal(mask.ids_keep.sort(1).values, same.ids_keep.sort(1).values)

@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
+from conftest import method_parts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mimkit.masking import random_masking
-from mimkit.models import ModelConfig
-from mimkit.models.registry import resolve_model_config
 from mimkit.models.vit import VisionTransformer
 from mimkit.objectives.crossmae import CrossMAE
 from mimkit.objectives.maskalign import MaskAlign
@@ -20,7 +19,7 @@ def cfg(**kw):
     base = dict(img_size=16, in_chans=1, patch_size=4, embed_dim=32, depth=2, num_heads=2,
                 decoder_embed_dim=16, decoder_depth=2, decoder_num_heads=2)  # fmt: skip
     base.update(kw)
-    return resolve_model_config(ModelConfig(**base))
+    return method_parts(**base)
 
 
 def gen(seed=0):
@@ -29,7 +28,7 @@ def gen(seed=0):
 
 def test_simmim_encoder_sees_mask_tokens_not_hidden_pixels():
     torch.manual_seed(0)
-    model = SimMIM(cfg(masking="random"))
+    model = SimMIM(*cfg(method="simmim", masking="random"))
     images = torch.randn(2, 1, 16, 16)
     mask = random_masking(2, 16, 0.5, generator=gen())
     tokens = model.encode_masked(images, mask.binary)
@@ -45,7 +44,7 @@ def test_simmim_encoder_sees_mask_tokens_not_hidden_pixels():
 
 def test_simmim_loss_is_l1_on_hidden_patches_only():
     torch.manual_seed(0)
-    model = SimMIM(cfg(masking="coarse", mask_patch=2))
+    model = SimMIM(*cfg(method="simmim", masking="coarse", mask_patch=2))
     images = torch.randn(2, 1, 16, 16)
     out = model(images, generator=gen())
     hidden = out.mask.binary
@@ -60,7 +59,7 @@ def test_simmim_loss_is_l1_on_hidden_patches_only():
 
 def test_crossmae_reconstructs_only_the_chosen_subset():
     torch.manual_seed(0)
-    model = CrossMAE(cfg(predict_fraction=0.25))
+    model = CrossMAE(*cfg(method="crossmae", predict_fraction=0.25))
     out = model(torch.randn(3, 1, 16, 16), generator=gen())
     hidden = out.mask.ids_masked.shape[1]  # 12 of 16 hidden
     assert out.pred.shape == (3, round(hidden * 0.25), 16)
@@ -72,7 +71,7 @@ def test_crossmae_reconstructs_only_the_chosen_subset():
 
 def test_crossmae_queries_are_independent_of_each_other():
     torch.manual_seed(0)
-    model = CrossMAE(cfg(predict_fraction=1.0)).eval()
+    model = CrossMAE(*cfg(method="crossmae", predict_fraction=1.0)).eval()
     images = torch.randn(1, 1, 16, 16)
     mask = random_masking(1, 16, 0.75, generator=gen())
     out, hidden = model.encoder(images, mask.ids_keep, return_hidden=True)
@@ -97,7 +96,7 @@ def test_hog_of_a_vertical_edge_votes_into_the_horizontal_gradient_bin():
 
 def test_maskfeat_predicts_hog_for_hidden_patches():
     torch.manual_seed(0)
-    model = MaskFeat(cfg(hog_bins=9))
+    model = MaskFeat(*cfg(method="maskfeat", hog_bins=9))
     out = model(torch.randn(2, 1, 16, 16), generator=gen())
     assert out.pred.shape == (2, 16, 9)
     assert torch.isfinite(out.loss)
@@ -107,9 +106,9 @@ def test_maskfeat_predicts_hog_for_hidden_patches():
 
 def test_maskalign_teacher_is_frozen():
     torch.manual_seed(0)
-    teacher = VisionTransformer(cfg(embed_dim=48, num_heads=3, drop_path_rate=0.5))
+    teacher = VisionTransformer(cfg(embed_dim=48, num_heads=3, drop_path_rate=0.5)[0])
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    model = MaskAlign(cfg(), teacher).train()
+    model = MaskAlign(*cfg(method="maskalign", teacher="t"), teacher).train()
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     images = torch.randn(4, 1, 16, 16)
@@ -163,7 +162,7 @@ def test_mfm_trains_its_encoder_on_whole_filtered_images():
     from mimkit.objectives.mfm import MaskedFrequencyModel
 
     torch.manual_seed(0)
-    model = MaskedFrequencyModel(cfg(method="mfm", freq_radius=0.2))
+    model = MaskedFrequencyModel(*cfg(method="mfm", freq_radius=0.2))
     images = torch.randn(4, 1, 16, 16)
     out = model(images, generator=gen())
     assert out.pred.shape == images.shape and out.mask.lowpass.shape == (4,)
@@ -177,7 +176,7 @@ def _teacher_mae(seed=1):
     from mimkit.objectives.mae import MaskedAutoencoder
 
     torch.manual_seed(seed)
-    return MaskedAutoencoder(cfg(embed_dim=48, decoder_embed_dim=24, decoder_num_heads=2))
+    return MaskedAutoencoder(*cfg(embed_dim=48, decoder_embed_dim=24, decoder_num_heads=2))
 
 
 def test_g2sd_targets_are_the_frozen_teachers_decoder_tokens_for_every_patch():
@@ -188,8 +187,8 @@ def test_g2sd_targets_are_the_frozen_teachers_decoder_tokens_for_every_patch():
     teacher = _teacher_mae()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     torch.manual_seed(0)
-    student = G2SD(cfg(method="g2sd", teacher="t"), teacher).train()
-    assert student.cfg.teacher_dim == 24
+    student = G2SD(*cfg(method="g2sd", teacher="t"), teacher).train()
+    assert student.settings.teacher_dim == 24
     assert not any(k.startswith("teacher") for k in student.state_dict())  # not saved with it
     images = torch.randn(2, 1, 16, 16)
     mask = random_masking(2, 16, 0.75, generator=gen())
@@ -211,15 +210,16 @@ def test_g2sd_student_rebuilds_without_its_teacher():
     from mimkit.errors import ConfigError
     from mimkit.objectives.g2sd import G2SD
 
-    student = G2SD(cfg(method="g2sd", teacher="t"), _teacher_mae())
-    alone = G2SD(student.cfg)  # what loading a checkpoint without the teacher does
+    student = G2SD(*cfg(method="g2sd", teacher="t"), _teacher_mae())
+    # what loading a checkpoint without the teacher does:
+    alone = G2SD(student.cfg, student.masking, student.settings)
     alone.load_state_dict(student.state_dict())
     images = torch.randn(2, 1, 16, 16)
     assert torch.equal(alone.encode(images), student.encode(images))
     with pytest.raises(ConfigError, match="teacher"):
         alone(images, generator=gen())
     with pytest.raises(ConfigError, match="teacher_dim"):
-        G2SD(cfg(method="g2sd", teacher="missing"))
+        G2SD(*cfg(method="g2sd", teacher="missing"))
 
 
 @settings(max_examples=40, deadline=None)
@@ -249,9 +249,9 @@ def test_mfm_pictures_complete_the_inputs_spectrum_with_the_prediction():
     from mimkit.objectives.mfm import MaskedFrequencyModel, hidden_frequencies
 
     torch.manual_seed(0)
-    model = MaskedFrequencyModel(cfg(method="mfm", freq_radius=0.2))
+    model = MaskedFrequencyModel(*cfg(method="mfm", freq_radius=0.2))
     images = torch.randn(3, 1, 16, 16)
-    mask = model.make_mask(images, gen())
+    mask = model.draw_mask(len(images), images.device, gen())
     out = model.reconstruct(images, mask)
     hidden = hidden_frequencies(mask, (16, 16), model.radius).expand(-1, 1, -1, -1).bool()
     pasted = torch.fft.fft2(out["pasted"], norm="ortho")

@@ -8,7 +8,11 @@ from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.train.checkpoint import load_state_into
 
 transformers = pytest.importorskip("transformers")
-from mimkit.interop.videomae import convert_hf_videomae, model_config_from_hf  # noqa: E402
+from mimkit.interop.videomae import (  # noqa: E402
+    convert_hf_videomae,
+    model_config_from_hf,
+    videomae_method,
+)
 
 
 def hf_pair(channels: int, norm_pix: bool, seed: int = 0):
@@ -36,7 +40,7 @@ def hf_pair(channels: int, norm_pix: bool, seed: int = 0):
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     cfg = model_config_from_hf(config)
-    ours = MaskedAutoencoder(cfg).eval()
+    ours = MaskedAutoencoder(cfg, *videomae_method(config)).eval()
     load_state_into(ours, convert_hf_videomae(hf.state_dict(), cfg), "hf videomae")
     return hf, ours
 

@@ -23,15 +23,15 @@ mk() { python -m mimkit.cli "$@"; }
 step teacher_ft mk eval finetune "$TEACHER" --out "$OUT/teacher_ft" $FT
 # generic stage: the student predicts the teacher's decoder tokens (same 2 epochs as the teacher's MAE)
 step student_generic mk pretrain configs/fmnist_g2sd_student.yaml \
-    model.teacher="$TEACHER/checkpoint" out_dir="$OUT/student_generic" --no-resume
+    method.teacher="$TEACHER/checkpoint" out_dir="$OUT/student_generic" --no-resume
 # specific stage: fine-tune the student against the fine-tuned teacher's predictions + labels
 step student_g2sd mk eval finetune "$OUT/student_generic" --out "$OUT/student_g2sd" \
     --teacher "$OUT/teacher_ft/checkpoint" $FT
 # ablations: generic stage only; plain MAE for the student (same budget), with and without
 # the specific stage; and the student trained from scratch
 step student_generic_ft mk eval finetune "$OUT/student_generic" --out "$OUT/student_generic_ft" $FT
-step student_mae mk pretrain configs/fmnist_g2sd_student.yaml model.method=mae model.teacher=null \
-    model.norm_pix_loss=true out_dir="$OUT/student_mae" --no-resume
+step student_mae mk pretrain configs/fmnist_g2sd_student.yaml method.name=mae \
+    method.norm_pix_loss=true out_dir="$OUT/student_mae" --no-resume
 step student_mae_ft mk eval finetune "$OUT/student_mae" --out "$OUT/student_mae_ft" $FT
 step student_mae_specific mk eval finetune "$OUT/student_mae" --out "$OUT/student_mae_specific" \
     --teacher "$OUT/teacher_ft/checkpoint" $FT

@@ -24,7 +24,7 @@ run colormae_green configs/fmnist_colormae_green_tiny.yaml 0
 run simmim configs/fmnist_simmim_tiny.yaml 0
 run crossmae configs/fmnist_crossmae_tiny.yaml 0
 run maskfeat configs/fmnist_maskfeat_tiny.yaml 0
-run maskalign configs/fmnist_maskalign_tiny.yaml 0 model.teacher="$OUT/mae_seed0/checkpoint"
+run maskalign configs/fmnist_maskalign_tiny.yaml 0 method.teacher="$OUT/mae_seed0/checkpoint"
 run mfm configs/fmnist_mfm_tiny.yaml 0
 run mae configs/fmnist_mae_tiny.yaml 1
 run crossmae configs/fmnist_crossmae_tiny.yaml 1
@@ -32,5 +32,5 @@ run mae_block configs/fmnist_mae_block_tiny.yaml 1
 run colormae_green configs/fmnist_colormae_green_tiny.yaml 1
 run maskfeat configs/fmnist_maskfeat_tiny.yaml 1
 run simmim configs/fmnist_simmim_tiny.yaml 1
-run maskalign configs/fmnist_maskalign_tiny.yaml 1 model.teacher="$OUT/mae_seed0/checkpoint"
+run maskalign configs/fmnist_maskalign_tiny.yaml 1 method.teacher="$OUT/mae_seed0/checkpoint"
 run mfm configs/fmnist_mfm_tiny.yaml 1

@@ -156,15 +156,14 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
 
     from mimkit.data.sources import guess_source, load_labelled_splits
     from mimkit.eval.knn import knn_evaluate
-    from mimkit.objectives.registry import build_model
-    from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
+    from mimkit.train.checkpoint import load_model, method_from_config, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)
     if args.random_init:
         torch.manual_seed(cfg.train.seed)
-        model = build_model(cfg.model).to(device)
+        model = method_from_config(cfg).to(device)
     if args.data:
         cfg.data.path = args.data
         cfg.data.source = args.source or guess_source(args.data)

@@ -1,12 +1,20 @@
-"""Typed run configuration: dataclasses, YAML files and dotted `key=value` overrides.
+"""Typed run configuration by concern: dataclasses, YAML files and dotted `key=value` overrides.
 
-A config is just values. Unknown keys and values of the wrong type are refused with the dotted
-name of the field and what it expects, so a typo never silently falls back to a default.
+    model:    encoder and decoder geometry (mimkit.models.config)
+    masking:  what is hidden (mimkit.masking.config)
+    method:   which method and its own settings (each method's file in mimkit.objectives)
+    data, train, eval, out_dir
+
+A config is just values, resolved and validated once, at load. Unknown keys and values of the
+wrong type are refused with the dotted name of the field and what it expects, so a typo never
+silently falls back to a default. Configs written by 0.1 (method, masking and target fields
+inside `model:`) are read with those fields moved to their sections, and a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +24,11 @@ from typing import Any
 import yaml
 
 from mimkit.errors import ConfigError
-from mimkit.models.registry import ModelConfig, resolve_model_config
+from mimkit.masking import MaskingConfig
+from mimkit.models.config import ModelConfig, resolve_model_config
+from mimkit.objectives import MAESettings, MethodSettings, settings_class
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,6 +95,8 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    method: MethodSettings = field(default_factory=MAESettings)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -173,6 +187,94 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+# 0.1 kept these in `model:`; they are read from there into their own sections
+LEGACY_MASKING_KEYS = {"masking": "strategy", "mask_ratio": "ratio", "mask_patch": "mask_patch"}
+LEGACY_METHOD_KEYS = (
+    "norm_pix_loss",
+    "target_norm",
+    "decoder_mask_ratio",
+    "predict_fraction",
+    "mix_layers",
+    "hog_bins",
+    "teacher",
+    "teacher_dim",
+    "freq_radius",
+)
+
+
+def migrate_legacy(tree: dict[str, Any], where: str) -> dict[str, Any]:
+    """Move 0.1's method, masking and target fields out of `model:` into their sections.
+
+    Method fields the named method has no use for are dropped: 0.1 carried every method's
+    fields in every config, and ignored them.
+    """
+    model = tree.get("model")
+    if not isinstance(model, dict):
+        return tree
+    moved = [k for k in model if k in LEGACY_MASKING_KEYS or k in LEGACY_METHOD_KEYS or k == "method"]
+    if not moved:
+        return tree
+    tree, model = dict(tree), dict(model)
+    masking = dict(tree.get("masking") or {})
+    method = dict(tree.get("method") or {})
+    if "method" in model:
+        if "name" in method and method["name"] != model["method"]:
+            raise ConfigError(
+                f"model.method {model['method']!r} and method.name {method['name']!r} disagree"
+            )
+        method["name"] = model.pop("method")
+    for old, new in LEGACY_MASKING_KEYS.items():
+        if old in model:
+            masking.setdefault(new, model.pop(old))
+    known = {f.name for f in dataclasses.fields(settings_class(method.get("name", "mae")))}
+    for key in LEGACY_METHOD_KEYS:
+        if key in model:
+            value = model.pop(key)
+            if key in known:
+                method.setdefault(key, value)
+    log.warning(
+        "%s: read 0.1 config keys %s from model: into masking: and method: (write them there)",
+        where,
+        ", ".join(f"model.{k}" for k in moved),
+    )
+    tree.update(model=model, masking=masking, method=method)
+    return tree
+
+
+def build_run_config(tree: dict[str, Any], where: str = "config") -> RunConfig:
+    """A RunConfig from a tree of sections (0.1's flat model section migrated), not resolved."""
+    tree = migrate_legacy(tree, where)
+    method = tree.get("method") or {}
+    if not isinstance(method, dict):
+        raise ConfigError(f"{where}: method: expected a section (name: mae, ...), got {method!r}")
+    rest = {k: v for k, v in tree.items() if k != "method"}
+    try:
+        name = method.get("name", "mae")
+        settings = _build(
+            settings_class(name), {k: v for k, v in method.items() if k != "name"}, "method"
+        )
+        cfg = _build(RunConfig, rest)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    cfg.method = settings
+    return cfg
+
+
+def resolve_run_config(cfg: RunConfig, where: str = "config") -> RunConfig:
+    """Fill presets and check that model, masking and method fit together, once, at load."""
+    try:
+        cfg.model = resolve_model_config(cfg.model)
+        cfg.masking.check(cfg.model.grid_shape)
+        if cfg.method.name != "mae" and len(cfg.model.input_size) != 2:
+            raise ConfigError(
+                f"method.name {cfg.method.name!r} is for 2-D images; clips and volumes use 'mae'"
+            )
+        cfg.method.check(cfg.model)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return cfg
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> RunConfig:
@@ -188,28 +290,45 @@ def load_config(
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_dotted(tree, key, value)
     where = str(path) if path is not None else "config"
-    try:
-        cfg = _build(RunConfig, tree)
-        cfg.model = resolve_model_config(cfg.model)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return cfg
+    tree = migrate_legacy(tree, where)
+    pairs = [parse_override(text) for text in overrides]
+    pairs = [(legacy_override_key(key), value) for key, value in pairs]
+    names = [value for key, value in pairs if key == "method.name"]
+    section = tree.get("method") if isinstance(tree.get("method"), dict) else {}
+    if names and names[-1] != section.get("name", "mae"):
+        # another method: the file's method settings were for its own method
+        log.info("method.name=%s: the method settings of %s are not used", names[-1], where)
+        tree["method"] = {}
+    for key, value in pairs:
+        _set_dotted(tree, key, value)
+    return resolve_run_config(build_run_config(tree, where), where)
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def legacy_override_key(key: str) -> str:
+    """0.1's `model.mask_ratio=...`-style override -> its key in the section it belongs to."""
+    section, _, name = key.partition(".")
+    if section != "model":
+        return key
+    if name in LEGACY_MASKING_KEYS:
+        new = f"masking.{LEGACY_MASKING_KEYS[name]}"
+    elif name == "method":
+        new = "method.name"
+    elif name in LEGACY_METHOD_KEYS:
+        new = f"method.{name}"
+    else:
+        return key
+    log.warning("override %s: a 0.1 key, read as %s (write it so)", key, new)
+    return new
 
 
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as YAML-ready sections; `method:` starts with the method's name."""
+    tree = dataclasses.asdict(cfg)
+    tree["method"] = {"name": cfg.method.name, **tree["method"]}
+    return tree
 
 
 def config_from_dict(tree: dict[str, Any], where: str = "config") -> RunConfig:
-    try:
-        return _build(RunConfig, tree)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    """A RunConfig from a checkpoint's config.yaml tree, migrated and resolved."""
+    return resolve_run_config(build_run_config(tree, where), where)

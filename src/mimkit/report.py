@@ -13,13 +13,13 @@ from mimkit.config import RunConfig
 from mimkit.data.sources import load_labelled_splits
 from mimkit.eval.knn import knn_evaluate
 from mimkit.inspect.reconstructions import save_reconstructions
-from mimkit.objectives.mae import MaskedAutoencoder
-from mimkit.objectives.registry import build_model
+from mimkit.objectives.base import MaskedMethod
+from mimkit.train.checkpoint import method_from_config
 from mimkit.train.runtime import pick_device
 
 
 def pretrain_report(
-    model: MaskedAutoencoder, cfg: RunConfig, train_samples: torch.Tensor | None = None
+    model: MaskedMethod, cfg: RunConfig, train_samples: torch.Tensor | None = None
 ) -> dict[str, Any]:
     """kNN lines and a reconstruction image; pictures use test images, else `train_samples`."""
     device = pick_device(cfg.train.device)
@@ -44,7 +44,7 @@ def pretrain_report(
         lines.append(f"kNN top-1 pretrained:  {100 * trained.top1:.2f}%  ({desc})")
         if ec.compare_random_init:
             torch.manual_seed(cfg.train.seed)  # the very initialisation pretraining started from
-            random_model = build_model(cfg.model)
+            random_model = method_from_config(cfg)
             rand = knn_evaluate(
                 random_model.encoder,
                 splits,

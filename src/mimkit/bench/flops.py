@@ -21,7 +21,7 @@ MFU compares implementations fairly.
 from __future__ import annotations
 
 from mimkit.masking import num_kept
-from mimkit.models.registry import ModelConfig, resolve_model_config
+from mimkit.models.config import ModelConfig, resolve_model_config
 
 
 def block_flops(tokens: int, width: int, mlp_ratio: float) -> float:
@@ -29,11 +29,11 @@ def block_flops(tokens: int, width: int, mlp_ratio: float) -> float:
     return 2 * tokens * width**2 * (4 + 2 * mlp_ratio) + 4 * tokens**2 * width
 
 
-def mae_flops_per_image(cfg: ModelConfig) -> dict[str, float]:
+def mae_flops_per_image(cfg: ModelConfig, mask_ratio: float = 0.75) -> dict[str, float]:
     """Forward FLOPs of encoder and decoder, and the training-step total, for one image."""
     cfg = resolve_model_config(cfg)
     n = cfg.num_patches
-    k = num_kept(n, cfg.mask_ratio)
+    k = num_kept(n, mask_ratio)
     pixels = cfg.patch_size**2 * cfg.in_chans
     d, dd = cfg.embed_dim, cfg.decoder_embed_dim
     encoder = 2 * k * pixels * d + cfg.depth * block_flops(k + 1, d, cfg.mlp_ratio)

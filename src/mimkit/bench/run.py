@@ -57,11 +57,11 @@ def bench_step(
     amp_dtype = pick_amp_dtype(tc.amp, device)
     compile_model = want_compile(tc.compile, device)
     tune_backends(device)
-    flops = mae_flops_per_image(cfg.model)
+    flops = mae_flops_per_image(cfg.model, cfg.masking.ratio)
     peak = peak_tflops * 1e12 if peak_tflops else None
     torch.manual_seed(0)
     images = torch.randn(batch, cfg.model.in_chans, *cfg.model.image_hw, device=device)
-    ours = MaskedAutoencoder(cfg.model).to(device)
+    ours = MaskedAutoencoder(cfg.model, cfg.masking, cfg.method).to(device)
     if tc.activation_checkpointing:
         checkpoint_blocks(ours)
     steps_by_name = {"mimkit": mimkit_step(ours, images, amp_dtype, compile_model)}
@@ -71,7 +71,7 @@ def bench_step(
     params = {"mimkit": sum(p.numel() for p in ours.parameters())}
     if with_hf:
         resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-        theirs = build_hf_mae(cfg.model).to(device)
+        theirs = build_hf_mae(cfg.model, cfg.masking, cfg.method).to(device)
         steps_by_name["transformers"] = hf_step(theirs, images, amp_dtype)
         for _ in range(warmup):
             steps_by_name["transformers"]()
@@ -137,8 +137,8 @@ def run_benchmark(
             "depth": m.depth,
             "num_heads": m.num_heads,
             "decoder": [m.decoder_embed_dim, m.decoder_depth, m.decoder_num_heads],
-            "mask_ratio": m.mask_ratio,
-            "norm_pix_loss": m.norm_pix_loss,
+            "mask_ratio": cfg.masking.ratio,
+            "norm_pix_loss": cfg.method.norm_pix_loss,
         },
         "step": bench_step(cfg, batch, device, steps, warmup, block, with_hf, peak_tflops),
     }

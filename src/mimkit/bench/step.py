@@ -43,7 +43,7 @@ def mimkit_step(
     model.train()
 
     def step() -> None:
-        mask = model.make_mask(images, generator)
+        mask = model.draw_mask(len(images), device, generator)
         with autocast(device, amp_dtype):
             loss = forward(images, mask=mask).loss
         scaler.scale(loss).backward()

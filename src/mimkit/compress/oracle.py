@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from mimkit.compress.prune import prune_blocks
 from mimkit.eval.knn import knn_evaluate
-from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.objectives.base import MaskedMethod
 
 
 def knn_probe(
@@ -22,15 +22,15 @@ def knn_probe(
     mean: list[float],
     std: list[float],
     device: torch.device | str = "cpu",
-) -> Callable[[MaskedAutoencoder], float]:
-    def probe(model: MaskedAutoencoder) -> float:
+) -> Callable[[MaskedMethod], float]:
+    def probe(model: MaskedMethod) -> float:
         return knn_evaluate(model.encoder, splits, mean, std, device=device, progress=False).top1
 
     return probe
 
 
 def oracle_sensitivity(
-    model: MaskedAutoencoder, probe: Callable[[MaskedAutoencoder], float], progress: bool = True
+    model: MaskedMethod, probe: Callable[[MaskedMethod], float], progress: bool = True
 ) -> tuple[float, list[float]]:
     """(full-model score, per-block drop in score when that block alone is removed)."""
     full = probe(model)

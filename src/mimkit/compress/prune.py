@@ -15,14 +15,14 @@ from pathlib import Path
 from mimkit.compress.importance import block_scores, blocks_to_keep
 from mimkit.config import RunConfig
 from mimkit.errors import ConfigError
-from mimkit.objectives.mae import MaskedAutoencoder
-from mimkit.objectives.registry import build_model
+from mimkit.objectives import build_method
+from mimkit.objectives.base import MaskedMethod
 from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir, save_checkpoint
 
 BLOCK_PREFIX = "encoder.blocks."
 
 
-def prune_blocks(model: MaskedAutoencoder, keep: list[int]) -> MaskedAutoencoder:
+def prune_blocks(model: MaskedMethod, keep: list[int]) -> MaskedMethod:
     """A new model holding only encoder blocks `keep` (renumbered 0..len-1), decoder intact."""
     depth = len(model.encoder.blocks)
     if not keep or sorted(set(keep)) != sorted(keep) or not all(0 <= i < depth for i in keep):
@@ -30,7 +30,7 @@ def prune_blocks(model: MaskedAutoencoder, keep: list[int]) -> MaskedAutoencoder
     keep = sorted(keep)
     new_index = {old: new for new, old in enumerate(keep)}
     cfg = dataclasses.replace(model.cfg, depth=len(keep))
-    pruned = build_model(cfg)
+    pruned = build_method(cfg, model.masking, model.settings)
     state = {}
     for name, value in model.state_dict().items():
         if name.startswith(BLOCK_PREFIX):
@@ -50,7 +50,7 @@ def prune_checkpoint(
     keep: int,
     bins: int = 256,
     seed: int = 0,
-    oracle: Callable[[MaskedAutoencoder], list[float]] | None = None,
+    oracle: Callable[[MaskedMethod], list[float]] | None = None,
 ) -> dict:
     """Score blocks with `method`, keep the best `keep`, write a loadable checkpoint at `out`."""
     folder = resolve_checkpoint_dir(source)

@@ -94,8 +94,7 @@ def add_eval_protocols(esub: argparse._SubParsersAction) -> None:
 def load_target(args: argparse.Namespace):
     """(encoder, run config, checkpoint folder, device), honouring --random-init/--data/--source."""
     from mimkit.data.sources import guess_source
-    from mimkit.objectives.mae import build_mae
-    from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
+    from mimkit.train.checkpoint import load_model, method_from_config, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device
 
     device = pick_device(args.device)
@@ -103,7 +102,7 @@ def load_target(args: argparse.Namespace):
     model, cfg = load_model(folder, device)
     if args.random_init:
         torch.manual_seed(cfg.train.seed)  # the initialisation pretraining started from
-        model = build_mae(cfg.model).to(device).eval()
+        model = method_from_config(cfg).to(device).eval()
     if args.data:
         cfg.data.path = args.data
         cfg.data.source = args.source or guess_source(args.data)

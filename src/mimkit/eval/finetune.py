@@ -32,8 +32,8 @@ from mimkit.data.sources import TrainSource, load_split
 from mimkit.data.transforms import normalize
 from mimkit.errors import ConfigError
 from mimkit.eval.mixup import mix_batch, soft_cross_entropy
+from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.models.pos_embed import resample_pos_embed
-from mimkit.models.registry import ModelConfig, resolve_model_config
 from mimkit.models.vit import VisionTransformer
 from mimkit.train.checkpoint import (
     MODEL_FILE,

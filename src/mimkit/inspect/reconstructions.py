@@ -10,7 +10,7 @@ from PIL import Image
 
 from mimkit.data.transforms import denormalize, fit_to_model, normalize
 from mimkit.masking import Mask
-from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.objectives.base import MaskedMethod
 from mimkit.patches import unpatchify
 
 COLUMNS = ("original", "masked", "reconstruction", "pasted")
@@ -26,7 +26,7 @@ def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def reconstruction_grid(
-    model: MaskedAutoencoder,
+    model: MaskedMethod,
     images: torch.Tensor,
     mean: list[float],
     std: list[float],
@@ -41,7 +41,7 @@ def reconstruction_grid(
     device = next(model.parameters()).device
     x = normalize(images.to(device), mean, std)
     generator = torch.Generator(device).manual_seed(seed)
-    mask = model.make_mask(x, generator)
+    mask = model.draw_mask(len(x), device, generator)
     out = model.reconstruct(x, mask)
     panels = [x, out["masked"], out["reconstruction"], out["pasted"]]
     panels = [denormalize(p, mean, std) for p in panels]
@@ -64,7 +64,7 @@ def reconstruction_grid(
 
 @torch.no_grad()
 def clip_reconstruction_grid(
-    model: MaskedAutoencoder,
+    model: MaskedMethod,
     images: torch.Tensor,
     mean: list[float],
     std: list[float],
@@ -76,7 +76,7 @@ def clip_reconstruction_grid(
     model.eval()
     device = next(model.parameters()).device
     x = fit_to_model(normalize(images.to(device), mean, std), model.cfg.input_size)
-    mask = model.make_mask(x, torch.Generator(device).manual_seed(seed))
+    mask = model.draw_mask(len(x), device, torch.Generator(device).manual_seed(seed))
     out = model.reconstruct(x, mask)
     panels = [
         denormalize(p, mean, std) for p in (x, out["masked"], out["reconstruction"], out["pasted"])
@@ -99,7 +99,7 @@ def clip_reconstruction_grid(
 
 
 def save_reconstructions(
-    model: MaskedAutoencoder,
+    model: MaskedMethod,
     images: torch.Tensor,
     mean: list[float],
     std: list[float],

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from mimkit.errors import CheckpointError, ConfigError
+from mimkit.masking import MaskingConfig
+from mimkit.models.config import PRESETS, ModelConfig, resolve_model_config
 from mimkit.models.pos_embed import resample_pos_embed
-from mimkit.models.registry import PRESETS, ModelConfig, resolve_model_config
+from mimkit.objectives.mae import MAESettings, build_mae
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class ImportedModel:
     mean: list[float] | None = None  # normalisation the weights were trained with, when known
     std: list[float] | None = None
     notes: list[str] = field(default_factory=list)  # assumptions made, shown to the user
+    masking: MaskingConfig = field(default_factory=MaskingConfig)  # as the source was trained
+    settings: MAESettings = field(default_factory=MAESettings)  # its MAE target (norm-pix)
 
 
 def split_qkv(weight_or_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,16 +122,15 @@ def adapt_to_grid(
     return state
 
 
-def build_model(imported: ImportedModel, model_cfg: ModelConfig):
+def model_from_imported(imported: ImportedModel, run):
     """A MaskedAutoencoder holding the imported weights; without a source decoder it keeps its
     fresh initialisation (seeded), and a warning says reconstructions mean nothing yet."""
-    from mimkit.objectives.mae import build_mae
     from mimkit.train.checkpoint import load_state_into
 
-    state = adapt_to_grid(imported.state, imported.model, model_cfg)
+    state = adapt_to_grid(imported.state, imported.model, run.model)
     with torch.random.fork_rng(devices=[]):  # a reproducible decoder init, global RNG untouched
         torch.manual_seed(0)
-        model = build_mae(model_cfg)
+        model = build_mae(run.model, run.masking, run.method)
     where = f"{imported.source} ({imported.fmt})"
     if imported.has_decoder:
         load_state_into(model, state, where)

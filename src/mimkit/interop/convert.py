@@ -16,9 +16,8 @@ from pathlib import Path
 
 from mimkit.config import RunConfig, config_from_dict, config_to_dict, parse_override
 from mimkit.errors import CheckpointError, ConfigError
-from mimkit.interop.common import ImportedModel, build_model
-from mimkit.models.registry import resolve_model_config
-from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.interop.common import ImportedModel, model_from_imported
+from mimkit.objectives.base import MaskedMethod
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,6 @@ def read_source(path: Path, fmt: str) -> tuple[ImportedModel, RunConfig | None]:
 
         folder = resolve_checkpoint_dir(path)
         run = load_config_file(folder)
-        run.model = resolve_model_config(run.model)
         state = read_weights(folder / MODEL_FILE)
         has_decoder = any(k.startswith("decoder.") for k in state)
         imported = ImportedModel(state, run.model, "mimkit", str(folder), has_decoder)
@@ -109,12 +107,12 @@ def _apply_overrides(run: RunConfig, overrides: list[str] | tuple[str, ...]) -> 
         key, value = parse_override(text)
         section, _, name = key.rpartition(".")
         section = section or "model"
-        if section not in ("model", "data") or not name:
-            raise ConfigError(f"override {text!r}: import takes model.* and data.* keys only")
+        if section not in ("model", "masking", "method", "data") or not name:
+            raise ConfigError(
+                f"override {text!r}: import takes model.*, masking.*, method.* and data.* keys only"
+            )
         tree[section][name] = value
-    run = config_from_dict(tree, "import overrides")
-    run.model = resolve_model_config(run.model)
-    return run
+    return config_from_dict(tree, "import overrides")
 
 
 def refuse_existing(out: Path) -> None:
@@ -127,7 +125,7 @@ def refuse_existing(out: Path) -> None:
 class Loaded:
     """A foreign checkpoint as a ready mimkit model, with what was assumed on the way."""
 
-    model: MaskedAutoencoder
+    model: MaskedMethod
     run: RunConfig
     fmt: str
     has_decoder: bool
@@ -153,13 +151,13 @@ def load_foreign(
     fmt = fmt or detect_format(src)
     imported, run = read_source(src, fmt)
     if run is None:
-        run = RunConfig(model=imported.model)
+        run = RunConfig(model=imported.model, masking=imported.masking, method=imported.settings)
         if imported.mean is not None and imported.std is not None:
             run.data.mean, run.data.std = list(imported.mean), list(imported.std)
     run = _apply_overrides(run, overrides)
     for note in imported.notes:
         log.info("%s: %s", src, note)
-    model = build_model(imported, run.model)
+    model = model_from_imported(imported, run)
     return Loaded(model, run, fmt, imported.has_decoder, imported.notes, imported.model.image_hw)
 
 
@@ -204,13 +202,15 @@ def export_checkpoint(
     if to == "hf":
         from mimkit.interop.hf import write_hf_folder
 
-        if hf_arch == "pretraining" and run.model.method != "mae":
+        if hf_arch == "pretraining" and run.method.name != "mae":
             raise CheckpointError(
-                f"{checkpoint}: model.method {run.model.method!r} has no ViTMAEForPreTraining "
+                f"{checkpoint}: method {run.method.name!r} has no ViTMAEForPreTraining "
                 "counterpart (only MAE's pixel decoder has one); export its encoder with "
                 "--hf-arch vit or --to timm"
             )
-        return write_hf_folder(state, run.model, out, run.data.mean, run.data.std, hf_arch)
+        return write_hf_folder(
+            state, run.model, out, run.data.mean, run.data.std, hf_arch, run.masking, run.method
+        )
     if to == "timm":
         from mimkit.interop.timm import write_timm
 

@@ -30,7 +30,9 @@ from mimkit.interop.common import (
     preset_for,
     split_qkv,
 )
-from mimkit.models.registry import ModelConfig, resolve_model_config
+from mimkit.masking import MaskingConfig
+from mimkit.models.config import ModelConfig, resolve_model_config
+from mimkit.objectives.mae import MAESettings
 
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.safetensors"
@@ -221,14 +223,25 @@ def hf_config_to_model_config(hf: dict, where: str) -> tuple[ModelConfig, bool]:
             decoder_embed_dim=dec_dim,
             decoder_depth=int(hf.get("decoder_num_hidden_layers", 8)),
             decoder_num_heads=int(hf.get("decoder_num_attention_heads", 16)),
-            mask_ratio=float(hf.get("mask_ratio", 0.75)),
-            norm_pix_loss=bool(hf.get("norm_pix_loss", False)),
         )
     return resolve_model_config(ModelConfig(**fields)), has_decoder
 
 
-def model_config_to_hf_config(cfg: ModelConfig, arch: str = "pretraining") -> dict:
-    """Resolved ModelConfig -> a config.json that `from_pretrained` reads."""
+def hf_config_to_mae(hf: dict) -> tuple[MaskingConfig, MAESettings]:
+    """The masking ratio and target a ViTMAE config.json was trained with."""
+    masking = MaskingConfig(ratio=float(hf.get("mask_ratio", 0.75)))
+    return masking, MAESettings(norm_pix_loss=bool(hf.get("norm_pix_loss", False)))
+
+
+def model_config_to_hf_config(
+    cfg: ModelConfig,
+    arch: str = "pretraining",
+    masking: MaskingConfig | None = None,
+    settings: MAESettings | None = None,
+) -> dict:
+    """Resolved ModelConfig (and the MAE's masking and target) -> a config.json that
+    `from_pretrained` reads."""
+    masking, settings = masking or MaskingConfig(), settings or MAESettings()
     h, w = cfg.image_hw
     hidden = int(cfg.embed_dim * cfg.mlp_ratio)
     out = {
@@ -255,8 +268,8 @@ def model_config_to_hf_config(cfg: ModelConfig, arch: str = "pretraining") -> di
             decoder_num_hidden_layers=cfg.decoder_depth,
             decoder_num_attention_heads=cfg.decoder_num_heads,
             decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio),
-            mask_ratio=cfg.mask_ratio,
-            norm_pix_loss=cfg.norm_pix_loss,
+            mask_ratio=masking.ratio,
+            norm_pix_loss=settings.norm_pix_loss,
         )
     return out
 
@@ -300,7 +313,10 @@ def read_hf_folder(path: Path) -> ImportedModel:
         notes.append("no preprocessor_config.json: ImageNet mean/std assumed")
     if model_cfg.in_chans != 3 and len(mean) != model_cfg.in_chans:
         mean, std = None, None
-    return ImportedModel(state, model_cfg, "hf", str(path), has_decoder, mean, std, notes)
+    masking, settings = hf_config_to_mae(hf)
+    return ImportedModel(
+        state, model_cfg, "hf", str(path), has_decoder, mean, std, notes, masking, settings
+    )
 
 
 def write_hf_folder(
@@ -310,6 +326,8 @@ def write_hf_folder(
     mean: list[float],
     std: list[float],
     arch: str = "pretraining",
+    masking: MaskingConfig | None = None,
+    settings: MAESettings | None = None,
 ) -> Path:
     """Write config.json, model.safetensors and preprocessor_config.json for `from_pretrained`."""
     if arch not in HF_ARCHITECTURES:
@@ -323,7 +341,7 @@ def write_hf_folder(
     out.mkdir(parents=True, exist_ok=True)
     hf_state = mimkit_state_to_hf(state, arch)
     save_file(hf_state, out / WEIGHTS, metadata={"format": "pt"})
-    (out / CONFIG_JSON).write_text(json.dumps(model_config_to_hf_config(cfg, arch), indent=2))
+    (out / CONFIG_JSON).write_text(json.dumps(model_config_to_hf_config(cfg, arch, masking, settings), indent=2))
     c = cfg.in_chans
     processor = {
         "image_processor_type": "ViTImageProcessor",

@@ -24,7 +24,9 @@ from mimkit.interop.common import (
 )
 from mimkit.interop.safe_load import load_pickle_safely, read_tensor_file, unwrap_state_dict
 from mimkit.interop.timm import infer_model_config, timm_to_mimkit
-from mimkit.models.registry import resolve_model_config
+from mimkit.masking import MaskingConfig
+from mimkit.models.config import resolve_model_config
+from mimkit.objectives.mae import MAESettings
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +97,23 @@ def read_official(path: Path) -> ImportedModel:
             notes.append("decoder: 16 heads assumed (the official MAE decoder)")
         else:
             model.decoder_num_heads = guess_num_heads(dec_dim, "decoder", notes)
-        if "norm_pix_loss" in args:
-            model.norm_pix_loss = bool(args["norm_pix_loss"])
-        else:
-            model.norm_pix_loss = False
-            notes.append(
-                "norm_pix_loss=false assumed (the official visualize checkpoints predict raw "
-                "pixels); override with model.norm_pix_loss=true"
-            )
-    if "mask_ratio" in args:
-        model.mask_ratio = float(args["mask_ratio"])
+    settings = MAESettings(norm_pix_loss=bool(args.get("norm_pix_loss", False)))
+    if has_decoder and "norm_pix_loss" not in args:
+        notes.append(
+            "norm_pix_loss=false assumed (the official visualize checkpoints predict raw "
+            "pixels); override with method.norm_pix_loss=true"
+        )
+    masking = MaskingConfig(ratio=float(args.get("mask_ratio", 0.75)))
     model = resolve_model_config(model)
     return ImportedModel(
-        state, model, "mae", str(path), has_decoder, IMAGENET_MEAN, IMAGENET_STD, notes
+        state,
+        model,
+        "mae",
+        str(path),
+        has_decoder,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        notes,
+        masking,
+        settings,
     )

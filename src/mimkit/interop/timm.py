@@ -30,7 +30,7 @@ from mimkit.interop.common import (
     preset_for,
     square_grid,
 )
-from mimkit.models.registry import ModelConfig, resolve_model_config
+from mimkit.models.config import ModelConfig, resolve_model_config
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,10 @@ from typing import Any
 import torch
 
 from mimkit.errors import ConfigError
+from mimkit.masking import MaskingConfig
+from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.models.pos_embed import position_table
-from mimkit.models.registry import ModelConfig, resolve_model_config
+from mimkit.objectives.mae import MAESettings
 
 
 def model_config_from_hf(hf: Any) -> ModelConfig:
@@ -57,11 +59,14 @@ def model_config_from_hf(hf: Any) -> ModelConfig:
             decoder_embed_dim=hf.decoder_hidden_size,
             decoder_depth=hf.decoder_num_hidden_layers,
             decoder_num_heads=hf.decoder_num_attention_heads,
-            mask_ratio=0.9,
-            norm_pix_loss=hf.norm_pix_loss,
-            target_norm="channel",
-            masking="tube",
         )
+    )
+
+
+def videomae_method(hf: Any) -> tuple[MaskingConfig, MAESettings]:
+    """VideoMAE's masking (tubes, 90%) and target (per-channel cube norm-pix)."""
+    return MaskingConfig(strategy="tube", ratio=0.9), MAESettings(
+        norm_pix_loss=hf.norm_pix_loss, target_norm="channel"
     )
 
 

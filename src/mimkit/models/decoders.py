@@ -30,7 +30,11 @@ class MAEDecoder(nn.Module):
         eps: float = 1e-6,
         cls_token: bool = True,
         pos_embed: str = "sincos",
+        head: nn.Module | None = None,
+        final_norm: bool = True,
     ) -> None:
+        """`head` replaces the linear prediction layer (G2SD: an MLP to teacher features) and
+        `final_norm=False` drops the norm before it (G2SD reads pre-norm decoder tokens)."""
         super().__init__()
         self.prefix = 1 if cls_token else 0
         self.embed = nn.Linear(encoder_dim, dim)
@@ -39,8 +43,8 @@ class MAEDecoder(nn.Module):
         self.blocks = nn.ModuleList(
             Block(dim, num_heads, mlp_ratio, qkv_bias, eps) for _ in range(depth)
         )
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.pred = nn.Linear(dim, out_dim)
+        self.norm = nn.LayerNorm(dim, eps=eps) if final_norm else nn.Identity()
+        self.pred = nn.Linear(dim, out_dim) if head is None else head
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_vit_weights)
 

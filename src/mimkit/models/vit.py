@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimkit.models.config import ModelConfig
 from mimkit.models.pos_embed import position_table
-from mimkit.models.registry import ModelConfig
 
 
 class DropPath(nn.Module):

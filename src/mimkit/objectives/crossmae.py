@@ -15,65 +15,89 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mimkit.mask_shapes import ConfigMasking, partial_reconstruction
-from mimkit.masking import Mask
+from mimkit.errors import ConfigError
+from mimkit.masking import Mask, MaskingConfig, take_tokens
+from mimkit.models.config import ModelConfig
 from mimkit.models.cross_decoder import CrossMAEDecoder
-from mimkit.models.registry import ModelConfig
 from mimkit.models.vit import VisionTransformer
-from mimkit.objectives.mae import pixel_target
+from mimkit.objectives.base import MethodOutput, MethodSettings
+from mimkit.objectives.targets import pixel_target
 from mimkit.patches import patchify
 
 
 @dataclass
-class CrossMAEOutput:
-    loss: torch.Tensor
-    pred: torch.Tensor  # (B, M, p*p*C) for the patches in `predicted`
-    mask: Mask
-    predicted: torch.Tensor  # (B, M) patch ids that were reconstructed
+class CrossMAESettings(MethodSettings):
+    name = "crossmae"
+    norm_pix_loss: bool = True
+    predict_fraction: float = 0.25  # share of hidden patches reconstructed
+    mix_layers: bool = True  # decoder blocks read a learned mix of encoder blocks
+
+    def check(self, model: ModelConfig) -> None:
+        if not 0.0 < self.predict_fraction <= 1.0:
+            raise ConfigError(
+                f"method.predict_fraction must be in (0, 1], got {self.predict_fraction}"
+            )
 
 
-class CrossMAE(ConfigMasking, nn.Module):
+def partial_reconstruction(
+    mask: Mask, fraction: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The ids of a random `fraction` of each sample's hidden patches to decode: (B, M)."""
+    hidden = mask.ids_masked
+    count = max(1, round(hidden.shape[1] * fraction))
+    order = torch.rand(hidden.shape, device=hidden.device, generator=generator).argsort(dim=1)
+    return hidden.gather(1, order[:, :count])
+
+
+class CrossMAE(nn.Module):
+    reconstructs_pixels = False  # it predicts a subset of patches only
+
     def __init__(
         self,
         cfg: ModelConfig,
-        predict_fraction: float = 0.25,
-        mix_layers: bool = True,
-        masking: str = "random",
+        masking: MaskingConfig | None = None,
+        settings: CrossMAESettings | None = None,
     ) -> None:
         super().__init__()
-        if not 0 < predict_fraction <= 1:
-            raise ValueError(f"predict_fraction must be in (0, 1], got {predict_fraction}")
         self.cfg = cfg
-        self.predict_fraction = predict_fraction
-        self.masking = masking
+        self.masking = masking or MaskingConfig()
+        self.settings = settings or CrossMAESettings()
         self.encoder = VisionTransformer(cfg)
         self.decoder = CrossMAEDecoder(
             encoder_dim=cfg.embed_dim,
             encoder_depth=cfg.depth,
             grid_hw=cfg.grid_hw,
-            out_dim=cfg.patch_size**2 * cfg.in_chans,
+            out_dim=cfg.patch_dim,
             dim=cfg.decoder_embed_dim,
             depth=cfg.decoder_depth,
             num_heads=cfg.decoder_num_heads,
             mlp_ratio=cfg.mlp_ratio,
             eps=cfg.layer_norm_eps,
-            mix_layers=cfg.mix_layers,
+            mix_layers=self.settings.mix_layers,
         )
 
-    def target(self, images: torch.Tensor) -> torch.Tensor:
-        return pixel_target(self.cfg, patchify(images, self.cfg.patch_size))
+    def draw_mask(
+        self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> Mask:
+        return self.masking.draw(batch, self.cfg.grid_shape, device, generator)
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None, mask: Mask | None = None) -> CrossMAEOutput:  # fmt: skip
-        mask = mask if mask is not None else self.make_mask(images, generator, noise)
-        predicted = partial_reconstruction(mask, self.predict_fraction, generator)
+    def forward(
+        self,
+        images: torch.Tensor,
+        mask: Mask | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MethodOutput:
+        mask = mask if mask is not None else self.draw_mask(len(images), images.device, generator)
+        predicted = partial_reconstruction(mask, self.settings.predict_fraction, generator)
         out, hidden = self.encoder(images, mask.ids_keep, return_hidden=True)
-        layers = [*hidden[1:-1], out]  # every block's output, the last one normalised
-        pred = self.decoder(layers, predicted)
-        target = self.target(images)
-        target = torch.gather(target, 1, predicted[..., None].expand(-1, -1, target.shape[-1]))
+        pred = self.decoder([*hidden[1:-1], out], predicted)  # every block's output, last normed
+        target = take_tokens(self.target(images), predicted)
         loss = ((pred.float() - target.float()) ** 2).mean()
-        return CrossMAEOutput(loss=loss, pred=pred, mask=mask, predicted=predicted)
+        return MethodOutput(loss, pred, mask, predicted)
+
+    def target(self, images: torch.Tensor) -> torch.Tensor:
+        patches = patchify(images, self.cfg.patch_shape)
+        return pixel_target(patches, self.settings.norm_pix_loss, "patch", self.cfg.in_chans)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder.features(images)

@@ -11,102 +11,126 @@
    fine-tuned teacher's predictions) is `mimkit eval finetune --teacher`.
 
 The teacher is not part of the student's weights: student checkpoints are small and load
-without it; `model.teacher_dim` records the target width so the student rebuilds alone.
+without it; `method.teacher_dim` records the target width so the student rebuilds alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mimkit.errors import ConfigError
-from mimkit.masking import Mask
+from mimkit.masking import Mask, MaskingConfig
+from mimkit.models.config import ModelConfig
 from mimkit.models.decoders import MAEDecoder
-from mimkit.models.registry import ModelConfig
-from mimkit.objectives.mae import MAEOutput, MaskedAutoencoder
+from mimkit.models.vit import VisionTransformer
+from mimkit.objectives.base import FrozenTeacher, MethodOutput, MethodSettings
+from mimkit.objectives.maskalign import teacher_missing
 
 SMOOTH_L1_BETA = 2.0  # the authors' setting
 
 
-def load_teacher_mae(path: str) -> MaskedAutoencoder:
-    """The frozen teacher: a full MAE checkpoint (its decoder is needed, not just the encoder)."""
-    from mimkit.train.checkpoint import load_model
+@dataclass
+class G2SDSettings(MethodSettings):
+    name = "g2sd"
+    teacher: str | None = None  # checkpoint of the frozen teacher MAE (encoder and decoder)
+    teacher_dim: int | None = None  # width of the teacher's decoder, read from the teacher
 
-    teacher, _ = load_model(path)
+    def check(self, model: ModelConfig) -> None:
+        if not self.teacher:
+            raise ConfigError("method.teacher: method 'g2sd' needs the checkpoint of a teacher")
+
+
+def check_teacher(teacher: nn.Module, cfg: ModelConfig, path: str | None) -> None:
+    """The teacher must be an MAE on the student's patch grid, with the same prefix tokens."""
     if not isinstance(getattr(teacher, "decoder", None), MAEDecoder):
         raise ConfigError(
-            f"model.teacher {path}: G2SD needs a teacher with an MAE decoder "
+            f"method.teacher {path}: G2SD needs a teacher with an MAE decoder "
             f"(method mae), got {type(teacher).__name__}"
         )
-    return teacher
-
-
-class G2SD(MaskedAutoencoder):
-    reconstructs_pixels = False
-
-    def __init__(self, cfg: ModelConfig, teacher: MaskedAutoencoder | None = None) -> None:
-        if teacher is not None:
-            if tuple(teacher.cfg.grid_shape) != tuple(cfg.grid_shape):
-                raise ConfigError(
-                    f"model.teacher: its patch grid {teacher.cfg.grid_shape} differs from the "
-                    f"student's {cfg.grid_shape}; use the same img_size and patch_size"
-                )
-            if teacher.cfg.cls_token != cfg.cls_token:
-                raise ConfigError("model.teacher: teacher and student must agree on cls_token")
-            cfg = replace(cfg, teacher_dim=teacher.cfg.decoder_embed_dim)
-        if cfg.teacher_dim is None:
-            raise ConfigError(
-                f"model.teacher {cfg.teacher}: not found, and model.teacher_dim is not set"
-            )
-        super().__init__(cfg)
-        # the decoder predicts teacher features, not pixels: an MLP on its pre-norm tokens
-        self.decoder.norm = nn.Identity()
-        self.decoder.pred = nn.Sequential(
-            nn.Linear(cfg.decoder_embed_dim, cfg.teacher_dim),
-            nn.GELU(),
-            nn.Linear(cfg.teacher_dim, cfg.teacher_dim),
+    if tuple(teacher.cfg.grid_shape) != tuple(cfg.grid_shape):
+        raise ConfigError(
+            f"method.teacher: its patch grid {teacher.cfg.grid_shape} differs from the "
+            f"student's {cfg.grid_shape}; use the same img_size and patch_size"
         )
-        self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
+    if teacher.cfg.cls_token != cfg.cls_token:
+        raise ConfigError("method.teacher: teacher and student must agree on cls_token")
 
-    @property
-    def teacher(self) -> MaskedAutoencoder:
-        if not self._teacher:
+
+class G2SD(nn.Module):
+    reconstructs_pixels = False  # it predicts teacher features: there is no image to show
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        masking: MaskingConfig | None = None,
+        settings: G2SDSettings | None = None,
+        teacher: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        settings = settings or G2SDSettings()
+        if teacher is not None:
+            check_teacher(teacher, cfg, settings.teacher)
+            settings = replace(settings, teacher_dim=teacher.cfg.decoder_embed_dim)
+        if settings.teacher_dim is None:
             raise ConfigError(
-                f"model.teacher {self.cfg.teacher}: the teacher is needed to train, not found"
+                f"method.teacher {settings.teacher}: not found, and method.teacher_dim is not set"
             )
-        return self._teacher[0]
+        self.cfg = cfg
+        self.masking = masking or MaskingConfig()
+        self.settings = settings
+        width = settings.teacher_dim
+        self.encoder = VisionTransformer(cfg)
+        self.decoder = MAEDecoder(  # MAE's decoder, predicting teacher tokens from pre-norm ones
+            encoder_dim=cfg.embed_dim,
+            grid_hw=cfg.grid_shape,
+            out_dim=width,
+            dim=cfg.decoder_embed_dim,
+            depth=cfg.decoder_depth,
+            num_heads=cfg.decoder_num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+            eps=cfg.layer_norm_eps,
+            cls_token=cfg.cls_token,
+            pos_embed=cfg.pos_embed,
+            head=nn.Sequential(
+                nn.Linear(cfg.decoder_embed_dim, width), nn.GELU(), nn.Linear(width, width)
+            ),
+            final_norm=False,
+        )
+        self.teacher = FrozenTeacher(teacher) if teacher is not None else None
 
-    def _apply(self, fn, *args, **kwargs):  # .to(), .half(): move the unregistered teacher too
-        super()._apply(fn, *args, **kwargs)
-        for teacher in self._teacher:
-            teacher._apply(fn, *args, **kwargs)
-        return self
+    def draw_mask(
+        self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> Mask:
+        return self.masking.draw(batch, self.cfg.grid_shape, device, generator)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        mask: Mask | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MethodOutput:
+        mask = mask if mask is not None else self.draw_mask(len(images), images.device, generator)
+        pred = self.decoder(self.encoder(images, mask.ids_keep), mask.ids_restore)
+        loss = F.smooth_l1_loss(pred.float(), self.target(images, mask), beta=SMOOTH_L1_BETA)
+        return MethodOutput(loss, pred, mask)
 
     @torch.no_grad()
     def target(self, images: torch.Tensor, mask: Mask) -> torch.Tensor:
         """Teacher decoder tokens for every patch, normalised per token (no affine)."""
-        teacher = self.teacher.eval()
+        if self.teacher is None:
+            raise teacher_missing(self.settings)
+        teacher = self.teacher.model
         latent = teacher.encoder(images, mask.ids_keep)
         hidden = teacher.decoder.hidden(latent, mask.ids_restore)[:, teacher.decoder.prefix :]
         return F.layer_norm(hidden.float(), hidden.shape[-1:])
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None, mask: Mask | None = None) -> MAEOutput:  # fmt: skip
-        mask = mask if mask is not None else self.make_mask(images, generator, noise)
-        pred = self.decoder(self.encoder(images, mask.ids_keep), mask.ids_restore)
-        loss = F.smooth_l1_loss(pred.float(), self.target(images, mask), beta=SMOOTH_L1_BETA)
-        return MAEOutput(loss=loss, pred=pred, mask=mask)
-
     def reconstruct(self, images: torch.Tensor, mask: Mask) -> dict[str, torch.Tensor]:
         raise ConfigError("G2SD predicts teacher features, not pixels: there is no image to show")
 
-
-def build_g2sd(cfg: ModelConfig) -> G2SD:
-    """The student; its teacher is loaded when its checkpoint exists (training needs it)."""
-    path = Path(cfg.teacher) if cfg.teacher else None
-    teacher = load_teacher_mae(str(path)) if path is not None and path.exists() else None
-    return G2SD(cfg, teacher)
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.features(images)

@@ -5,53 +5,98 @@ with what a frozen teacher sees.
 2. The teacher, a frozen pretrained encoder, gets the whole image.
 3. A linear adapter maps the student's visible tokens to the teacher's width; the loss is the
    MSE to the teacher's (layer-normalised) tokens at the same positions.
-The teacher never trains: its parameters are frozen and it always runs in eval mode, without
-gradients.
+The teacher never trains and is not saved with the student; `method.teacher_dim` records its
+width so a student checkpoint rebuilds without it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.mask_shapes import ConfigMasking
-from mimkit.masking import Mask
-from mimkit.models.registry import ModelConfig
+from mimkit.errors import ConfigError
+from mimkit.masking import Mask, MaskingConfig, take_tokens
+from mimkit.models.config import ModelConfig
 from mimkit.models.vit import VisionTransformer
-from mimkit.objectives.mae import MAEOutput
+from mimkit.objectives.base import FrozenTeacher, MethodOutput, MethodSettings
 
 
-class MaskAlign(ConfigMasking, nn.Module):
+@dataclass
+class MaskAlignSettings(MethodSettings):
+    name = "maskalign"
+    teacher: str | None = None  # checkpoint of the frozen teacher encoder
+    teacher_dim: int | None = None  # its width, read from the teacher when it is loaded
+
+    def check(self, model: ModelConfig) -> None:
+        if not self.teacher:
+            raise ConfigError("method.teacher: method 'maskalign' needs the checkpoint of a teacher")
+
+
+def teacher_missing(settings) -> ConfigError:
+    return ConfigError(
+        f"method.teacher {settings.teacher}: the teacher is needed to train, not found"
+    )
+
+
+class MaskAlign(nn.Module):
+    reconstructs_pixels = False
+
     def __init__(
-        self, cfg: ModelConfig, teacher: VisionTransformer, masking: str = "random"
+        self,
+        cfg: ModelConfig,
+        masking: MaskingConfig | None = None,
+        settings: MaskAlignSettings | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if tuple(teacher.cfg.grid_hw) != tuple(cfg.grid_hw):
-            raise ValueError(
-                f"teacher grid {teacher.cfg.grid_hw} differs from the student's {cfg.grid_hw}"
+        settings = settings or MaskAlignSettings()
+        teacher_encoder = getattr(teacher, "encoder", teacher)
+        if teacher_encoder is not None:
+            if tuple(teacher_encoder.cfg.grid_hw) != tuple(cfg.grid_hw):
+                raise ConfigError(
+                    f"method.teacher: its patch grid {teacher_encoder.cfg.grid_hw} differs "
+                    f"from the student's {cfg.grid_hw}"
+                )
+            settings = replace(settings, teacher_dim=teacher_encoder.cfg.embed_dim)
+        if settings.teacher_dim is None:
+            raise ConfigError(
+                f"method.teacher {settings.teacher}: not found, and method.teacher_dim is not set"
             )
         self.cfg = cfg
+        self.masking = masking or MaskingConfig()
+        self.settings = settings
         self.encoder = VisionTransformer(cfg)
-        self.adapter = nn.Linear(cfg.embed_dim, teacher.cfg.embed_dim)
-        self.teacher = teacher.eval()
-        self.teacher.requires_grad_(False)
+        self.adapter = nn.Linear(cfg.embed_dim, settings.teacher_dim)
+        self.teacher = FrozenTeacher(teacher_encoder) if teacher_encoder is not None else None
 
-    def train(self, mode: bool = True) -> MaskAlign:
-        super().train(mode)
-        self.teacher.eval()  # frozen: no drop-path, no statistics updates, ever
-        return self
+    def draw_mask(
+        self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> Mask:
+        return self.masking.draw(batch, self.cfg.grid_shape, device, generator)
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None, mask: Mask | None = None) -> MAEOutput:  # fmt: skip
-        mask = mask if mask is not None else self.make_mask(images, generator, noise)
-        student = self.adapter(self.encoder(images, mask.ids_keep)[:, 1:])
-        with torch.no_grad():
-            full = self.teacher(images)[:, 1:]
-            target = torch.gather(full, 1, mask.ids_keep[..., None].expand(-1, -1, full.shape[-1]))
-            target = F.layer_norm(target.float(), target.shape[-1:])
-        loss = F.mse_loss(student.float(), target)
-        return MAEOutput(loss=loss, pred=student, mask=mask)
+    def forward(
+        self,
+        images: torch.Tensor,
+        mask: Mask | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MethodOutput:
+        mask = mask if mask is not None else self.draw_mask(len(images), images.device, generator)
+        prefix = self.encoder.num_prefix_tokens
+        student = self.adapter(self.encoder(images, mask.ids_keep)[:, prefix:])
+        loss = F.mse_loss(student.float(), self.target(images, mask))
+        return MethodOutput(loss, student, mask)
+
+    def target(self, images: torch.Tensor, mask: Mask) -> torch.Tensor:
+        """The teacher's layer-normalised tokens at the student's visible positions."""
+        if self.teacher is None:
+            raise teacher_missing(self.settings)
+        full = self.teacher(images)
+        full = full[:, self.teacher.model.num_prefix_tokens :]
+        visible = take_tokens(full, mask.ids_keep)
+        return F.layer_norm(visible.float(), visible.shape[-1:])
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder.features(images)

@@ -21,9 +21,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mimkit.models.registry import ModelConfig
+from mimkit.errors import ConfigError
+from mimkit.masking import MaskingConfig
+from mimkit.models.config import ModelConfig
 from mimkit.models.vit import VisionTransformer
+from mimkit.objectives.base import MethodOutput, MethodSettings
 from mimkit.patches import unpatchify
+
+
+@dataclass
+class MFMSettings(MethodSettings):
+    name = "mfm"
+    freq_radius: float = 16 / 224  # radius of the hidden disc, as a fraction of the side
+
+    def check(self, model: ModelConfig) -> None:
+        if not 0.0 < self.freq_radius < 0.5:
+            raise ConfigError(f"method.freq_radius must be in (0, 0.5), got {self.freq_radius}")
 
 
 @dataclass(frozen=True)
@@ -69,43 +82,41 @@ def focal_frequency_loss(
     return (weight * squared * hidden).sum() / hidden.sum().clamp_min(1.0)
 
 
-@dataclass
-class MFMOutput:
-    loss: torch.Tensor
-    pred: torch.Tensor  # (B, C, H, W) predicted image, in the normalised input space
-    mask: FrequencyMask
-
-
 class MaskedFrequencyModel(nn.Module):
     reconstructs_pixels = True  # pictures: the filtered input and the predicted image
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        masking: MaskingConfig | None = None,
+        settings: MFMSettings | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.masking = masking  # unused: MFM hides frequencies, not patches
+        self.settings = settings or MFMSettings()
         self.encoder = VisionTransformer(cfg)
         self.head = nn.Linear(cfg.embed_dim, cfg.patch_dim)
-        self.radius = cfg.freq_radius * min(cfg.image_hw)
+        self.radius = self.settings.freq_radius * min(cfg.image_hw)
 
-    def make_mask(
+    def draw_mask(
+        self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> FrequencyMask:
+        """Low- or high-pass input, drawn per sample with probability 1/2."""
+        return FrequencyMask(torch.rand(batch, device=device, generator=generator) < 0.5)
+
+    def forward(
         self,
         images: torch.Tensor,
+        mask: FrequencyMask | None = None,
         generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> FrequencyMask:
-        if noise is not None:
-            return FrequencyMask(noise.flatten(1)[:, 0] < 0.5)
-        draw = torch.rand(images.shape[0], device=images.device, generator=generator)
-        return FrequencyMask(draw < 0.5)
-
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None, mask: FrequencyMask | None = None) -> MFMOutput:  # fmt: skip
-        mask = mask if mask is not None else self.make_mask(images, generator, noise)
+    ) -> MethodOutput:
+        mask = mask if mask is not None else self.draw_mask(len(images), images.device, generator)
         hidden = hidden_frequencies(mask, self.cfg.image_hw, self.radius)
         tokens = self.encoder(filter_images(images, hidden))
-        patches = self.head(tokens[:, tokens.shape[1] - self.cfg.num_patches :])
+        patches = self.head(tokens[:, self.encoder.num_prefix_tokens :])
         pred = unpatchify(patches, self.cfg.patch_shape, self.cfg.grid_shape, self.cfg.in_chans)
-        loss = focal_frequency_loss(pred, images, hidden)
-        return MFMOutput(loss=loss, pred=pred, mask=mask)
+        return MethodOutput(focal_frequency_loss(pred, images, hidden), pred, mask)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, mask: FrequencyMask) -> dict[str, torch.Tensor]:

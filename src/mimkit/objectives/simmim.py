@@ -9,53 +9,76 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from mimkit.mask_shapes import ConfigMasking
-from mimkit.masking import Mask
-from mimkit.models.registry import ModelConfig
+from mimkit.masking import Mask, MaskingConfig
+from mimkit.models.config import ModelConfig
 from mimkit.models.vit import VisionTransformer
-from mimkit.objectives.mae import MAEOutput
+from mimkit.objectives.base import MethodOutput, MethodSettings
+from mimkit.objectives.targets import masked_l1
 from mimkit.patches import patchify
 
 
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over the pixels of hidden patches."""
-    per_patch = (pred - target).abs().mean(dim=-1)
-    return (per_patch * hidden).sum() / hidden.sum()
+@dataclass
+class SimMIMSettings(MethodSettings):
+    name = "simmim"
 
 
-class SimMIM(ConfigMasking, nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+class SimMIM(nn.Module):
+    reconstructs_pixels = False  # its predictions are raw pixels, but only on hidden patches
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        masking: MaskingConfig | None = None,
+        settings: SimMIMSettings | None = None,
+    ) -> None:
         super().__init__()
-        self.cfg = cfg  # cfg.masking 'coarse' with cfg.mask_patch > 1 is SimMIM's own choice
+        self.cfg = cfg
+        self.masking = masking or MaskingConfig(strategy="coarse")
+        self.settings = settings or SimMIMSettings()
         self.encoder = VisionTransformer(cfg)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.head = nn.Linear(cfg.embed_dim, cfg.patch_size**2 * cfg.in_chans)
+        self.head = nn.Linear(cfg.embed_dim, cfg.patch_dim)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
+
+    def draw_mask(
+        self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> Mask:
+        return self.masking.draw(batch, self.cfg.grid_shape, device, generator)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        mask: Mask | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MethodOutput:
+        mask = mask if mask is not None else self.draw_mask(len(images), images.device, generator)
+        tokens = self.encode_masked(images, mask.binary)
+        pred = self.head(tokens[:, self.encoder.num_prefix_tokens :])
+        target = patchify(images, self.cfg.patch_shape)
+        return MethodOutput(masked_l1(pred.float(), target.float(), mask.binary), pred, mask)
 
     def encode_masked(self, images: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Encoder output for all tokens, hidden patches entering as the mask token."""
         enc = self.encoder
+        prefix = enc.num_prefix_tokens
         tokens = enc.patch_embed(images)
         w = hidden[..., None].to(tokens.dtype)
         tokens = tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
-        tokens = tokens + enc.pos_embed[:, 1:]
-        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        h = torch.cat([cls, tokens], dim=1)
+        h = tokens + enc.pos_embed[:, prefix:]
+        if prefix:
+            cls = (enc.cls_token + enc.pos_embed[:, :prefix]).expand(h.shape[0], -1, -1)
+            h = torch.cat([cls, h], dim=1)
         for block in enc.blocks:
             h = block(h)
         return enc.norm(h)
-
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None, mask: Mask | None = None) -> MAEOutput:  # fmt: skip
-        mask = mask if mask is not None else self.make_mask(images, generator, noise)
-        hidden = mask.binary
-        pred = self.head(self.encode_masked(images, hidden)[:, 1:])
-        target = patchify(images, self.cfg.patch_size)
-        loss = masked_l1(pred.float(), target.float(), hidden)
-        return MAEOutput(loss=loss, pred=pred, mask=mask)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder.features(images)

@@ -27,6 +27,7 @@ from torch import nn
 
 from mimkit.config import RunConfig, config_from_dict, config_to_dict
 from mimkit.errors import CheckpointError, ConfigError
+from mimkit.objectives import build_method
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -166,12 +167,24 @@ def load_training_state(
     return state, rng
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu"):
-    """(MaskedAutoencoder, RunConfig) from a checkpoint folder, with keys and shapes checked."""
-    from mimkit.objectives.registry import build_model
+def method_from_config(cfg: RunConfig) -> nn.Module:
+    """The method a run config asks for; its teacher, if any, read from its checkpoint."""
+    return build_method(cfg.model, cfg.masking, cfg.method, load_teacher=load_teacher)
 
+
+def load_teacher(path: str) -> nn.Module:
+    """A teacher checkpoint as a frozen model (eval mode, CPU)."""
+    return load_model(path)[0]
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, RunConfig]:
+    """(method, RunConfig) from a checkpoint folder, with keys and shapes checked."""
     folder = resolve_checkpoint_dir(path)
     cfg = load_config_file(folder)
-    model = build_model(cfg.model)
-    load_state_into(model, read_weights(folder / MODEL_FILE), str(folder / MODEL_FILE))
+    model = method_from_config(cfg)
+    weights = read_weights(folder / MODEL_FILE)
+    # 0.1 saved MaskAlign's frozen teacher inside the student; teachers are no longer saved
+    weights = {k: v for k, v in weights.items() if not k.startswith("teacher.")}
+    load_state_into(model, weights, str(folder / MODEL_FILE))
+    cfg.method = model.settings  # what the method read from its teacher (its width) is kept
     return model.to(device).eval(), cfg

@@ -20,20 +20,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mimkit.config import RunConfig
+from mimkit.config import RunConfig, resolve_run_config
 from mimkit.data.sources import TrainSource
 from mimkit.data.transforms import augment_clips, crop_flip_theta, normalize, resample
 from mimkit.errors import ConfigError, TrainingHalted
-from mimkit.masking import Mask
-from mimkit.models.registry import resolve_model_config
-from mimkit.objectives.mae import MaskedAutoencoder
-from mimkit.objectives.mfm import FrequencyMask
-from mimkit.objectives.registry import build_model
+from mimkit.objectives.base import MaskedMethod
 from mimkit.train.checkpoint import (
     MODEL_FILE,
     load_config_file,
     load_state_into,
     load_training_state,
+    method_from_config,
     read_weights,
     save_checkpoint,
 )
@@ -57,7 +54,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PretrainResult:
-    model: MaskedAutoencoder
+    model: MaskedMethod
     cfg: RunConfig
     checkpoint: Path
     steps: int
@@ -98,7 +95,7 @@ class _Fixed:
 
 
 def _check_resumable(saved: RunConfig, cfg: RunConfig, folder: Path) -> None:
-    if saved.model != cfg.model:
+    if (saved.model, saved.masking, saved.method) != (cfg.model, cfg.masking, cfg.method):
         raise ConfigError(
             f"{folder}: the checkpoint there was trained with a different model config; "
             "use another out_dir or the same model settings to resume"
@@ -145,19 +142,14 @@ def prepare_batch(
 
 
 def draw_mask(
-    model: MaskedAutoencoder,
+    model: MaskedMethod,
     x: torch.Tensor,
     generator: torch.Generator,
     rows: slice | torch.Tensor,
     global_batch: int,
-) -> Mask | FrequencyMask:
-    """The model's mask for the global batch, cut to this rank's rows (see `prepare_batch`).
-
-    `make_mask` reads only the batch size and device of its input, so a zero-stride view of one
-    row stands in for the global batch without allocating it.
-    """
-    stand_in = x[:1].expand(global_batch, *x.shape[1:])
-    return model.make_mask(stand_in, generator).select(rows)
+):
+    """The method's mask for the global batch, cut to this rank's rows (see `prepare_batch`)."""
+    return model.draw_mask(global_batch, x.device, generator).select(rows)
 
 
 def _resume_position(
@@ -202,7 +194,7 @@ def pretrain(cfg: RunConfig, resume: bool = True) -> PretrainResult:
 
 
 def _pretrain(cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str) -> PretrainResult:
-    cfg.model = resolve_model_config(cfg.model)
+    cfg = resolve_run_config(cfg)
     tc = cfg.train
     if tc.accum_steps < 1 or tc.batch_size < 1 or tc.epochs < 1:
         raise ConfigError("train.batch_size, train.accum_steps and train.epochs must be >= 1")
@@ -211,8 +203,8 @@ def _pretrain(cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str) 
     compile_step = want_compile(tc.compile, device)
     tune_backends(device)
     torch.manual_seed(tc.seed)
-    model = build_model(cfg.model).to(device)
-    cfg.model = model.cfg  # what the method filled in (G2SD: the teacher's width) is saved too
+    model = method_from_config(cfg).to(device)
+    cfg.method = model.settings  # what the method read from its teacher (its width) is saved too
     if tc.activation_checkpointing:
         checkpoint_blocks(model)
     source = TrainSource(cfg.data, cfg.model.in_chans, cfg.model.image_hw, tc.seed)

@@ -23,15 +23,26 @@ and draws randomness only from the generator it is given.
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 
 import torch
 
-from mimkit.masking import Mask, mask_from_noise, mask_keeping_lowest, num_kept, random_masking
+from mimkit.masking.core import Mask, mask_from_noise, mask_keeping_lowest, num_kept
 
 Device = torch.device | str
+
+
+def random_masking(
+    batch: int,
+    grid: tuple[int, ...] | int,
+    mask_ratio: float,
+    device: Device = "cpu",
+    generator: torch.Generator | None = None,
+) -> Mask:
+    """MAE's per-sample uniform random masking, on a patch grid of any rank (or its size)."""
+    n = grid if isinstance(grid, int) else math.prod(grid)
+    noise = torch.rand(batch, n, device=device, generator=generator)
+    return mask_from_noise(noise, mask_ratio)
 
 
 def _uniform(shape, lo, hi, device, generator) -> torch.Tensor:
@@ -256,60 +267,3 @@ def colormae_masking(
     """ColorMAE: hide the patches where filtered noise is highest; exact ratio, no image needed."""
     noise = colored_noise(batch, grid, color, device, generator, sigma).reshape(batch, -1)
     return mask_from_noise(-noise, mask_ratio)
-
-
-def _random(batch, grid, mask_ratio, device="cpu", generator=None) -> Mask:
-    return random_masking(batch, grid[0] * grid[1], mask_ratio, device, generator)
-
-
-Strategy = Callable[..., Mask]
-STRATEGIES: dict[str, Strategy] = {
-    "random": _random,
-    "block": block_masking,
-    "coarse": coarse_masking,
-    "grid": grid_masking,
-    "gmml": gmml_masking,
-    "multiblock": multiblock_masking,
-    **{f"colormae_{c}": functools.partial(colormae_masking, color=c) for c in COLORS},
-}
-
-
-def partial_reconstruction(
-    mask: Mask, fraction: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """CrossMAE: the ids of a random `fraction` of each sample's hidden patches to decode."""
-    hidden = mask.ids_masked
-    count = max(1, round(hidden.shape[1] * fraction))
-    order = torch.rand(hidden.shape, device=hidden.device, generator=generator).argsort(dim=1)
-    return hidden.gather(1, order[:, :count])
-
-
-def mask_for_config(
-    cfg, batch: int, device: Device, generator: torch.Generator | None = None
-) -> Mask:
-    """The mask a model config asks for (`cfg.masking`, `cfg.mask_ratio`, `cfg.mask_patch`)."""
-    from mimkit.masking import tube_masking
-
-    if cfg.masking == "tube":
-        return tube_masking(batch, cfg.grid_shape, cfg.mask_ratio, device, generator)
-    if cfg.masking == "random":
-        return random_masking(batch, cfg.num_patches, cfg.mask_ratio, device, generator)
-    kwargs = {"mask_patch": cfg.mask_patch} if cfg.masking == "coarse" else {}
-    return STRATEGIES[cfg.masking](batch, cfg.grid_hw, cfg.mask_ratio, device, generator, **kwargs)
-
-
-class ConfigMasking:
-    """`make_mask` for models that carry a `cfg`: the config's strategy, or MAE's argsort of
-    given noise (how parity tests feed transformers' exact noise)."""
-
-    cfg: object
-
-    def make_mask(
-        self,
-        images: torch.Tensor,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> Mask:
-        if noise is not None:
-            return mask_from_noise(noise, self.cfg.mask_ratio)
-        return mask_for_config(self.cfg, images.shape[0], images.device, generator)

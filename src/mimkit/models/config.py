@@ -1,9 +1,13 @@
-"""Model configuration and the ViT size presets (timm's names and sizes)."""
+"""The model section of a run config: encoder and decoder geometry, and the ViT size presets.
+
+Only shapes live here; what is hidden is `masking:` (mimkit.masking) and what is predicted
+is `method:` (mimkit.objectives).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from mimkit.errors import ConfigError
 
@@ -45,22 +49,6 @@ class ModelConfig:
     decoder_embed_dim: int = 512
     decoder_depth: int = 8
     decoder_num_heads: int = 16
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
-    target_norm: str = (
-        "patch"  # norm-pix over the whole patch (MAE) | per channel of a cube (VideoMAE)
-    )
-    masking: str = "random"  # random (MAE) | tube (VideoMAE clips) | any mimkit.mask_shapes name
-    decoder_mask_ratio: float = 0.0  # > 0: VideoMAE V2 running-cell decoder masking
-    # which method of the family (mimkit.objectives.registry) and its own settings
-    method: str = "mae"  # mae | simmim | crossmae | maskfeat | maskalign | mfm | g2sd
-    mask_patch: int = 2  # masking 'coarse' (SimMIM): model patches per mask patch side
-    predict_fraction: float = 0.25  # crossmae: share of hidden patches reconstructed
-    mix_layers: bool = True  # crossmae: decoder blocks read a learned mix of encoder blocks
-    hog_bins: int = 9  # maskfeat: orientation bins of the HOG target
-    teacher: str | None = None  # maskalign, g2sd: checkpoint of the frozen teacher
-    teacher_dim: int | None = None  # g2sd: width of the teacher's decoder (read from teacher)
-    freq_radius: float = 16 / 224  # mfm: radius of the hidden disc, as a fraction of the side
 
     @property
     def input_size(self) -> tuple[int, ...]:
@@ -147,72 +135,10 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
         raise ConfigError(
             f"model.pos_embed must be 'sincos' or 'sincos_index', got {cfg.pos_embed!r}"
         )
-    if cfg.target_norm not in ("patch", "channel"):
-        raise ConfigError(
-            f"model.target_norm must be 'patch' or 'channel', got {cfg.target_norm!r}"
-        )
-    from mimkit.mask_shapes import STRATEGIES  # the 2-D strategies of the MAE family
-
-    if cfg.masking not in ("tube", *STRATEGIES):
-        raise ConfigError(
-            f"model.masking must be one of {['tube', *STRATEGIES]}, got {cfg.masking!r}"
-        )
-    if cfg.masking not in ("random", "tube") and len(cfg.input_size) != 2:
-        raise ConfigError(f"model.masking {cfg.masking!r} is for 2-D images; clips use 'tube'")
-    if cfg.masking == "tube" and len(cfg.input_size) != 3:
-        raise ConfigError("model.masking 'tube' needs clips: a 3-entry model.img_size [T, H, W]")
-    if not 0.0 <= cfg.decoder_mask_ratio < 1.0:
-        raise ConfigError(
-            f"model.decoder_mask_ratio must be in [0, 1), got {cfg.decoder_mask_ratio}"
-        )
-    if cfg.decoder_mask_ratio > 0:
-        gh, gw = cfg.grid_hw
-        if len(cfg.input_size) != 3 or gh % 2 or gw % 2 or int(4 * cfg.decoder_mask_ratio) == 0:
-            raise ConfigError(
-                "model.decoder_mask_ratio (running-cell masking) needs clips with an even patch "
-                f"grid and a ratio of at least 0.25; got grid {cfg.grid_shape}, "
-                f"ratio {cfg.decoder_mask_ratio}"
-            )
-    if not 0.0 <= cfg.mask_ratio < 1.0:
-        raise ConfigError(f"model.mask_ratio must be in [0, 1), got {cfg.mask_ratio}")
     if cfg.pool not in ("cls", "avg"):
         raise ConfigError(f"model.pool must be 'cls' or 'avg', got {cfg.pool!r}")
     if cfg.pool == "cls" and not cfg.cls_token:
         raise ConfigError("model.pool 'cls' needs model.cls_token true; use pool 'avg' without it")
     if cfg.in_chans < 1:
         raise ConfigError(f"model.in_chans must be >= 1, got {cfg.in_chans}")
-    _check_method(cfg)
     return cfg
-
-
-METHODS = ("mae", "simmim", "crossmae", "maskfeat", "maskalign", "mfm", "g2sd")
-
-
-def _check_method(cfg: ModelConfig) -> None:
-    if cfg.method not in METHODS:
-        raise ConfigError(f"model.method must be one of {list(METHODS)}, got {cfg.method!r}")
-    if cfg.method != "mae" and len(cfg.input_size) != 2:
-        raise ConfigError(
-            f"model.method {cfg.method!r} is for 2-D images; clips and volumes use 'mae'"
-        )
-    if cfg.masking == "coarse":
-        gh, gw = cfg.grid_hw
-        if cfg.mask_patch < 1 or gh % cfg.mask_patch or gw % cfg.mask_patch:
-            raise ConfigError(
-                f"model.mask_patch {cfg.mask_patch} must divide the patch grid {gh}x{gw} "
-                "for masking 'coarse'"
-            )
-    if not 0.0 < cfg.predict_fraction <= 1.0:
-        raise ConfigError(f"model.predict_fraction must be in (0, 1], got {cfg.predict_fraction}")
-    if cfg.hog_bins < 2:
-        raise ConfigError(f"model.hog_bins must be >= 2, got {cfg.hog_bins}")
-    if cfg.method in ("maskalign", "g2sd") and not cfg.teacher:
-        raise ConfigError(
-            f"model.teacher: method {cfg.method!r} needs the checkpoint of a teacher model"
-        )
-    if not 0.0 < cfg.freq_radius < 0.5:
-        raise ConfigError(f"model.freq_radius must be in (0, 0.5), got {cfg.freq_radius}")
-
-
-def model_config_fields() -> list[str]:
-    return [f.name for f in fields(ModelConfig)]

@@ -1,0 +1,142 @@
+"""The method contract: what every masked-modelling method is, and what the loop may rely on.
+
+A method is composed, not inherited: an encoder (a plain ViT), a masking strategy (a
+`MaskingConfig`), a decoder or head, and a target. Its `forward` reads as the algorithm in a
+few named calls, with the mask drawn by a visible call (MAE's, in mae.py):
+
+    mask = mask if mask is not None else self.draw_mask(len(images), images.device, generator)
+    latent = self.encoder(images, mask.ids_keep)
+    pred = self.decoder(latent, mask.ids_restore)
+    loss = masked_mse(pred, self.target(images), mask.binary)
+
+What the rest of mimkit relies on (`MaskedMethod`): `cfg` (the model geometry), `settings`
+(the method's own config section), `encoder`, `draw_mask(batch, device, generator)` returning
+data with `.select(rows)` (a global-batch draw is cut to one process's rows), `forward(images,
+mask=None, generator=None)` returning a `MethodOutput`, `encode(images)` for features, and
+`reconstructs_pixels` (whether `reconstruct(images, mask)` gives pictures).
+
+What the next methods need, and where it lives:
+- several inputs per sample (two views, several modalities): `images` may be a dict of
+  tensors; the method names its inputs, the loop only moves and augments them;
+- a frozen teacher (`FrozenTeacher`) or an EMA teacher (`EMATeacher`, moved by the loop's
+  visible `update_teachers(method, progress)` after each optimiser step, through the method's
+  `ema_pairs(progress)`); teachers move with the method (`.to()`) and never train under the
+  optimiser; a frozen one is not saved with the student, an EMA one is (resume needs it);
+- a learned mask generator (HPM): `draw_mask` returns the random draw and `forward` turns it
+  into the mask from the method's own predictions, visibly;
+- tokenizers that are not patches (point groups): the encoder takes tokens from whatever
+  embedding the method owns; a `Mask` indexes tokens, not pixels.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from mimkit.models.config import ModelConfig
+from mimkit.models.vit import VisionTransformer
+
+
+@dataclass
+class MethodOutput:
+    """What one forward pass of any method returns; the loop reads only `loss`."""
+
+    loss: torch.Tensor  # scalar to minimise
+    pred: torch.Tensor | None = None  # the method's predictions, in target space
+    mask: Any = None  # what was hidden: a Mask, a FrequencyMask, ...
+    predicted: torch.Tensor | None = None  # (B, M) ids `pred` covers, when not every patch
+
+
+@dataclass
+class MethodSettings:
+    """Base of each method's own config section (`method:` in a run config)."""
+
+    name: ClassVar[str]
+
+    def check(self, model: ModelConfig) -> None:
+        """Refuse settings that cannot work with this model, naming the field."""
+
+
+class MaskedMethod(Protocol):
+    cfg: ModelConfig
+    settings: MethodSettings
+    encoder: VisionTransformer
+    reconstructs_pixels: bool
+
+    def draw_mask(
+        self, batch: int, device: torch.device | str, generator: torch.Generator | None
+    ) -> Any: ...
+
+    def __call__(
+        self, images: Any, mask: Any = None, generator: torch.Generator | None = None
+    ) -> MethodOutput: ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class FrozenTeacher(nn.Module):
+    """A pretrained model a method learns from: moved with the method, never trained, always in
+    eval mode, and left out of the method's state dict (student checkpoints stay small and load
+    without it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.register_load_state_dict_pre_hook(_keep_teacher_weights)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return super().train(False)  # no drop-path, no statistics updates, ever
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        """Nothing: the teacher is not part of the student's weights."""
+        return destination if destination is not None else OrderedDict()
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.model(*args, **kwargs)
+
+
+def _keep_teacher_weights(teacher: FrozenTeacher, state_dict: dict, prefix: str, *args) -> None:
+    """Loading a student's weights keeps the teacher it has: its keys are filled with its own."""
+    state_dict.update(teacher.model.state_dict(prefix=f"{prefix}model."))
+
+
+class EMATeacher(nn.Module):
+    """A teacher that follows its student: an exponential moving average of its weights
+    (iBOT/DINO-style self-distillation), moved by `update(student, momentum)`. Unlike a frozen
+    teacher it is saved with the method: resuming needs its weights exactly."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(student).eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EMATeacher:
+        return super().train(False)
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.model(*args, **kwargs)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, momentum: float) -> None:
+        ema = list(self.model.parameters())
+        torch._foreach_mul_(ema, momentum)
+        torch._foreach_add_(ema, [p.detach() for p in student.parameters()], alpha=1 - momentum)
+
+
+def update_teachers(method: nn.Module, progress: float) -> None:
+    """Move every EMA teacher of `method` toward its student; nothing for other methods.
+
+    `progress` is the share of training done (for momentum schedules); the method names its
+    (teacher, student, momentum) triples in `ema_pairs(progress)`.
+    """
+    pairs = getattr(method, "ema_pairs", None)
+    if pairs is None:
+        return
+    for teacher, student, momentum in pairs(progress):
+        teacher.update(student, momentum)
