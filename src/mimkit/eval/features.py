@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from mimkit.data.transforms import fit_to_model, normalize
 from mimkit.models.vit import VisionTransformer
-from mimkit.train.logging import progress_interval
+from mimkit.progress import progress_interval
 
 POOLS = ("cls", "avg")
 
