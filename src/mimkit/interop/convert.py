@@ -17,8 +17,20 @@ from pathlib import Path
 from mimkit.config import RunConfig, config_from_dict, config_to_dict, parse_override
 from mimkit.errors import CheckpointError, ConfigError
 from mimkit.interop.common import ImportedModel, build_model
+from mimkit.interop.hf import read_hf_folder, write_hf_folder
+from mimkit.interop.official_mae import read_official
+from mimkit.interop.safe_load import PICKLE_SUFFIXES, safetensors_keys
+from mimkit.interop.timm import read_timm, write_timm
 from mimkit.models.registry import resolve_model_config
 from mimkit.objectives.mae import MaskedAutoencoder
+from mimkit.train.checkpoint import (
+    MODEL_FILE,
+    load_config_file,
+    load_model,
+    read_weights,
+    resolve_checkpoint_dir,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +41,6 @@ SOURCE_FILE = "source.json"
 
 def detect_format(path: Path) -> str:
     """Guess the format of a folder or file from its config files and parameter names."""
-    from mimkit.interop.safe_load import PICKLE_SUFFIXES, safetensors_keys
-
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
     if path.is_dir():
@@ -72,27 +82,14 @@ def detect_format(path: Path) -> str:
 def read_source(path: Path, fmt: str) -> tuple[ImportedModel, RunConfig | None]:
     """Read weights in `fmt`; for a mimkit source also return its whole run config."""
     if fmt == "hf":
-        from mimkit.interop.hf import read_hf_folder
-
         if not path.is_dir():
             raise CheckpointError(f"{path}: Hugging Face import needs the save_pretrained folder")
         return read_hf_folder(path), None
     if fmt == "timm":
-        from mimkit.interop.timm import read_timm
-
         return read_timm(path), None
     if fmt == "mae":
-        from mimkit.interop.official_mae import read_official
-
         return read_official(path), None
     if fmt == "mimkit":
-        from mimkit.train.checkpoint import (
-            MODEL_FILE,
-            load_config_file,
-            read_weights,
-            resolve_checkpoint_dir,
-        )
-
         folder = resolve_checkpoint_dir(path)
         run = load_config_file(folder)
         run.model = resolve_model_config(run.model)
@@ -170,8 +167,6 @@ def import_checkpoint(
     overrides: list[str] | tuple[str, ...] = (),
 ) -> ImportResult:
     """Convert `src` into a mimkit checkpoint folder at `out` (plus source.json)."""
-    from mimkit.train.checkpoint import save_checkpoint
-
     out = Path(out)
     refuse_existing(out)
     loaded = load_foreign(src, fmt, overrides)
@@ -195,15 +190,11 @@ def export_checkpoint(
     checkpoint: str | Path, to: str, out: str | Path, hf_arch: str = "pretraining"
 ) -> Path:
     """Write a mimkit checkpoint as a HF folder, a timm folder or weights-only safetensors."""
-    from mimkit.train.checkpoint import load_model, save_checkpoint
-
     out = Path(out)
     refuse_existing(out)
     model, run = load_model(checkpoint)
     state = model.state_dict()
     if to == "hf":
-        from mimkit.interop.hf import write_hf_folder
-
         if hf_arch == "pretraining" and run.model.method != "mae":
             raise CheckpointError(
                 f"{checkpoint}: model.method {run.model.method!r} has no ViTMAEForPreTraining "
@@ -212,8 +203,6 @@ def export_checkpoint(
             )
         return write_hf_folder(state, run.model, out, run.data.mean, run.data.std, hf_arch)
     if to == "timm":
-        from mimkit.interop.timm import write_timm
-
         return write_timm(state, run.model, out, run.data.mean, run.data.std)
     if to == "safetensors":
         return save_checkpoint(out, model, run)

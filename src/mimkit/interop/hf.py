@@ -30,6 +30,7 @@ from mimkit.interop.common import (
     preset_for,
     split_qkv,
 )
+from mimkit.interop.safe_load import read_tensor_file
 from mimkit.models.registry import ModelConfig, resolve_model_config
 
 CONFIG_JSON = "config.json"
@@ -263,8 +264,6 @@ def model_config_to_hf_config(cfg: ModelConfig, arch: str = "pretraining") -> di
 
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a save_pretrained folder: one file, or shards listed in an index."""
-    from mimkit.interop.safe_load import read_tensor_file
-
     for name in (WEIGHTS, "pytorch_model.bin"):
         if (path / name).is_file():
             return read_tensor_file(path / name)
