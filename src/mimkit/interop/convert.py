@@ -43,23 +43,31 @@ def detect_format(path: Path) -> str:
     """Guess the format of a folder or file from its config files and parameter names."""
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
-    if path.is_dir():
-        if (path / "config.yaml").is_file() or (path / "checkpoint" / "config.yaml").is_file():
-            return "mimkit"
-        config = path / "config.json"
-        if config.is_file():
-            try:
-                tree = json.loads(config.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{config}: not valid JSON ({exc})") from exc
-            if tree.get("model_type") in ("vit_mae", "vit"):
-                return "hf"
-            if "architecture" in tree:
-                return "timm"
-        raise CheckpointError(
-            f"{path}: cannot tell the format (no config.yaml, HF or timm config.json); "
-            f"name it with --from {{{','.join(IMPORT_FORMATS)}}}"
-        )
+    return _folder_format(path) if path.is_dir() else _file_format(path)
+
+
+def _folder_format(path: Path) -> str:
+    """'mimkit' by its config.yaml, 'hf' or 'timm' by what its config.json says."""
+    if (path / "config.yaml").is_file() or (path / "checkpoint" / "config.yaml").is_file():
+        return "mimkit"
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            tree = json.loads(config.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{config}: not valid JSON ({exc})") from exc
+        if tree.get("model_type") in ("vit_mae", "vit"):
+            return "hf"
+        if "architecture" in tree:
+            return "timm"
+    raise CheckpointError(
+        f"{path}: cannot tell the format (no config.yaml, HF or timm config.json); "
+        f"name it with --from {{{','.join(IMPORT_FORMATS)}}}"
+    )
+
+
+def _file_format(path: Path) -> str:
+    """'mae' or 'timm' for a single weights file, by its suffix and parameter names."""
     if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path}: unknown file type {path.suffix!r}; expected a folder, .safetensors or "
