@@ -1,9 +1,9 @@
 """Sources beyond 2-D images: video folders, volumes, multi-band tiles and spectrograms.
 
 `load_split` in `data.sources` hands the MODAL_SOURCES here. Each returns a whole split in
-memory as (items, labels): uint8 clips (N, C, T, H, W) for `video`, uint8 volumes (N, C, D, H, W) for
-`volume`, float32 (N, C, H, W) for `multiband` and `spectrogram`. Clips and volumes may be
-longer than the model's first axis (T or D); they are cropped to it on the device.
+memory as (items, labels): uint8 clips (N, C, T, H, W) for `video`, uint8 volumes
+(N, C, D, H, W) for `volume`, float32 (N, C, H, W) for `multiband` and `spectrogram`. Clips and
+volumes may be longer than the model's first axis (T or D); they are cropped to it on the device.
 """
 
 from __future__ import annotations
