@@ -18,7 +18,7 @@ The rules:
     A new top-level module or package must be given a layer in LAYERS below.
 
 (c) An import inside a function or class body ("function-level") must say why it is lazy: a `#`
-    comment on its first line, or on the line just above it, containing
+    comment on one of its lines, or on the line just above it, containing
       - "optional": the module is an optional dependency (an extra of pyproject.toml such as
         transformers, timm, scikit-learn, matplotlib, av, tifffile, nibabel; or a torch
         submodule that older torch versions lack), e.g. `import av  # optional: mimkit[video]`;
