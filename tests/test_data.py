@@ -7,7 +7,7 @@ import torch
 from conftest import needs_fmnist
 from PIL import Image
 
-from mimkit.config import DataConfig
+from mimkit.data.config import DataConfig
 from mimkit.data.folder import ImageFolderDataset, collate_skip_corrupt, decode_image
 from mimkit.data.idx import load_fashion_mnist, read_idx
 from mimkit.data.sources import TrainSource, epoch_order, load_split

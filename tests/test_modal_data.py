@@ -8,8 +8,8 @@ import torch
 import yaml
 from conftest import needs_fmnist
 
-from mimkit.config import DataConfig
 from mimkit.data.arrays import band_stats, normalize_intensity, read_array
+from mimkit.data.config import DataConfig
 from mimkit.data.sources import load_split
 from mimkit.data.synthetic import make_spectrograms, make_tiles, make_volumes, moving_clip
 from mimkit.data.transforms import augment_clips, center_crop_leading, random_crop_leading

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from mimkit.interop.hf import model_config_to_hf_config
 from mimkit.masking import MaskingConfig
 from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.objectives.mae import MAESettings
@@ -16,9 +17,7 @@ def build_hf_mae(
     attn_implementation: str = "sdpa",
 ) -> nn.Module:
     """The same widths, depths, heads, patch, decoder, mask ratio and norm-pix loss as `cfg`."""
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
-
-    from mimkit.interop.hf import model_config_to_hf_config
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining  # optional dependency: mimkit[hf]
 
     fields = model_config_to_hf_config(resolve_model_config(cfg), "pretraining", masking, settings)
     fields.pop("model_type")  # a class attribute of ViTMAEConfig, not an argument

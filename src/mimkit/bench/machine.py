@@ -52,7 +52,7 @@ def machine_info(device: torch.device | None = None) -> dict:
         "load_avg_1m_before": round(os.getloadavg()[0], 2),  # other work on the machine
     }
     try:
-        import transformers
+        import transformers  # optional dependency: mimkit[hf]; its version is reported if present
 
         info["transformers"] = transformers.__version__
     except ImportError:

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mimkit.config import DataConfig, RunConfig
+from mimkit.config import RunConfig
+from mimkit.data.config import DataConfig
 from mimkit.data.sources import TrainSource
 from mimkit.errors import ConfigError
 from mimkit.train.loop import prepare_batch

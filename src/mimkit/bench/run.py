@@ -202,10 +202,10 @@ def markdown(record: dict) -> str:
 def plot(record: dict, path: Path) -> Path | None:
     """Bar chart of img/s: the training steps and the input pipeline paths."""
     try:
-        import matplotlib
+        import matplotlib  # optional dependency: mimkit[plot]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional dependency: mimkit[plot]
     except ImportError:
         return None
     names, values, colours = [], [], []

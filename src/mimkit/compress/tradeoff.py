@@ -86,10 +86,10 @@ def tome_tradeoff(
 def plot_tradeoff(rows: list[TomeRow], path: str | Path) -> Path | None:
     """img/s vs top-1, one point per r; None when matplotlib is not installed."""
     try:
-        import matplotlib
+        import matplotlib  # optional dependency: mimkit[plot]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional dependency: mimkit[plot]
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))

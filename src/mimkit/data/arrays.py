@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mimkit.data.folder import list_images
 from mimkit.errors import DataError
-from mimkit.train.logging import progress_interval
+from mimkit.progress import progress_interval
 
 log = logging.getLogger(__name__)
 ARRAY_EXTENSIONS = frozenset({".npy", ".npz", ".tif", ".tiff"})
@@ -47,7 +47,7 @@ def read_array(path: str | Path) -> np.ndarray:
                 return archive[archive.files[0]]
         if suffix in (".tif", ".tiff"):
             try:
-                import tifffile
+                import tifffile  # optional dependency: mimkit[tiff]
             except ImportError as exc:
                 raise DataError(
                     f"{path}: TIFF arrays need tifffile: pip install 'mimkit[tiff]'"
@@ -61,7 +61,7 @@ def read_array(path: str | Path) -> np.ndarray:
 def read_nifti(path: Path) -> np.ndarray:
     """A NIfTI volume as (D, H, W) = (z, y, x) float32, through nibabel (`mimkit[nifti]`)."""
     try:
-        import nibabel
+        import nibabel  # optional dependency: mimkit[nifti]
     except ImportError as exc:
         raise DataError(f"{path}: NIfTI volumes need nibabel: pip install 'mimkit[nifti]'") from exc
     try:

@@ -66,6 +66,17 @@ def list_images(
     return files, labels, classes
 
 
+def split_folder(root: Path, split: str) -> Path:
+    """The folder of a split: `root/train`, `root/test` or `root/val`; `root` itself for train."""
+    names = ("train",) if split == "train" else ("test", "val")
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    if split == "train":
+        return root
+    raise DataError(f"{root}: no 'test' or 'val' folder to evaluate on")
+
+
 def to_channels(image: Image.Image, channels: int, where: str) -> np.ndarray:
     """HWC uint8 array with exactly `channels` channels, by these rules only:
 

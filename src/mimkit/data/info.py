@@ -1,4 +1,4 @@
-"""`mimkit data info`: what a data folder holds, before anyone trains on it."""
+"""`mimkit data info` and `data stats`: what a data folder holds, before anyone trains on it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from mimkit.data.arrays import band_stats
+from mimkit.data.config import DataConfig
 from mimkit.data.folder import list_images
 from mimkit.data.idx import find_fashion_mnist, read_idx
+from mimkit.data.sources import load_split
 from mimkit.errors import DataError
 
 
@@ -64,3 +67,10 @@ def _describe_images(folder: Path) -> list[str]:
             + (f", e.g. {corrupt[0]}" if corrupt else "")
         )
     return lines
+
+
+def data_stats(cfg: DataConfig, channels: int, size: tuple[int, int]) -> dict[str, list[float]]:
+    """Per-channel mean and std of the training split, in the units `data.mean/std` expect."""
+    items, _ = load_split(cfg, "train", channels, size)
+    mean, std = band_stats(items)
+    return {"mean": mean, "std": std}

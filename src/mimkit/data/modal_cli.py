@@ -72,7 +72,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mimkit.config import DataConfig, load_config
-    from mimkit.data.modalities import data_stats
+    from mimkit.data.info import data_stats
 
     cfg = DataConfig(source=args.source, path=args.path)
     stats = data_stats(cfg, args.channels, tuple(args.size))

@@ -1,9 +1,9 @@
 """Sources beyond 2-D images: video folders, volumes, multi-band tiles and spectrograms.
 
-`load_split` in `data.sources` hands these names here. Each returns a whole split in memory as
-(items, labels): uint8 clips (N, C, T, H, W) for `video`, uint8 volumes (N, C, D, H, W) for
-`volume`, float32 (N, C, H, W) for `multiband` and `spectrogram`. Clips and volumes may be
-longer than the model's first axis (T or D); they are cropped to it on the device.
+`load_split` in `data.sources` hands the MODAL_SOURCES here. Each returns a whole split in
+memory as (items, labels): uint8 clips (N, C, T, H, W) for `video`, uint8 volumes
+(N, C, D, H, W) for `volume`, float32 (N, C, H, W) for `multiband` and `spectrogram`. Clips and
+volumes may be longer than the model's first axis (T or D); they are cropped to it on the device.
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ from pathlib import Path
 
 import torch
 
-from mimkit.config import DataConfig
-from mimkit.data.arrays import load_array_folder
+from mimkit.data.arrays import VOLUME_EXTENSIONS, load_array_folder, read_array
+from mimkit.data.config import DataConfig
+from mimkit.data.folder import split_folder
 from mimkit.data.video import load_video_folder
 from mimkit.errors import DataError
+
+MODAL_SOURCES = ("video", "volume", "multiband", "spectrogram")
 
 
 def load_modal_split(
     cfg: DataConfig, split: str, channels: int, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A split of a modal source; `size` is the model's (H, W)."""
-    from mimkit.data.sources import split_folder
-
     if not cfg.path:
         raise DataError(f"data.path: the {cfg.source} source needs a folder")
     folder = split_folder(Path(cfg.path), split)
@@ -44,8 +45,6 @@ def _load_volumes(
     folder: Path, channels: int, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Volumes of any depth with the model's (H, W); cut to the shallowest so they stack."""
-    from mimkit.data.arrays import VOLUME_EXTENSIONS, read_array
-
     files = [p for p in folder.rglob("*") if p.suffix.lower() in VOLUME_EXTENSIONS]
     depths = set()
     for path in files:
@@ -59,13 +58,3 @@ def _load_volumes(
     depth = max(depths)  # the common size; shallower ones are reported and skipped
     items, labels, _ = load_array_folder(folder, "volume", channels, (depth, *size))
     return items, labels
-
-
-def data_stats(cfg: DataConfig, channels: int, size: tuple[int, int]) -> dict[str, list[float]]:
-    """Per-channel mean and std of the training split, in the units `data.mean/std` expect."""
-    from mimkit.data.arrays import band_stats
-    from mimkit.data.sources import load_split
-
-    items, _ = load_split(cfg, "train", channels, size)
-    mean, std = band_stats(items)
-    return {"mean": mean, "std": std}

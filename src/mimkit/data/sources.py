@@ -15,14 +15,20 @@ from pathlib import Path
 
 import torch
 
-from mimkit.config import DataConfig
-from mimkit.data.folder import ImageFolderDataset, collate_skip_corrupt, decode_image, list_images
+from mimkit.data.config import DataConfig
+from mimkit.data.folder import (
+    ImageFolderDataset,
+    collate_skip_corrupt,
+    decode_image,
+    list_images,
+    split_folder,
+)
 from mimkit.data.idx import load_fashion_mnist, read_idx
+from mimkit.data.modalities import MODAL_SOURCES, load_modal_split
 from mimkit.errors import DataError
 
 log = logging.getLogger(__name__)
 SOURCES = ("fashion_mnist", "idx", "folder")
-MODAL_SOURCES = ("video", "volume", "multiband", "spectrogram")  # see data.modalities
 
 
 @dataclass
@@ -86,8 +92,6 @@ def load_split(
     `path` itself for the train split. Corrupt files are skipped and counted in the log.
     """
     if cfg.source in MODAL_SOURCES:
-        from mimkit.data.modalities import load_modal_split
-
         return load_modal_split(cfg, split, channels, size)
     if cfg.source not in SOURCES:
         raise DataError(
@@ -104,16 +108,6 @@ def load_split(
     where = f"{cfg.source}:{cfg.path or 'default'}:{split}"
     check_images(images, channels, size, where)
     return images, labels
-
-
-def split_folder(root: Path, split: str) -> Path:
-    names = ("train",) if split == "train" else ("test", "val")
-    for name in names:
-        if (root / name).is_dir():
-            return root / name
-    if split == "train":
-        return root
-    raise DataError(f"{root}: no 'test' or 'val' folder to evaluate on")
 
 
 def _load_folder_split(

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from mimkit.train.logging import progress_interval
+from mimkit.data.idx import load_fashion_mnist
+from mimkit.data.video import write_video
+from mimkit.progress import progress_interval
 
 log = logging.getLogger(__name__)
 SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms")
@@ -64,9 +66,6 @@ def make_moving_fmnist(
     progress: bool = True,
 ) -> Path:
     """Write moving Fashion-MNIST .mp4 clips under root/{train,test}/CLASS/."""
-    from mimkit.data.idx import load_fashion_mnist
-    from mimkit.data.video import write_video
-
     root = Path(root)
     rng = np.random.default_rng(seed)
     bar = _bar(train + test, "moving-fmnist", progress)
@@ -148,7 +147,7 @@ def make_tiles(
             if fmt == "npy":
                 np.save(path, tile)
             else:
-                import tifffile
+                import tifffile  # optional dependency: mimkit[tiff]
 
                 tifffile.imwrite(path, tile)
             bar.update()

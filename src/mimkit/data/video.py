@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from mimkit.data.folder import list_images
 from mimkit.errors import DataError
-from mimkit.train.logging import progress_interval
+from mimkit.progress import progress_interval
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"})
@@ -25,7 +25,7 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"})
 
 def _require_av():
     try:
-        import av
+        import av  # optional dependency: mimkit[video]
     except ImportError as exc:
         raise DataError(
             "video sources need PyAV: pip install 'mimkit[video]' (or pip install av)"

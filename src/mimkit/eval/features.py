@@ -11,15 +11,14 @@ import torch
 from tqdm.auto import tqdm
 
 from mimkit.data.transforms import fit_to_model, normalize
+from mimkit.errors import ConfigError
 from mimkit.models.vit import VisionTransformer
-from mimkit.train.logging import progress_interval
+from mimkit.progress import progress_interval
 
 POOLS = ("cls", "avg")
 
 
 def check_feature_settings(encoder: VisionTransformer, pool: str | None, block: int | None) -> None:
-    from mimkit.errors import ConfigError
-
     if pool is not None and pool not in POOLS:
         raise ConfigError(f"pool must be one of {list(POOLS)}, got {pool!r}")
     if pool == "cls" and encoder.num_prefix_tokens == 0:

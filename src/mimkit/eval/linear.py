@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mimkit.errors import DataError
-from mimkit.train.logging import progress_interval
+from mimkit.progress import progress_interval
 from mimkit.train.optim import lr_at, set_lr
 
 DEFAULT_LRS = (0.03, 0.1, 0.3, 1.0, 3.0)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from mimkit.data.idx import load_fashion_mnist
 from mimkit.errors import DataError
 from mimkit.masking import STRATEGIES
 
@@ -23,8 +24,6 @@ def load_gallery_image(path: str | None, size: int) -> torch.Tensor:
             raise DataError(f"{path}: cannot read image ({exc})") from exc
         arr = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255
     else:
-        from mimkit.data.idx import load_fashion_mnist
-
         arr = load_fashion_mnist("test")[0][0].float().repeat(3, 1, 1) / 255
     return F.interpolate(arr[None], size=(size, size), mode="bilinear", align_corners=False)[0]
 

@@ -13,7 +13,7 @@ from mimkit.masking import Mask
 from mimkit.objectives.base import MaskedMethod
 from mimkit.patches import unpatchify
 
-COLUMNS = ("original", "masked", "reconstruction", "pasted")
+COLUMNS = ("original", "masked", "reconstruction", "pasted")  # `masked` onwards: reconstruct's keys
 
 
 def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
@@ -22,6 +22,13 @@ def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
     if arr.shape[2] == 1:
         return np.repeat(arr, 3, axis=2)
     return arr[:, :, :3] if arr.shape[2] >= 3 else np.repeat(arr[:, :, :1], 3, axis=2)
+
+
+def _panels(
+    x: torch.Tensor, out: dict[str, torch.Tensor], mean: list[float], std: list[float]
+) -> list[torch.Tensor]:
+    """The `COLUMNS` of one figure, back in [0, 1]: the input, then reconstruct's outputs."""
+    return [denormalize(p, mean, std) for p in (x, *(out[name] for name in COLUMNS[1:]))]
 
 
 @torch.no_grad()
@@ -42,9 +49,7 @@ def reconstruction_grid(
     x = normalize(images.to(device), mean, std)
     generator = torch.Generator(device).manual_seed(seed)
     mask = model.draw_mask(len(x), device, generator)
-    out = model.reconstruct(x, mask)
-    panels = [x, out["masked"], out["reconstruction"], out["pasted"]]
-    panels = [denormalize(p, mean, std) for p in panels]
+    panels = _panels(x, model.reconstruct(x, mask), mean, std)
     if isinstance(mask, Mask):  # (MFM hides frequencies: its masked panel is the filtered image)
         # grey out hidden patches in the masked panel so they read as "missing", not "black"
         cfg = model.cfg
@@ -77,10 +82,7 @@ def clip_reconstruction_grid(
     device = next(model.parameters()).device
     x = fit_to_model(normalize(images.to(device), mean, std), model.cfg.input_size)
     mask = model.draw_mask(len(x), device, torch.Generator(device).manual_seed(seed))
-    out = model.reconstruct(x, mask)
-    panels = [
-        denormalize(p, mean, std) for p in (x, out["masked"], out["reconstruction"], out["pasted"])
-    ]
+    panels = _panels(x, model.reconstruct(x, mask), mean, std)
     hidden_patches = mask.binary[..., None].expand(-1, -1, model.cfg.patch_dim)
     hidden = model.unpatchify(hidden_patches) > 0.5
     panels[1] = torch.where(hidden, torch.full_like(panels[1], 0.5), panels[1])

@@ -17,6 +17,7 @@ from mimkit.masking import MaskingConfig
 from mimkit.models.config import PRESETS, ModelConfig, resolve_model_config
 from mimkit.models.pos_embed import resample_pos_embed
 from mimkit.objectives.mae import MAESettings, build_mae
+from mimkit.train.checkpoint import load_state_into
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,6 @@ def adapt_to_grid(
 def model_from_imported(imported: ImportedModel, run):
     """A MaskedAutoencoder holding the imported weights; without a source decoder it keeps its
     fresh initialisation (seeded), and a warning says reconstructions mean nothing yet."""
-    from mimkit.train.checkpoint import load_state_into
-
     state = adapt_to_grid(imported.state, imported.model, run.model)
     with torch.random.fork_rng(devices=[]):  # a reproducible decoder init, global RNG untouched
         torch.manual_seed(0)

@@ -17,7 +17,19 @@ from pathlib import Path
 from mimkit.config import RunConfig, config_from_dict, config_to_dict, parse_override
 from mimkit.errors import CheckpointError, ConfigError
 from mimkit.interop.common import ImportedModel, model_from_imported
+from mimkit.interop.hf import read_hf_folder, write_hf_folder
+from mimkit.interop.official_mae import read_official
+from mimkit.interop.safe_load import PICKLE_SUFFIXES, safetensors_keys
+from mimkit.interop.timm import read_timm, write_timm
 from mimkit.objectives.base import MaskedMethod
+from mimkit.train.checkpoint import (
+    MODEL_FILE,
+    load_config_file,
+    load_model,
+    read_weights,
+    resolve_checkpoint_dir,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,27 +40,33 @@ SOURCE_FILE = "source.json"
 
 def detect_format(path: Path) -> str:
     """Guess the format of a folder or file from its config files and parameter names."""
-    from mimkit.interop.safe_load import PICKLE_SUFFIXES, safetensors_keys
-
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
-    if path.is_dir():
-        if (path / "config.yaml").is_file() or (path / "checkpoint" / "config.yaml").is_file():
-            return "mimkit"
-        config = path / "config.json"
-        if config.is_file():
-            try:
-                tree = json.loads(config.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{config}: not valid JSON ({exc})") from exc
-            if tree.get("model_type") in ("vit_mae", "vit"):
-                return "hf"
-            if "architecture" in tree:
-                return "timm"
-        raise CheckpointError(
-            f"{path}: cannot tell the format (no config.yaml, HF or timm config.json); "
-            f"name it with --from {{{','.join(IMPORT_FORMATS)}}}"
-        )
+    return _folder_format(path) if path.is_dir() else _file_format(path)
+
+
+def _folder_format(path: Path) -> str:
+    """'mimkit' by its config.yaml, 'hf' or 'timm' by what its config.json says."""
+    if (path / "config.yaml").is_file() or (path / "checkpoint" / "config.yaml").is_file():
+        return "mimkit"
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            tree = json.loads(config.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{config}: not valid JSON ({exc})") from exc
+        if tree.get("model_type") in ("vit_mae", "vit"):
+            return "hf"
+        if "architecture" in tree:
+            return "timm"
+    raise CheckpointError(
+        f"{path}: cannot tell the format (no config.yaml, HF or timm config.json); "
+        f"name it with --from {{{','.join(IMPORT_FORMATS)}}}"
+    )
+
+
+def _file_format(path: Path) -> str:
+    """'mae' or 'timm' for a single weights file, by its suffix and parameter names."""
     if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path}: unknown file type {path.suffix!r}; expected a folder, .safetensors or "
@@ -71,27 +89,14 @@ def detect_format(path: Path) -> str:
 def read_source(path: Path, fmt: str) -> tuple[ImportedModel, RunConfig | None]:
     """Read weights in `fmt`; for a mimkit source also return its whole run config."""
     if fmt == "hf":
-        from mimkit.interop.hf import read_hf_folder
-
         if not path.is_dir():
             raise CheckpointError(f"{path}: Hugging Face import needs the save_pretrained folder")
         return read_hf_folder(path), None
     if fmt == "timm":
-        from mimkit.interop.timm import read_timm
-
         return read_timm(path), None
     if fmt == "mae":
-        from mimkit.interop.official_mae import read_official
-
         return read_official(path), None
     if fmt == "mimkit":
-        from mimkit.train.checkpoint import (
-            MODEL_FILE,
-            load_config_file,
-            read_weights,
-            resolve_checkpoint_dir,
-        )
-
         folder = resolve_checkpoint_dir(path)
         run = load_config_file(folder)
         state = read_weights(folder / MODEL_FILE)
@@ -168,8 +173,6 @@ def import_checkpoint(
     overrides: list[str] | tuple[str, ...] = (),
 ) -> ImportResult:
     """Convert `src` into a mimkit checkpoint folder at `out` (plus source.json)."""
-    from mimkit.train.checkpoint import save_checkpoint
-
     out = Path(out)
     refuse_existing(out)
     loaded = load_foreign(src, fmt, overrides)
@@ -193,15 +196,11 @@ def export_checkpoint(
     checkpoint: str | Path, to: str, out: str | Path, hf_arch: str = "pretraining"
 ) -> Path:
     """Write a mimkit checkpoint as a HF folder, a timm folder or weights-only safetensors."""
-    from mimkit.train.checkpoint import load_model, save_checkpoint
-
     out = Path(out)
     refuse_existing(out)
     model, run = load_model(checkpoint)
     state = model.state_dict()
     if to == "hf":
-        from mimkit.interop.hf import write_hf_folder
-
         if hf_arch == "pretraining" and run.method.name != "mae":
             raise CheckpointError(
                 f"{checkpoint}: method {run.method.name!r} has no ViTMAEForPreTraining "
@@ -212,8 +211,6 @@ def export_checkpoint(
             state, run.model, out, run.data.mean, run.data.std, hf_arch, run.masking, run.method
         )
     if to == "timm":
-        from mimkit.interop.timm import write_timm
-
         return write_timm(state, run.model, out, run.data.mean, run.data.std)
     if to == "safetensors":
         return save_checkpoint(out, model, run)

@@ -30,6 +30,7 @@ from mimkit.interop.common import (
     preset_for,
     split_qkv,
 )
+from mimkit.interop.safe_load import read_tensor_file
 from mimkit.masking import MaskingConfig
 from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.objectives.mae import MAESettings
@@ -276,8 +277,6 @@ def model_config_to_hf_config(
 
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a save_pretrained folder: one file, or shards listed in an index."""
-    from mimkit.interop.safe_load import read_tensor_file
-
     for name in (WEIGHTS, "pytorch_model.bin"):
         if (path / name).is_file():
             return read_tensor_file(path / name)

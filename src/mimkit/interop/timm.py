@@ -30,6 +30,7 @@ from mimkit.interop.common import (
     preset_for,
     square_grid,
 )
+from mimkit.interop.safe_load import read_tensor_file
 from mimkit.models.config import ModelConfig, resolve_model_config
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,6 @@ def infer_model_config(
 
 def read_timm(path: Path) -> ImportedModel:
     """A timm Hub folder (config.json + model.safetensors) or a bare state-dict file."""
-    from mimkit.interop.safe_load import read_tensor_file
-
     args: dict = {}
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     weights = path

@@ -1,13 +1,20 @@
-"""Run-folder logging: one JSON object per line in metrics.jsonl, and a console logger."""
+"""Run-folder logging: one JSON object per line in metrics.jsonl.
+
+Console logging and progress-bar pacing live in `mimkit.progress` (layer 0, so that data
+readers can use them); they are re-exported here for the modules that still import them from
+`mimkit.train.logging`.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from mimkit.progress import progress_interval, setup_console_logging
+
+__all__ = ["MetricsWriter", "progress_interval", "setup_console_logging"]
 
 
 class MetricsWriter:
@@ -21,29 +28,3 @@ class MetricsWriter:
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is at the time of the record (it may be replaced)."""
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
-def setup_console_logging(level: int = logging.INFO) -> None:
-    root = logging.getLogger("mimkit")
-    if not root.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
-def progress_interval() -> float:
-    """Seconds between progress-bar refreshes: lively on a terminal, sparse in a log file."""
-    return 0.5 if sys.stderr.isatty() else 15.0
