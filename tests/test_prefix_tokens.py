@@ -1,13 +1,87 @@
-"""Encoders without a cls token (model.cls_token=false, pool=avg): token merging protects
-only the prefix tokens the encoder has."""
+"""Encoders without a cls token (model.cls_token=false, pool=avg) and position tables at a new
+grid: the fixed sin-cos table is regenerated exactly, a learned one interpolated."""
+
+import logging
 
 import pytest
 import torch
 from conftest import tiny_model_config
+from interop_helpers import randomise_
 
 from mimkit.compress.tome import bipartite_soft_matching, tome_features, tome_tokens
+from mimkit.eval.finetune import encoder_weights
+from mimkit.interop.common import adapt_to_grid
+from mimkit.models.pos_embed import position_table, resample_pos_embed
 from mimkit.models.registry import resolve_model_config
 from mimkit.models.vit import VisionTransformer
+from mimkit.objectives.mae import build_mae
+
+
+def no_cls(**kw):
+    return resolve_model_config(tiny_model_config(cls_token=False, pool="avg", **kw))
+
+
+def test_finetune_weights_without_cls_token_load_at_a_new_size():
+    old, new = no_cls(img_size=16), no_cls(img_size=24)  # grid 4x4 -> 6x6, no prefix row
+    torch.manual_seed(0)
+    weights = build_mae(old).state_dict()
+    encoder = VisionTransformer(new)
+    encoder.load_state_dict(encoder_weights(weights, old, new))
+    assert encoder.num_prefix_tokens == 0
+    assert torch.equal(encoder.pos_embed, position_table("sincos", 32, (6, 6), cls_token=False))
+    assert encoder.features(torch.randn(2, 3, 24, 24)).shape == (2, 32)
+
+
+def test_finetune_weights_regenerate_the_sin_cos_table_with_a_cls_token():
+    old = resolve_model_config(tiny_model_config(img_size=16))
+    new = resolve_model_config(tiny_model_config(img_size=[24, 32]))
+    weights = build_mae(old).state_dict()
+    enc = encoder_weights(weights, old, new)
+    assert torch.equal(enc["pos_embed"], position_table("sincos", 32, (6, 8), cls_token=True))
+
+
+def test_finetune_weights_interpolate_a_learned_table_without_cls_token(caplog):
+    old, new = no_cls(img_size=16), no_cls(img_size=24)
+    weights = {
+        f"encoder.{k}": v for k, v in randomise_(VisionTransformer(old)).state_dict().items()
+    }
+    with caplog.at_level(logging.WARNING, logger="mimkit"):
+        enc = encoder_weights(weights, old, new)
+    assert "position embedding resampled from grid (4, 4) to (6, 6)" in caplog.text
+    expected = resample_pos_embed(weights["encoder.pos_embed"], (6, 6), (4, 4), 0)
+    assert torch.equal(enc["pos_embed"], expected)
+    assert enc["pos_embed"].shape == (1, 36, 32)
+
+
+def test_video_table_without_cls_token_is_regenerated_along_time_too():
+    old = no_cls(img_size=[4, 16, 16], tubelet_size=2, pos_embed="sincos_index")
+    new = no_cls(img_size=[8, 16, 16], tubelet_size=2, pos_embed="sincos_index")
+    enc = encoder_weights(build_mae(old).state_dict(), old, new)
+    assert torch.equal(enc["pos_embed"], VisionTransformer(new).pos_embed)
+
+
+@pytest.mark.parametrize("cls_token", [True, False])
+def test_import_at_a_new_size_regenerates_sin_cos_and_interpolates_learned(cls_token, caplog):
+    kw = dict(cls_token=cls_token, pool="cls" if cls_token else "avg")
+    old = resolve_model_config(tiny_model_config(img_size=16, **kw))
+    new = resolve_model_config(tiny_model_config(img_size=32, **kw))
+    state = {f"encoder.{k}": v for k, v in VisionTransformer(old).state_dict().items()}
+    state |= {f"decoder.{k}": v for k, v in build_mae(old).decoder.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="mimkit"):
+        fixed = adapt_to_grid(state, old, new)
+    assert "interpolating" not in caplog.text and "regenerated" in caplog.text
+    assert torch.equal(fixed["encoder.pos_embed"], VisionTransformer(new).pos_embed)
+    assert torch.equal(fixed["decoder.pos_embed"], build_mae(new).decoder.pos_embed)
+
+    learned = randomise_(VisionTransformer(old)).pos_embed  # an imported, trained table
+    prefix = 1 if cls_token else 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mimkit"):
+        out = adapt_to_grid({"encoder.pos_embed": learned}, old, new)
+    assert "interpolating position embeddings from grid (4, 4) to (8, 8)" in caplog.text
+    expected = resample_pos_embed(learned, (8, 8), (4, 4), num_prefix_tokens=prefix)
+    assert out["encoder.pos_embed"].shape == (1, prefix + 64, 32)
+    assert torch.equal(out["encoder.pos_embed"], expected)
 
 
 def tiny_encoder(**kw):

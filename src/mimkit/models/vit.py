@@ -115,6 +115,12 @@ def init_vit_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def prefix_token_count(cfg: ModelConfig) -> int:
+    """Tokens before the patch tokens (and rows before the grid rows of the position table) in
+    an encoder built from `cfg`: the cls token, if it has one."""
+    return 1 if cfg.cls_token else 0
+
+
 class VisionTransformer(nn.Module):
     """ViT encoder. `forward(x, ids_keep)` returns normalised tokens [cls, patches...]."""
 
@@ -148,7 +154,7 @@ class VisionTransformer(nn.Module):
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.cfg.cls_token else 0
+        return prefix_token_count(self.cfg)
 
     def embed(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens with position embedding, optionally only the `ids_keep` ones, plus cls."""
