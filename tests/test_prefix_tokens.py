@@ -119,3 +119,17 @@ def test_protected_prefix_tokens_stay_first_and_unmerged(protected):
     assert torch.equal(out[:, :protected], x[:, :protected])
     size = merge(torch.ones(2, 9, 1))
     assert torch.all(size[:, :protected] == 1) and torch.all(size.sum(1) == 9)
+
+
+def test_import_of_a_checkpoint_at_a_new_size_has_the_tables_a_model_built_there_has(tmp_path):
+    from mimkit.config import RunConfig
+    from mimkit.interop.convert import load_foreign
+    from mimkit.train.checkpoint import save_checkpoint
+
+    cfg = RunConfig(model=no_cls(img_size=16))
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ck", build_mae(cfg.model), cfg)
+    loaded = load_foreign(tmp_path / "ck", overrides=["model.img_size=[16,32]"]).model
+    fresh = build_mae(no_cls(img_size=[16, 32]))
+    assert torch.equal(loaded.encoder.pos_embed, fresh.encoder.pos_embed)
+    assert torch.equal(loaded.decoder.pos_embed, fresh.decoder.pos_embed)
