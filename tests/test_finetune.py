@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from mimkit.errors import ConfigError
 from mimkit.eval.finetune import FinetuneSettings, build_classifier, finetune
-from mimkit.models.pos_embed import resample_pos_embed
+from mimkit.models.pos_embed import position_table
 from mimkit.train.checkpoint import load_config_file, read_weights
 
 
@@ -51,8 +51,8 @@ def test_pretrained_weights_load_and_pos_embed_is_resampled(ckpt, caplog):
     )
     with caplog.at_level(logging.WARNING, logger="mimkit"):
         bigger = build_classifier(cfg.model, weights, 4, settings(img_size=42, drop_path=0.1))
-    assert "position embedding resampled from grid (4, 4) to (6, 6)" in caplog.text
-    expected = resample_pos_embed(weights["encoder.pos_embed"], (6, 6), (4, 4))
+    assert "resampled" not in caplog.text  # the fixed sin-cos table is regenerated, exactly
+    expected = position_table("sincos", 32, (6, 6), cls_token=True)
     assert bigger.encoder.pos_embed.shape == (1, 37, 32)
     assert torch.equal(bigger.encoder.pos_embed, expected)
     assert torch.equal(bigger.encoder.norm.weight, weights["encoder.norm.weight"])

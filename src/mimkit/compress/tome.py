@@ -2,10 +2,11 @@
 
 After each block's attention, the tokens are split alternately into sets A and B; every A
 token finds its most similar B token (cosine similarity of the attention keys, averaged over
-heads); the r most similar pairs are merged by a size-weighted average. The cls token is never
-merged. Each token carries its `size` (how many patches it stands for); with proportional
-attention, log(size) is added to the attention logits so a merged token weighs as much as the
-tokens it replaced. Fewer tokens per block means less compute in every block after it.
+heads); the r most similar pairs are merged by a size-weighted average. The encoder's prefix
+tokens (its cls token, when it has one) are never merged. Each token carries its `size` (how
+many patches it stands for); with proportional attention, log(size) is added to the attention
+logits so a merged token weighs as much as the tokens it replaced. Fewer tokens per block
+means less compute in every block after it.
 """
 
 from __future__ import annotations
@@ -21,25 +22,28 @@ from mimkit.models.vit import Attention, Block, VisionTransformer
 Merge = Callable[[torch.Tensor], torch.Tensor]
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_first: bool = True) -> Merge:
+def bipartite_soft_matching(metric: torch.Tensor, r: int, protected: int = 1) -> Merge:
     """A function that merges r tokens of any (B, N, C) tensor aligned with `metric` (B, N, K).
 
-    Returned function sums merged rows; callers divide by merged sizes for an average.
+    The first `protected` tokens (the encoder's prefix tokens) are never merged, nor merged
+    into, and stay first. Returned function sums merged rows; callers divide by merged sizes
+    for an average.
     """
     n = metric.shape[1]
-    num_a = (n + 1) // 2
-    r = min(r, num_a - int(protect_first))
+    num_a, num_b = (n + 1) // 2, n // 2
+    fixed_a, fixed_b = (protected + 1) // 2, protected // 2  # prefix tokens alternate A, B
+    r = min(r, num_a - fixed_a, num_b - fixed_b)
     if r <= 0:
         return lambda x: x
     metric = F.normalize(metric.float(), dim=-1)
     a, b = metric[:, ::2], metric[:, 1::2]
     scores = a @ b.transpose(1, 2)
-    if protect_first:
-        scores[:, 0, :] = -math.inf
+    scores[:, :fixed_a, :] = -math.inf
+    scores[:, :, :fixed_b] = -math.inf
     best, best_b = scores.max(dim=-1)  # (B, |A|)
     order = best.argsort(dim=-1, descending=True)[..., None]
     merged_a = order[:, :r]  # A tokens folded into B
-    kept_a = order[:, r:].sort(dim=1).values  # the rest keep their relative order (cls first)
+    kept_a = order[:, r:].sort(dim=1).values  # the rest keep their relative order
     target_b = best_b[..., None].gather(1, merged_a)
 
     def merge(x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +52,9 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_first: bool = 
         keep = xa.gather(1, kept_a.expand(-1, -1, c))
         moved = xa.gather(1, merged_a.expand(-1, -1, c))
         xb = xb.scatter_reduce(1, target_b.expand(-1, -1, c), moved, reduce="sum")
-        return torch.cat([keep, xb], dim=1)
+        # the protected tokens are the first of `keep` and of `xb`, untouched: put them back first
+        rest = [keep[:, fixed_a:], xb[:, fixed_b:]]
+        return torch.cat([x[:, :protected], *rest], dim=1)
 
     return merge
 
@@ -75,11 +81,17 @@ def attention_with_keys(
 
 
 def block_with_merging(
-    block: Block, x: torch.Tensor, size: torch.Tensor, r: int, proportional: bool
+    block: Block,
+    x: torch.Tensor,
+    size: torch.Tensor,
+    r: int,
+    proportional: bool,
+    protected: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block with r tokens merged after its attention; the first `protected` never are."""
     y, keys = attention_with_keys(block.attn, block.norm1(x), size if proportional else None)
     x = x + block.drop_path(y)
-    merge = bipartite_soft_matching(keys, r, protect_first=True)
+    merge = bipartite_soft_matching(keys, r, protected)
     x, size = merge_weighted(merge, x, size)
     x = x + block.drop_path(block.mlp(block.norm2(x)))
     return x, size
@@ -94,7 +106,7 @@ def tome_tokens(
     size = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
     for block in encoder.blocks:
         if r > 0:
-            x, size = block_with_merging(block, x, size, r, proportional)
+            x, size = block_with_merging(block, x, size, r, proportional, encoder.num_prefix_tokens)
         else:
             x = block(x)
     return encoder.norm(x), size
@@ -114,6 +126,7 @@ def tome_features(
     finally:
         encoder.train(was_training)
     if encoder.cfg.pool == "avg":
-        weights = size[:, 1:]
-        return (tokens[:, 1:] * weights).sum(1) / weights.sum(1)
-    return tokens[:, 0]
+        prefix = encoder.num_prefix_tokens
+        weights = size[:, prefix:]
+        return (tokens[:, prefix:] * weights).sum(1) / weights.sum(1)
+    return encoder.pool(tokens)

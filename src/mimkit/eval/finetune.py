@@ -33,8 +33,8 @@ from mimkit.data.transforms import normalize
 from mimkit.errors import ConfigError
 from mimkit.eval.mixup import mix_batch, soft_cross_entropy
 from mimkit.models.config import ModelConfig, resolve_model_config
-from mimkit.models.pos_embed import resample_pos_embed
-from mimkit.models.vit import VisionTransformer
+from mimkit.models.pos_embed import adapt_pos_embed
+from mimkit.models.vit import VisionTransformer, prefix_token_count
 from mimkit.train.checkpoint import (
     MODEL_FILE,
     load_state_into,
@@ -164,10 +164,13 @@ def finetune_model_config(base: ModelConfig, s: FinetuneSettings) -> ModelConfig
 def encoder_weights(
     weights: dict[str, torch.Tensor], old: ModelConfig, new: ModelConfig
 ) -> dict[str, torch.Tensor]:
-    """The `encoder.*` part of a full checkpoint, position embeddings resampled to `new`'s grid."""
+    """The `encoder.*` part of a full checkpoint, its position table made for `new`'s grid
+    (the fixed sin-cos table regenerated, a learned one interpolated)."""
     enc = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
-    if "pos_embed" in enc and tuple(old.grid_hw) != tuple(new.grid_hw):
-        enc["pos_embed"] = resample_pos_embed(enc["pos_embed"], new.grid_hw, old.grid_hw)
+    if "pos_embed" in enc:
+        enc["pos_embed"] = adapt_pos_embed(
+            enc["pos_embed"], old.pos_embed, old.grid_shape, new.grid_shape, prefix_token_count(old)
+        )
     return enc
 
 

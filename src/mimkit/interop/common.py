@@ -15,7 +15,8 @@ import torch
 from mimkit.errors import CheckpointError, ConfigError
 from mimkit.masking import MaskingConfig
 from mimkit.models.config import PRESETS, ModelConfig, resolve_model_config
-from mimkit.models.pos_embed import resample_pos_embed
+from mimkit.models.pos_embed import adapt_pos_embed, is_fixed_table
+from mimkit.models.vit import prefix_token_count
 from mimkit.objectives.mae import MAESettings, build_mae
 from mimkit.train.checkpoint import load_state_into
 
@@ -105,21 +106,28 @@ def apply_model_overrides(model: ModelConfig, overrides: dict) -> ModelConfig:
 def adapt_to_grid(
     state: dict[str, torch.Tensor], old: ModelConfig, new: ModelConfig
 ) -> dict[str, torch.Tensor]:
-    """Resample encoder and decoder position tables when `new` has another patch grid (logged)."""
-    if old.grid_hw == new.grid_hw:
+    """Encoder and decoder position tables made for `new`'s patch grid: the fixed sin-cos table
+    regenerated exactly, a learned one (imported) interpolated, loudly."""
+    if old.grid_shape == new.grid_shape:
         return state
-    log.warning(
-        "loading at image size %s (weights were made for %s): interpolating position embeddings "
-        "from grid %s to %s",
-        new.image_hw,
-        old.image_hw,
-        old.grid_hw,
-        new.grid_hw,
-    )
+    keys = [key for key in ("encoder.pos_embed", "decoder.pos_embed") if key in state]
+    prefix = prefix_token_count(old)
+    learned = [
+        key for key in keys if not is_fixed_table(state[key], old.pos_embed, old.grid_shape, prefix)
+    ]
+    where = f"loading at image size {new.input_size} (weights were made for {old.input_size})"
+    grids = f"from grid {old.grid_shape} to {new.grid_shape}"
+    if learned:
+        log.warning(
+            "%s: interpolating position embeddings %s (%s)", where, grids, ", ".join(learned)
+        )
+    else:
+        log.info("%s: sin-cos position tables regenerated %s", where, grids)
     state = dict(state)
-    for key in ("encoder.pos_embed", "decoder.pos_embed"):
-        if key in state:
-            state[key] = resample_pos_embed(state[key], new.grid_hw, old.grid_hw)
+    for key in keys:
+        state[key] = adapt_pos_embed(
+            state[key], old.pos_embed, old.grid_shape, new.grid_shape, prefix
+        )
     return state
 
 

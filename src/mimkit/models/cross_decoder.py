@@ -41,6 +41,10 @@ class CrossAttentionBlock(nn.Module):
 
 
 class CrossMAEDecoder(nn.Module):
+    # The table keeps a zero cls row in front, as MAE's decoder table: the queries are hidden
+    # patches only, so it is never read, but checkpoints keep the table's shape.
+    table_prefix_rows = 1
+
     def __init__(
         self,
         encoder_dim: int,
@@ -68,20 +72,25 @@ class CrossMAEDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_vit_weights)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters weight decay must leave alone beyond biases and norms: the mask token."""
+        return {"mask_token"}
+
     def forward(
         self, encoder_layers: list[torch.Tensor], ids_predict: torch.Tensor
     ) -> torch.Tensor:
-        """`encoder_layers`: the encoder's block outputs (last one normalised), each (B, 1+K, D).
+        """`encoder_layers`: the encoder's block outputs (last one normalised), each
+        (B, prefix + K, D): the queries attend to the prefix tokens too.
 
         Returns predictions (B, M, out_dim) for the patches `ids_predict` (B, M).
         """
-        pos = self.pos_embed[:, 1:].expand(ids_predict.shape[0], -1, -1)
+        pos = self.pos_embed[:, self.table_prefix_rows :].expand(ids_predict.shape[0], -1, -1)
         pos = torch.gather(pos, 1, ids_predict[..., None].expand(-1, -1, pos.shape[-1]))
         x = self.mask_token + pos
         if self.layer_mix is None:
             memories = [self.embed(encoder_layers[-1])] * len(self.blocks)
         else:
-            stacked = torch.stack(encoder_layers)  # (L, B, 1+K, D)
+            stacked = torch.stack(encoder_layers)  # (L, B, prefix + K, D)
             weights = self.layer_mix.softmax(dim=-1)  # (depth, L)
             mixed = torch.einsum("dl,lbnc->dbnc", weights.to(stacked.dtype), stacked)
             memories = list(self.embed(mixed).unbind(0))

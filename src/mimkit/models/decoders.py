@@ -12,9 +12,10 @@ from mimkit.models.vit import Block, init_vit_weights
 class MAEDecoder(nn.Module):
     """MAE's lightweight decoder: visible latents + mask tokens, unshuffled, through a small ViT.
 
-    Input is the encoder output for [cls, visible...]; output is one prediction per patch, in
-    patch order, with the cls position dropped. `grid_hw` is the patch grid of any rank;
-    `cls_token=False` and `pos_embed='sincos_index'` give VideoMAE's decoder.
+    Input is the encoder output for [prefix..., visible...] (`cls_token`: whether the encoder
+    has a cls token in front); output is one prediction per patch, in patch order, the prefix
+    dropped. `grid_hw` is the patch grid of any rank; `cls_token=False` and
+    `pos_embed='sincos_index'` give VideoMAE's decoder.
     """
 
     def __init__(
@@ -36,7 +37,7 @@ class MAEDecoder(nn.Module):
         """`head` replaces the linear prediction layer (G2SD: an MLP to teacher features) and
         `final_norm=False` drops the norm before it (G2SD reads pre-norm decoder tokens)."""
         super().__init__()
-        self.prefix = 1 if cls_token else 0
+        self.num_prefix_tokens = 1 if cls_token else 0
         self.embed = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", position_table(pos_embed, dim, grid_hw, cls_token))
@@ -48,8 +49,12 @@ class MAEDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_vit_weights)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters weight decay must leave alone beyond biases and norms: the mask token."""
+        return {"mask_token"}
+
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        return self.pred(self.norm(self.hidden(latent, ids_restore)))[:, self.prefix :]
+        return self.pred(self.norm(self.hidden(latent, ids_restore)))[:, self.num_prefix_tokens :]
 
     def hidden(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """The decoder's tokens after its blocks, before its norm: (B, prefix + N, dim).
@@ -58,7 +63,7 @@ class MAEDecoder(nn.Module):
         """
         x = self.embed(latent)
         b, n = ids_restore.shape
-        k = self.prefix
+        k = self.num_prefix_tokens
         visible = x[:, k:]
         masks = self.mask_token.expand(b, n - visible.shape[1], -1)
         tokens = torch.cat([visible, masks], dim=1)
@@ -77,7 +82,7 @@ class MAEDecoder(nn.Module):
         the whole grid), each with its position embedding; the output is (B, M, out_dim).
         """
         x = self.embed(latent)
-        k = self.prefix
+        k = self.num_prefix_tokens
         grid_pos = self.pos_embed[:, k:].expand(x.shape[0], -1, -1)
 
         def pos(ids: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ VideoMAE's 1-D table over the flat token index, with interleaved sin/cos channel
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -83,13 +84,59 @@ def position_table(kind: str, dim: int, grid: tuple[int, ...], cls_token: bool) 
     return sincos_grid(dim, tuple(grid), cls_token)[None]
 
 
+def is_fixed_table(
+    pos_embed: torch.Tensor, kind: str, grid: tuple[int, ...], num_prefix_tokens: int
+) -> bool:
+    """Whether the grid rows of a (1, prefix + N, D) table are the fixed `kind` table at `grid`.
+
+    A mimkit model's table always is (it is a buffer, never trained); an imported one may have
+    been learned (supervised timm weights), and then it is not.
+    """
+    grid_rows = pos_embed[:, num_prefix_tokens:]
+    if grid_rows.shape[1] != math.prod(grid):
+        return False
+    fixed = position_table(kind, pos_embed.shape[-1], tuple(grid), cls_token=False)
+    # compared at the table's own precision, so a half-precision copy still counts as fixed
+    return torch.allclose(grid_rows.float(), fixed.to(pos_embed.dtype).float(), rtol=0, atol=1e-5)
+
+
+def adapt_pos_embed(
+    pos_embed: torch.Tensor,
+    kind: str,
+    old_grid: tuple[int, ...],
+    new_grid: tuple[int, ...],
+    num_prefix_tokens: int,
+) -> torch.Tensor:
+    """A (1, prefix + prod(old_grid), D) table made for `new_grid`; the prefix rows are kept.
+
+    The fixed sin-cos table (`kind`, as the model config names it) is regenerated exactly at
+    the new grid, since that is the table a model built at the new size has; only a learned
+    table is interpolated (bicubic, 2-D grids, with a warning).
+    """
+    if tuple(new_grid) == tuple(old_grid):
+        return pos_embed
+    if not is_fixed_table(pos_embed, kind, old_grid, num_prefix_tokens):
+        if len(old_grid) != 2 or len(new_grid) != 2:
+            raise ValueError(
+                f"a learned position table can only be interpolated on 2-D grids, not from "
+                f"{tuple(old_grid)} to {tuple(new_grid)}"
+            )
+        return resample_pos_embed(pos_embed, new_grid, old_grid, num_prefix_tokens)
+    log.info("fixed %s position table regenerated for grid %s", kind, tuple(new_grid))
+    grid = position_table(kind, pos_embed.shape[-1], tuple(new_grid), cls_token=False)
+    return torch.cat([pos_embed[:, :num_prefix_tokens], grid.to(pos_embed.dtype)], dim=1)
+
+
 def resample_pos_embed(
     pos_embed: torch.Tensor,
     new_grid: tuple[int, int],
     old_grid: tuple[int, int],
     num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
-    """Bicubically resize a (1, prefix+H*W, D) table to a new grid; prefix rows are kept."""
+    """Bicubically resize a (1, prefix+H*W, D) table to a new grid; prefix rows are kept.
+
+    For learned tables; a fixed sin-cos table is regenerated instead (`adapt_pos_embed`).
+    """
     if tuple(new_grid) == tuple(old_grid):
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]

@@ -115,8 +115,30 @@ def init_vit_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def prefix_token_count(cfg: ModelConfig) -> int:
+    """Tokens before the patch tokens (and rows before the grid rows of the position table) in
+    an encoder built from `cfg`: the cls token, if it has one."""
+    return 1 if cfg.cls_token else 0
+
+
+def layer_id_of(name: str, depth: int) -> int:
+    """Layer of a parameter of a `depth`-block encoder, by its name in the encoder: the
+    embeddings 0, block i -> i + 1, anything else (the final norm) depth + 1."""
+    root = name.split(".", 1)[0]
+    if root in ("patch_embed", "cls_token", "pos_embed"):
+        return 0
+    if root == "blocks":
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
 class VisionTransformer(nn.Module):
-    """ViT encoder. `forward(x, ids_keep)` returns normalised tokens [cls, patches...]."""
+    """ViT encoder. `forward(x, ids_keep)` returns normalised tokens [prefix..., patches...].
+
+    The prefix is the cls token when `cfg.cls_token`, else empty; code that splits prefix from
+    patch tokens reads `num_prefix_tokens`. The encoder also owns the other facts about its
+    parameters that training needs (timm's names): `no_weight_decay()` and `layer_id(name)`.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -148,10 +170,23 @@ class VisionTransformer(nn.Module):
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.cfg.cls_token else 0
+        """Tokens before the patch tokens in every sequence this encoder makes: 1 (cls) or 0."""
+        return prefix_token_count(self.cfg)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters weight decay must leave alone beyond biases and norms (which
+        `train.optim` tells by shape): the cls token, and a position table if it is learned."""
+        own = dict(self.named_parameters(recurse=False))
+        return {name for name in ("cls_token", "pos_embed") if name in own}
+
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter `name` (as this module names it) for layer-wise lr decay: the
+        embeddings 0, block i -> i + 1, the final norm `len(blocks) + 1`."""
+        return layer_id_of(name, len(self.blocks))
 
     def embed(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch tokens with position embedding, optionally only the `ids_keep` ones, plus cls."""
+        """Patch tokens with position embedding, optionally only the `ids_keep` ones, after the
+        prefix tokens: (B, num_prefix_tokens + N or K, D)."""
         if x.shape[1] != self.cfg.in_chans:
             raise ValueError(f"expected {self.cfg.in_chans} input channels, got {x.shape[1]}")
         if x.ndim != 2 + len(self.cfg.input_size):
@@ -159,14 +194,18 @@ class VisionTransformer(nn.Module):
                 f"expected a {2 + len(self.cfg.input_size)}-D batch (B, C, *{self.cfg.input_size}), "
                 f"got shape {tuple(x.shape)}"
             )
-        prefix = self.num_prefix_tokens
-        tokens = self.patch_embed(x) + self.pos_embed[:, prefix:]
+        tokens = self.patch_embed(x) + self.pos_embed[:, self.num_prefix_tokens :]
         if ids_keep is not None:
             tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
-        if not prefix:
+        return self.with_prefix(tokens)
+
+    def with_prefix(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, K, D) patch tokens (positions added) -> (B, num_prefix_tokens + K, D), the prefix
+        tokens first, each with its own row of the position table."""
+        if not self.num_prefix_tokens:
             return tokens
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        return torch.cat([cls, tokens], dim=1)
+        prefix = self.cls_token + self.pos_embed[:, : self.num_prefix_tokens]
+        return torch.cat([prefix.expand(tokens.shape[0], -1, -1), tokens], dim=1)
 
     def forward(
         self,

@@ -126,7 +126,8 @@ class G2SD(nn.Module):
             raise teacher_missing(self.settings)
         teacher = self.teacher.model
         latent = teacher.encoder(images, mask.ids_keep)
-        hidden = teacher.decoder.hidden(latent, mask.ids_restore)[:, teacher.decoder.prefix :]
+        hidden = teacher.decoder.hidden(latent, mask.ids_restore)
+        hidden = hidden[:, teacher.decoder.num_prefix_tokens :]
         return F.layer_norm(hidden.float(), hidden.shape[-1:])
 
     def reconstruct(self, images: torch.Tensor, mask: Mask) -> dict[str, torch.Tensor]:

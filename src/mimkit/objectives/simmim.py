@@ -68,14 +68,10 @@ class SimMIM(nn.Module):
     def encode_masked(self, images: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Encoder output for all tokens, hidden patches entering as the mask token."""
         enc = self.encoder
-        prefix = enc.num_prefix_tokens
         tokens = enc.patch_embed(images)
         w = hidden[..., None].to(tokens.dtype)
         tokens = tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
-        h = tokens + enc.pos_embed[:, prefix:]
-        if prefix:
-            cls = (enc.cls_token + enc.pos_embed[:, :prefix]).expand(h.shape[0], -1, -1)
-            h = torch.cat([cls, h], dim=1)
+        h = enc.with_prefix(tokens + enc.pos_embed[:, enc.num_prefix_tokens :])
         for block in enc.blocks:
             h = block(h)
         return enc.norm(h)

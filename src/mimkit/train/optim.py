@@ -7,19 +7,35 @@ import math
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "dist_token")
+from mimkit.models.vit import layer_id_of
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters that `model`'s modules exclude from weight decay.
+
+    Every module that defines timm's `no_weight_decay()` (the encoder: its cls token; a decoder:
+    its mask token) is asked, wherever it sits in the model.
+    """
+    names = set()
+    for prefix, module in model.named_modules():
+        own = getattr(module, "no_weight_decay", None)
+        if callable(own):
+            names |= {f"{prefix}.{name}" if prefix else name for name in own()}
+    return names
+
+
+def decays(name: str, param: nn.Parameter, exempt: set[str]) -> bool:
+    """Matrices decay; biases, norms and other 1-D parameters and the `exempt` names do not."""
+    return not (param.ndim <= 1 or name.endswith(".bias") or name in exempt)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices decay; norms, biases, embeddings' tokens and 1-D params do not."""
+    """Two groups: parameters that decay (matrices) and those that do not (see `decays`)."""
+    exempt = no_weight_decay_names(model)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        if param.requires_grad:
+            (decay if decays(name, param, exempt) else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -45,40 +61,51 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def vit_layer_id(name: str, num_blocks: int) -> int:
-    """Depth of a ViT parameter for layer-wise decay: embeddings 0, block i -> i+1, the rest top.
+    """Depth of a parameter for layer-wise decay when only its name is known: the name is read
+    as the ViT encoder's own (`encoder.` prefix or none), anything else is at the top."""
+    return layer_id_of(name.removeprefix("encoder."), num_blocks)
 
-    Names are relative to the encoder or prefixed with `encoder.` (timm's names either way).
-    """
-    name = name.removeprefix("encoder.")
-    if name.startswith(("patch_embed", "cls_token", "pos_embed", "mask_token", "dist_token")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_blocks + 1
+
+def encoders_with_layer_ids(model: nn.Module) -> dict[str, nn.Module]:
+    """Module name -> module, for each module of `model` that numbers its own layers."""
+    return {
+        prefix: module
+        for prefix, module in model.named_modules()
+        if callable(getattr(module, "layer_id", None))
+    }
 
 
 def layer_decay_param_groups(
-    model: nn.Module, weight_decay: float, layer_decay: float, num_blocks: int
+    model: nn.Module, weight_decay: float, layer_decay: float, num_blocks: int | None = None
 ) -> list[dict]:
     """Param groups with `lr_scale = layer_decay ** (num_blocks + 1 - layer_id)` (BEiT/MAE).
 
-    The head and final norm train at the full rate, each block below at `layer_decay` times the
-    one above; weight decay is split as in `param_groups`. `set_lr` applies the scales.
+    The encoder (the module of `model` that defines `layer_id`) numbers its parameters; all
+    others (the head) are at the top, `num_blocks + 1`, and train at the full rate, each block
+    below at `layer_decay` times the one above. `num_blocks` is the encoder's depth, read from
+    it when not given. Weight decay is split as in `param_groups`; `set_lr` applies the scales.
     """
+    encoders = encoders_with_layer_ids(model)
+    if len(encoders) != 1:
+        raise ValueError(f"layer decay needs one encoder with layer ids, found {sorted(encoders)}")
+    where, encoder = next(iter(encoders.items()))
+    depth = len(encoder.blocks)
+    if num_blocks is not None and num_blocks != depth:
+        raise ValueError(f"num_blocks {num_blocks} does not match the encoder's depth {depth}")
+    exempt = no_weight_decay_names(model)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = (
-            param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES
-        )
-        layer = vit_layer_id(name, num_blocks)
+        inside = where == "" or name.startswith(where + ".")
+        layer = encoder.layer_id(name.removeprefix(where + ".")) if inside else depth + 1
+        no_decay = not decays(name, param, exempt)
         group = groups.setdefault(
             (layer, no_decay),
             {
                 "params": [],
                 "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": layer_decay ** (num_blocks + 1 - layer),
+                "lr_scale": layer_decay ** (depth + 1 - layer),
                 "layer_id": layer,
             },
         )
