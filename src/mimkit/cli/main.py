@@ -56,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mimkit.train.logging import setup_console_logging
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may also come after options, e.g. `--no-resume a.b=1`
@@ -66,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    # imported after parsing: --help imports nothing of train/
+    from mimkit.train.logging import setup_console_logging
+
     setup_console_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
