@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from mimkit import __version__
 from mimkit.cli import bench, compress, data, interop, pretrain
 from mimkit.cli import eval as evaluate
 from mimkit.cli import inspect as inspection
@@ -22,7 +23,7 @@ COMMAND_GROUPS = (pretrain, evaluate, data, interop, compress, inspection, bench
 
 
 class _Version(argparse.Action):
-    """`--version`: looked up only when asked for (importlib.metadata scans the installed packages)."""
+    """`--version`: the version is looked up only when asked for."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
         super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, **kwargs)
@@ -34,14 +35,13 @@ class _Version(argparse.Action):
 
 def version() -> str:
     """The installed distribution's version; the package's own when mimkit is not installed."""
+    # imported when asked: importlib.metadata costs a little on every start
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
 
     try:
         return dist_version("mimkit")
     except PackageNotFoundError:
-        from mimkit import __version__
-
         return __version__
 
 
