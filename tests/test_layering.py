@@ -22,7 +22,9 @@ The rules:
       - "optional": the module is an optional dependency (an extra of pyproject.toml such as
         transformers, timm, scikit-learn, matplotlib, av, tifffile, nibabel; or a torch
         submodule that older torch versions lack), e.g. `import av  # optional: mimkit[video]`;
-      - or, in the cli (layer 7) only, "start": deferred so that `mimkit --help` starts fast.
+      - or, in the cli (layer 7) only, "start" or "--help": deferred so that `mimkit --help`
+        starts fast.
+    A comment just above a block of consecutive imports (blank lines allowed) covers the block.
     This holds for every imported module, mimkit's own, torch, numpy and the standard library:
     anything else belongs at the top of the file. An import of an optional dependency at module
     level inside `try:` is module-level and needs no comment.
@@ -58,7 +60,7 @@ LAYERS = {
 }
 CLI_LAYER = 7
 LAZY_REASON = re.compile(r"#.*\boptional\b", re.IGNORECASE)
-FAST_START_REASON = re.compile(r"#.*\bstart", re.IGNORECASE)
+FAST_START_REASON = re.compile(r"#.*(\bstart|--help)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,17 @@ def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+IMPORT_LINE = re.compile(r"^\s*(import|from)\s|^\s*[\w, ]+,?$|^\s*\)$")
+
+
 def _has_reason(lines: list[str], node: ast.stmt, module: str) -> bool:
-    # the statement's own lines (a multi-line `from x import (...)` may carry it on any)
-    # and the line above it
-    nearby = lines[max(0, node.lineno - 2) : node.end_lineno or node.lineno]
+    # the statement's own lines (a multi-line `from x import (...)` may carry it on any), the
+    # line above it, and the line above the block of imports it belongs to (one comment may
+    # say why a group of consecutive lazy imports is lazy)
+    first = node.lineno - 1
+    while first > 0 and (IMPORT_LINE.match(lines[first - 1]) or not lines[first - 1].strip()):
+        first -= 1
+    nearby = lines[max(0, first - 1) : node.end_lineno or node.lineno]
     if any(LAZY_REASON.search(line) for line in nearby):
         return True
     return layer_of(module) == CLI_LAYER and any(FAST_START_REASON.search(ln) for ln in nearby)
@@ -288,6 +297,7 @@ def test_reader_sees_function_level_and_relative_imports():
         "def f():\n"
         "    # optional: mimkit[tiff]\n"
         "    import tifffile\n"
+        "def h():\n"
         "    from mimkit.train import loop  # no reason given\n"
         "class A:\n"
         "    def g(self):\n"

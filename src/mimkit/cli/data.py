@@ -1,23 +1,35 @@
-"""`mimkit data synth` (make test data here) and `mimkit data stats` (per-band mean/std)."""
+"""`mimkit data info|synth|stats`: summarise a data folder, make test data, per-band mean/std."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import yaml
 
 from mimkit.errors import ConfigError
 
 
-def add_data_synth(dsub: argparse._SubParsersAction) -> None:
-    from mimkit.data.synthetic import SYNTH_KINDS
-
-    p = dsub.add_parser(
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect data")
+    dsub = p.add_subparsers(dest="action", required=True)
+    info = dsub.add_parser("info", help="summarise a data folder (IDX files or images)")
+    info.add_argument("path", help="folder of IDX files or of images, or 'fashion_mnist'")
+    info.set_defaults(func=cmd_data_info)
+    dsub.add_parser(
         "synth",
         help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms",
+        configure=_synth_options,
     )
-    p.add_argument("kind", choices=SYNTH_KINDS)
+    _add_stats(dsub)
+
+
+def _synth_options(p: argparse.ArgumentParser) -> None:
+    # deferred to first use, for a fast --help: the kinds live beside the generators (numpy)
+    from mimkit.data.synthetic import SYNTH_KINDS
+
+    p.add_argument("kind", choices=SYNTH_KINDS, help="what to generate")
     p.add_argument("out", help="folder to write root/{train,test}/CLASS/ into")
     p.add_argument("--train", type=int, help="training items (default per kind)")
     p.add_argument("--test", type=int, help="test items (default per kind)")
@@ -25,11 +37,40 @@ def add_data_synth(dsub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64, help="moving-fmnist canvas / tile side")
     p.add_argument("--bands", type=int, default=6, help="tiles: number of bands")
     p.add_argument("--format", default="npy", choices=("npy", "tif"), help="tiles: file format")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator")
     p.set_defaults(func=cmd_data_synth)
 
 
+def _add_stats(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "stats", help="per-channel (band) mean/std of a training split, for data.mean/data.std"
+    )
+    p.add_argument("path", help="data folder (with train/ or the items themselves)")
+    p.add_argument(
+        "--source",
+        required=True,
+        choices=("multiband", "spectrogram", "volume", "video", "folder"),
+        help="how to read the folder",
+    )
+    p.add_argument("--channels", type=int, required=True, help="channels (bands) per item")
+    p.add_argument(
+        "--size", type=int, nargs=2, required=True, metavar=("H", "W"), help="item size in pixels"
+    )
+    p.add_argument("--config", help="also write mean/std into this YAML config's data section")
+    p.set_defaults(func=cmd_data_stats)
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.data.info import describe
+
+    for line in describe(args.path):
+        print(line)
+    return 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
+    # numpy and the generators load only when the command runs (a fast --help)
     from mimkit.data import synthetic
 
     counts = {k: v for k, v in (("train", args.train), ("test", args.test)) if v is not None}
@@ -51,26 +92,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_stats(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "stats", help="per-channel (band) mean/std of a training split, for data.mean/data.std"
-    )
-    p.add_argument("path", help="data folder (with train/ or the items themselves)")
-    p.add_argument(
-        "--source",
-        required=True,
-        choices=("multiband", "spectrogram", "volume", "video", "folder"),
-        help="how to read the folder",
-    )
-    p.add_argument("--channels", type=int, required=True, help="channels (bands) per item")
-    p.add_argument("--size", type=int, nargs=2, required=True, metavar=("H", "W"))
-    p.add_argument("--config", help="also write mean/std into this YAML config's data section")
-    p.set_defaults(func=cmd_data_stats)
-
-
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    # torch loads only when a command runs: --help stays fast
     from mimkit.config import DataConfig, load_config
     from mimkit.data.info import data_stats
 

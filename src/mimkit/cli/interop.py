@@ -1,22 +1,24 @@
-"""Sub-commands `mimkit export` and `mimkit import`; registered by `mimkit.cli.build_parser`."""
+"""`mimkit export` and `mimkit import`: mimkit checkpoints to and from HF, timm and official MAE."""
 
 from __future__ import annotations
 
 import argparse
 
 
-def add_interop_commands(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="write a checkpoint for Hugging Face, timm, or as weights-only safetensors"
     )
     p.add_argument("checkpoint", help="mimkit checkpoint folder (or the run folder holding it)")
-    p.add_argument("--to", required=True, choices=("hf", "timm", "safetensors"))
+    p.add_argument(
+        "--to", required=True, choices=("hf", "timm", "safetensors"), help="target format"
+    )
     p.add_argument("out", help="output folder")
     p.add_argument(
         "--hf-arch",
         default="pretraining",
         choices=("pretraining", "vit"),
-        help="hf: ViTMAEForPreTraining with decoder (default) or ViTModel (encoder only)",
+        help="hf: ViTMAEForPreTraining with decoder or ViTModel (encoder only)",
     )
     p.set_defaults(func=cmd_export)
 
@@ -40,6 +42,7 @@ def add_interop_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
     from mimkit.interop.convert import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.to, args.out, args.hf_arch)
@@ -53,6 +56,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
     from mimkit.interop.convert import import_checkpoint
 
     result = import_checkpoint(args.src, args.out, args.fmt, args.overrides)

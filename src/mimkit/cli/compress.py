@@ -6,31 +6,46 @@ import argparse
 import json
 from pathlib import Path
 
-from mimkit.compress.importance import METHODS
+from mimkit.cli.parsing import DEVICE_HELP
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prune", help="remove whole encoder blocks, data-free (or by oracle)")
-    p.add_argument("checkpoint")
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser(
+        "prune",
+        help="remove whole encoder blocks, data-free (or by oracle)",
+        configure=_prune_options,
+    )
+    t = sub.add_parser("tome", help="token merging: img/s vs kNN top-1 for several r")
+    t.add_argument("checkpoint", help="checkpoint folder (or the run folder holding it)")
+    t.add_argument("--r", type=int, nargs="+", default=[0, 1, 2, 3], help="tokens merged per block")
+    t.add_argument("--train-limit", type=int, default=10000, help="kNN bank size")
+    t.add_argument("--batch-size", type=int, default=256, help="images per timed forward pass")
+    t.add_argument("--device", default="auto", help=DEVICE_HELP)
+    t.set_defaults(func=cmd_tome)
+
+
+def _prune_options(p: argparse.ArgumentParser) -> None:
+    # deferred to first use, for a fast --help: the method names live beside their torch code
+    from mimkit.compress.importance import METHODS
+
+    p.add_argument("checkpoint", help="checkpoint folder (or the run folder holding it)")
     p.add_argument("out", help="folder for the pruned checkpoint")
-    p.add_argument("--method", choices=[*METHODS, "oracle"], default="entropy")
+    p.add_argument(
+        "--method",
+        choices=[*METHODS, "oracle"],
+        default="entropy",
+        help="block importance score; oracle: kNN accuracy lost without each block",
+    )
     p.add_argument("--keep", type=int, required=True, help="number of blocks to keep")
     p.add_argument("--bins", type=int, default=256, help="histogram bins of the entropy estimator")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--train-limit", type=int, default=10000, help="oracle: kNN bank size")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_prune)
-
-    t = sub.add_parser("tome", help="token merging: img/s vs kNN top-1 for several r")
-    t.add_argument("checkpoint")
-    t.add_argument("--r", type=int, nargs="+", default=[0, 1, 2, 3], help="tokens merged per block")
-    t.add_argument("--train-limit", type=int, default=10000, help="kNN bank size")
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--device", default="auto")
-    t.set_defaults(func=cmd_tome)
 
 
 def _splits_for(cfg, train_limit: int | None):
+    # torch loads only when a command runs: --help stays fast
     from mimkit.data.sources import load_labelled_splits
 
     return load_labelled_splits(cfg.data, cfg.model.in_chans, cfg.model.image_hw, train_limit)
@@ -38,6 +53,7 @@ def _splits_for(cfg, train_limit: int | None):
 
 def _knn_oracle(args: argparse.Namespace):
     """Block sensitivities by kNN on the checkpoint's own labelled data."""
+    # torch loads only when a command runs: --help stays fast
     from mimkit.compress.oracle import knn_probe, oracle_sensitivity
     from mimkit.train.checkpoint import load_model
     from mimkit.train.runtime import pick_device
@@ -49,6 +65,7 @@ def _knn_oracle(args: argparse.Namespace):
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
     from mimkit.compress.prune import prune_checkpoint
 
     oracle = _knn_oracle(args) if args.method == "oracle" else None
@@ -65,6 +82,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_tome(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
     from mimkit.compress.tradeoff import plot_tradeoff, rows_as_dicts, tome_tradeoff
     from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device

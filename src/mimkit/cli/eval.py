@@ -1,8 +1,7 @@
-"""`mimkit eval linear|finetune|fewshot`: argument parsing, printing and JSON next to the checkpoint.
+"""`mimkit eval knn|linear|fewshot|finetune`: argument parsing, printing and JSON beside the checkpoint.
 
-Kept out of cli.py so each protocol's command lives beside the others; cli.py registers them
-with one call. Every command accepts `--random-init` (the same architecture, untrained: the
-floor) and the `--data/--source/--train-limit` options of `eval knn`.
+Every protocol accepts `--random-init` (the same architecture, untrained: the floor) and
+`--data/--source/--train-limit`; all but finetune read features through the on-disk cache.
 """
 
 from __future__ import annotations
@@ -10,24 +9,87 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import torch
+from mimkit.cli.parsing import DEVICE_HELP
 
 FEATURE_CACHE_DIR = "features"
 
+# --help of `eval finetune`'s options, which are made from FinetuneSettings' fields
+FINETUNE_HELP = {
+    "epochs": "training epochs",
+    "batch_size": "images per step",
+    "base_lr": "peak lr = base_lr * batch_size / 256",
+    "min_lr": "lr at the end of the cosine schedule",
+    "warmup_epochs": "epochs of linear lr warm-up",
+    "weight_decay": "AdamW weight decay",
+    "betas": "AdamW betas",
+    "layer_decay": "lr factor per block from the head down (1: the same lr everywhere)",
+    "drop_path": "stochastic depth rate",
+    "label_smoothing": "label smoothing of the cross-entropy",
+    "mixup": "mixup Beta(alpha, alpha); 0 turns it off (MAE: 0.8 for 100 epochs)",
+    "cutmix": "cutmix alpha; 0 turns it off (MAE: 1.0 for 100 epochs)",
+    "mix_switch_prob": "with mixup and cutmix both on: chance of cutmix for a batch",
+    "clip_grad": "clip the gradient norm to this (default: no clipping)",
+    "img_size": "fine-tune at this image side, position tables resampled (default: the "
+    "checkpoint's)",
+    "pool": "default: the checkpoint's model.pool",
+    "teacher": "a fine-tuned classifier's checkpoint: distil its predictions (G2SD's "
+    "specific stage) through a second head",
+    "seed": "seed of the head, data order and augmentation",
+    "amp": "mixed precision: auto, bf16, fp16 or off",
+    "max_steps": "stop after this many steps (smoke runs; resumable)",
+}
 
-def add_common_args(p: argparse.ArgumentParser) -> None:
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    esub = p.add_subparsers(dest="protocol", required=True)
+
+    knn = esub.add_parser("knn", help="weighted cosine kNN on frozen features")
+    add_common_args(knn, train_limit_help="use only the first N training items as the bank")
+    knn.add_argument("-k", "--k", type=int, default=20, help="neighbours that vote")
+    knn.add_argument(
+        "--temperature", type=float, default=0.07, help="softmax temperature of the votes"
+    )
+    add_feature_args(knn)
+    knn.set_defaults(func=cmd_eval_knn)
+
+    esub.add_parser(
+        "linear",
+        help="linear probe (BN + linear) on cached frozen features",
+        configure=_linear_options,
+    )
+
+    few = esub.add_parser("fewshot", help="linear probe on 1/5/10 labelled items per class")
+    add_common_args(few)
+    add_feature_args(few)
+    few.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10], help="items per class")
+    few.add_argument("--seeds", type=int, default=5, help="number of random draws per shot count")
+    few.add_argument("--l2", type=float, default=1e-2, help="L2 strength of the probe (fixed)")
+    few.set_defaults(func=cmd_eval_fewshot)
+
+    esub.add_parser(
+        "finetune",
+        help="fine-tune the whole encoder with a linear head",
+        configure=_finetune_options,
+    )
+
+
+def add_common_args(
+    p: argparse.ArgumentParser, train_limit_help: str = "use only the first N training items"
+) -> None:
+    """The checkpoint and the data it is evaluated on: shared by every protocol."""
     p.add_argument("checkpoint", help="checkpoint folder (or the run folder holding it)")
     p.add_argument("--data", help="data path (default: the checkpoint's own data config)")
     p.add_argument("--source", help="data source for --data: fashion_mnist, idx or folder")
-    p.add_argument("--train-limit", type=int, help="use only the first N training items")
+    p.add_argument("--train-limit", type=int, help=train_limit_help)
     p.add_argument(
         "--random-init", action="store_true", help="evaluate the same architecture untrained"
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def add_feature_args(p: argparse.ArgumentParser) -> None:
@@ -37,63 +99,126 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
 
 
-def add_eval_protocols(esub: argparse._SubParsersAction) -> None:
-    """Register linear, fewshot and finetune under `mimkit eval`."""
+def _linear_options(p: argparse.ArgumentParser) -> None:
+    # deferred to first use, for a fast --help: the defaults live beside the probe's torch code
     from mimkit.eval.linear import DEFAULT_LRS, ProbeSettings
 
-    lin = esub.add_parser("linear", help="linear probe (BN + linear) on cached frozen features")
-    add_common_args(lin)
-    add_feature_args(lin)
-    lin.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULT_LRS), help="lr grid")
-    lin.add_argument(
+    add_common_args(p)
+    add_feature_args(p)
+    p.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULT_LRS), help="lr grid")
+    p.add_argument(
         "--val-fraction", type=float, default=0.1, help="part of train held out to pick the lr"
     )
-    lin.add_argument("--epochs", type=int, default=ProbeSettings.epochs)
-    lin.add_argument("--batch-size", type=int, default=ProbeSettings.batch_size)
-    lin.add_argument("--seed", type=int, default=0)
-    lin.set_defaults(func=cmd_eval_linear)
+    p.add_argument("--epochs", type=int, default=ProbeSettings.epochs, help="probe epochs")
+    p.add_argument(
+        "--batch-size", type=int, default=ProbeSettings.batch_size, help="features per step"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the probe")
+    p.set_defaults(func=cmd_eval_linear)
 
-    few = esub.add_parser("fewshot", help="linear probe on 1/5/10 labelled items per class")
-    add_common_args(few)
-    add_feature_args(few)
-    few.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
-    few.add_argument("--seeds", type=int, default=5, help="number of random draws per shot count")
-    few.add_argument("--l2", type=float, default=1e-2, help="L2 strength of the probe (fixed)")
-    few.set_defaults(func=cmd_eval_fewshot)
 
-    ft = esub.add_parser("finetune", help="fine-tune the whole encoder with a linear head")
-    add_common_args(ft)
-    ft.add_argument("--out", help="run folder (default: next to the checkpoint's run folder)")
-    ft.add_argument("--no-resume", action="store_true", help="start over even if --out holds one")
+def _finetune_options(p: argparse.ArgumentParser) -> None:
+    """One option per FinetuneSettings field, but train_limit and device (common options) and progress."""
+    # deferred to first use, for a fast --help: the settings live beside the fine-tuning torch code
     from mimkit.eval.finetune import FinetuneSettings
 
+    add_common_args(p)
+    p.add_argument("--out", help="run folder (default: next to the checkpoint's run folder)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds one")
     skip = {"train_limit", "device", "progress"}
     for f in fields(FinetuneSettings):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
+        help_text = FINETUNE_HELP.get(f.name, f"FinetuneSettings.{f.name}")
         if f.name == "betas":
-            ft.add_argument(flag, type=float, nargs=2, default=list(default))
+            p.add_argument(flag, type=float, nargs=2, default=list(default), help=help_text)
         elif f.name == "pool":
-            ft.add_argument(flag, choices=("cls", "avg"), default=None)
+            p.add_argument(flag, choices=("cls", "avg"), default=None, help=help_text)
         elif f.name == "teacher":
-            ft.add_argument(
-                flag,
-                help="a fine-tuned classifier's checkpoint: distil its predictions (G2SD's "
-                "specific stage) through a second head",
-            )
+            p.add_argument(flag, help=help_text)
         else:
             kind = {int: int, float: float, str: str}.get(type(default), float)
             if f.name in ("img_size", "max_steps"):
                 kind = int
-            ft.add_argument(flag, type=kind, default=default)
-    ft.set_defaults(func=cmd_eval_finetune)
+            p.add_argument(flag, type=kind, default=default, help=help_text)
+    p.set_defaults(func=cmd_eval_finetune)
+
+
+def use_data_args(cfg, args: argparse.Namespace) -> None:
+    """Point the run config's data section at --data/--source when given."""
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.data.sources import guess_source
+
+    if args.data:
+        cfg.data.path = args.data
+        cfg.data.source = args.source or guess_source(args.data)
+    elif args.source:
+        cfg.data.source = args.source
+
+
+def cmd_eval_knn(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
+    import torch
+
+    from mimkit.data.sources import load_labelled_splits
+    from mimkit.eval.knn import knn_evaluate
+    from mimkit.train.checkpoint import load_model, method_from_config, resolve_checkpoint_dir
+    from mimkit.train.runtime import pick_device
+
+    device = pick_device(args.device)
+    model, cfg = load_model(args.checkpoint, device)
+    if args.random_init:
+        torch.manual_seed(cfg.train.seed)
+        model = method_from_config(cfg).to(device)
+    use_data_args(cfg, args)
+    splits = load_labelled_splits(
+        cfg.data, cfg.model.in_chans, cfg.model.image_hw, args.train_limit
+    )
+    cache = None if args.no_cache else resolve_checkpoint_dir(args.checkpoint) / FEATURE_CACHE_DIR
+    result = knn_evaluate(
+        model.encoder,
+        splits,
+        cfg.data.mean,
+        cfg.data.std,
+        args.k,
+        args.temperature,
+        device,
+        cache_dir=cache,
+        pool=args.pool,
+        block=args.block,
+    )
+    name = "random-init" if args.random_init else "pretrained"
+    print(
+        f"kNN top-1 ({name}, k={args.k}, T={args.temperature}, bank {result.train_items}, test {result.test_items}): {100 * result.top1:.2f}%"
+    )
+    out = (
+        resolve_checkpoint_dir(args.checkpoint)
+        / f"eval_knn{'_random_init' if args.random_init else ''}.json"
+    )
+    out.write_text(
+        json.dumps(
+            {
+                "top1": result.top1,
+                "k": args.k,
+                "temperature": args.temperature,
+                "train_items": result.train_items,
+                "test_items": result.test_items,
+                "random_init": args.random_init,
+                "seconds": round(result.seconds, 2),
+            },
+            indent=1,
+        )
+    )
+    return 0
 
 
 def load_target(args: argparse.Namespace):
     """(encoder, run config, checkpoint folder, device), honouring --random-init/--data/--source."""
-    from mimkit.data.sources import guess_source
+    # torch loads only when a command runs: --help stays fast
+    import torch
+
     from mimkit.train.checkpoint import load_model, method_from_config, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device
 
@@ -103,16 +228,13 @@ def load_target(args: argparse.Namespace):
     if args.random_init:
         torch.manual_seed(cfg.train.seed)  # the initialisation pretraining started from
         model = method_from_config(cfg).to(device).eval()
-    if args.data:
-        cfg.data.path = args.data
-        cfg.data.source = args.source or guess_source(args.data)
-    elif args.source:
-        cfg.data.source = args.source
+    use_data_args(cfg, args)
     return model.encoder, cfg, folder, device
 
 
 def load_features(args: argparse.Namespace) -> dict[str, Any]:
     """Train/test features and labels for the target, from the cache when possible."""
+    # torch loads only when a command runs: --help stays fast
     from mimkit.data.sources import load_labelled_splits
     from mimkit.eval.cache import cached_features
 
@@ -152,6 +274,7 @@ def _name(args: argparse.Namespace) -> str:
 
 
 def cmd_eval_linear(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
     from mimkit.eval.linear import ProbeSettings, linear_probe
 
     start = time.perf_counter()
@@ -197,6 +320,7 @@ def cmd_eval_linear(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_fewshot(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
     from mimkit.eval.fewshot import fewshot_evaluate
 
     start = time.perf_counter()
@@ -237,8 +361,7 @@ def cmd_eval_fewshot(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_finetune(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
+    # torch loads only when a command runs: --help stays fast
     from mimkit.eval.finetune import FinetuneSettings, finetune
     from mimkit.train.checkpoint import (
         MODEL_FILE,
@@ -249,13 +372,7 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
 
     folder = resolve_checkpoint_dir(args.checkpoint)
     cfg = load_config_file(folder)
-    if args.data:
-        from mimkit.data.sources import guess_source
-
-        cfg.data.path = args.data
-        cfg.data.source = args.source or guess_source(args.data)
-    elif args.source:
-        cfg.data.source = args.source
+    use_data_args(cfg, args)
     values = {
         f.name: getattr(args, f.name) for f in fields(FinetuneSettings) if hasattr(args, f.name)
     }

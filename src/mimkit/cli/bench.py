@@ -1,0 +1,95 @@
+"""`mimkit bench`: time our MAE training step against transformers', then the input pipeline."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mimkit.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time the MAE training step (vs transformers) and the input pipeline",
+        description="Time our MAE training step side by side with transformers' "
+        "ViTMAEForPreTraining at the same configuration (img/s, step time, peak memory, MFU), "
+        "then the input pipeline alone. Writes JSON, markdown and PNG.",
+    )
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.decoder_depth=4")
+    p.add_argument("--config", help="YAML preset to take the model from (default: none)")
+    p.add_argument("--preset", help="model preset (default vit_base without --config)")
+    p.add_argument("--img-size", type=int, help="image side in pixels (default 224)")
+    p.add_argument("--batch", type=int, default=64, help="images per step")
+    p.add_argument("--steps", type=int, default=10, help="timed blocks per model (median)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (and compile)")
+    p.add_argument("--block", type=int, help="steps per timed block (default: 5 GPU, 1 CPU)")
+    p.add_argument("--no-hf", action="store_true", help="skip transformers")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the input pipeline")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the folder")
+    p.add_argument("--pipeline-items", type=int, help="images in the pipeline test")
+    p.add_argument("--folder", help="time this image folder instead of synthetic JPEGs")
+    p.add_argument("--peak-tflops", type=float, help="hardware peak for MFU (GPUs: looked up)")
+    p.add_argument("--out", help="result .json (default runs/bench/<model>_<device>.json)")
+    p.set_defaults(func=cmd_bench)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The `mimkit bench ...` line that reproduces this run, recorded in the results."""
+    flags = {
+        "--config": args.config,
+        "--preset": args.preset,
+        "--img-size": args.img_size,
+        "--batch": args.batch,
+        "--steps": args.steps,
+        "--warmup": args.warmup,
+        "--block": args.block,
+        "--workers": args.workers,
+        "--pipeline-items": args.pipeline_items,
+        "--folder": args.folder,
+        "--peak-tflops": args.peak_tflops,
+        "--out": args.out,
+    }
+    parts = [f"{k} {v}" for k, v in flags.items() if v is not None]
+    parts += [f for f, on in (("--no-hf", args.no_hf), ("--no-pipeline", args.no_pipeline)) if on]
+    return " ".join(["mimkit bench", *parts, *args.overrides])
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.bench.run import markdown, run_benchmark, write_results
+    from mimkit.config import load_config
+
+    if args.batch < 1 or args.steps < 1 or args.warmup < 0:
+        raise ConfigError("--batch and --steps must be >= 1 and --warmup >= 0")
+    if not args.no_pipeline and args.workers < 1:
+        raise ConfigError(
+            "--workers: the image-folder test decodes in DataLoader workers; use >= 1"
+        )
+    base = []
+    if args.preset or not args.config:
+        base.append(f"model.preset={args.preset or 'vit_base'}")
+    if args.img_size:
+        base.append(f"model.img_size={args.img_size}")
+    cfg = load_config(args.config, base + list(args.overrides))
+    record = run_benchmark(
+        cfg,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        block=args.block,
+        with_hf=not args.no_hf,
+        pipeline=not args.no_pipeline,
+        workers=args.workers,
+        pipeline_items=args.pipeline_items,
+        folder=args.folder,
+        peak_tflops=args.peak_tflops,
+        command=_command_line(args),
+    )
+    device = record["device"].split(":")[0]
+    name = f"mae_{cfg.model.preset}_{cfg.model.image_hw[0]}_b{args.batch}_{device}.json"
+    out = Path(args.out) if args.out else Path("runs/bench") / name
+    print(markdown(record), end="")
+    for path in write_results(record, out):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,41 @@
+"""`mimkit pretrain`: train an encoder by masked modelling from a YAML preset plus overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain an encoder by masked modelling")
+    p.add_argument("config", help="YAML preset, e.g. configs/fmnist_mae_tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=1")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over even if out_dir holds a checkpoint"
+    )
+    p.add_argument(
+        "--no-eval", action="store_true", help="skip the kNN report and reconstruction image"
+    )
+    p.set_defaults(func=cmd_pretrain)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.config import load_config
+    from mimkit.report import pretrain_report
+    from mimkit.train.distributed import env_context
+    from mimkit.train.loop import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    result = pretrain(cfg, resume=not args.no_resume)
+    if not env_context().is_main:
+        return 0  # under torchrun, rank 0 reports
+    print(
+        f"checkpoint: {result.checkpoint}  (steps {result.steps}, final loss {result.final_loss:.4f})"
+    )
+    if result.corrupt_skipped:
+        print(f"skipped corrupt images: {result.corrupt_skipped}")
+    if not args.no_eval:
+        report = pretrain_report(result.model, result.cfg, result.sample_images)
+        for line in report["lines"]:
+            print(line)
+    return 0
