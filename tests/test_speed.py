@@ -9,7 +9,7 @@ from test_data import make_idx_folder
 
 from mimkit.config import load_config
 from mimkit.errors import ConfigError
-from mimkit.objectives.mae import build_mae
+from mimkit.objectives.mae import MaskedAutoencoder, build_mae
 from mimkit.train.speed import checkpoint_blocks, to_device_async, want_compile
 from mimkit.train.step import GuardedStep, supports_sync_free
 
@@ -144,7 +144,7 @@ def test_loop_with_sync_free_steps_skips_counts_and_halts(tmp_path, monkeypatch)
     from mimkit.errors import TrainingHalted
     from mimkit.train import loop
 
-    real_adamw, real_forward = torch.optim.AdamW, loop.MaskedAutoencoder.forward
+    real_adamw, real_forward = torch.optim.AdamW, MaskedAutoencoder.forward
     monkeypatch.setattr(
         torch.optim, "AdamW", lambda *a, **k: real_adamw(*a, **{**k, "fused": True})
     )
@@ -157,7 +157,7 @@ def test_loop_with_sync_free_steps_skips_counts_and_halts(tmp_path, monkeypatch)
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(loop.MaskedAutoencoder, "forward", sometimes_nan)
+    monkeypatch.setattr(MaskedAutoencoder, "forward", sometimes_nan)
     data = make_idx_folder(tmp_path / "idx", n_train=64, n_test=16)
 
     def cfg(out, *extra):

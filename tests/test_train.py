@@ -8,7 +8,7 @@ from test_data import make_idx_folder
 
 from mimkit.config import load_config
 from mimkit.errors import CheckpointError, ConfigError, TrainingHalted
-from mimkit.train import loop
+from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.train.checkpoint import load_model, save_checkpoint
 from mimkit.train.loop import pretrain
 
@@ -69,14 +69,14 @@ def test_nonfinite_losses_skip_then_halt_keeping_last_checkpoint(tmp_path, monke
     cfg = run_cfg(tmp_path, "nan", "train.max_nonfinite=3")
     pretrain(run_cfg(tmp_path, "nan", "train.max_steps=2"))
     good = weights(tmp_path / "nan" / "checkpoint")
-    real_forward = loop.MaskedAutoencoder.forward
+    real_forward = MaskedAutoencoder.forward
 
     def nan_forward(self, *args, **kwargs):
         out = real_forward(self, *args, **kwargs)
         out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(loop.MaskedAutoencoder, "forward", nan_forward)
+    monkeypatch.setattr(MaskedAutoencoder, "forward", nan_forward)
     with pytest.raises(TrainingHalted, match="halted after 3 non-finite losses"):
         pretrain(cfg)
     after = weights(tmp_path / "nan" / "checkpoint")
@@ -90,7 +90,7 @@ def test_nonfinite_losses_skip_then_halt_keeping_last_checkpoint(tmp_path, monke
 
 def test_a_single_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch):
     cfg = run_cfg(tmp_path, "one", "train.max_steps=4")
-    real_forward = loop.MaskedAutoencoder.forward
+    real_forward = MaskedAutoencoder.forward
     calls = {"n": 0}
 
     def sometimes_nan(self, *args, **kwargs):
@@ -100,7 +100,7 @@ def test_a_single_nonfinite_step_is_skipped_and_counted(tmp_path, monkeypatch):
             out.loss = out.loss * float("inf")
         return out
 
-    monkeypatch.setattr(loop.MaskedAutoencoder, "forward", sometimes_nan)
+    monkeypatch.setattr(MaskedAutoencoder, "forward", sometimes_nan)
     result = pretrain(cfg)
     assert result.steps == 4 and result.nonfinite_skipped == 1
     assert all(torch.isfinite(v).all() for v in weights(result.checkpoint).values())
