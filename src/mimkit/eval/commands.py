@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +64,10 @@ def add_eval_protocols(esub: argparse._SubParsersAction) -> None:
     add_common_args(ft)
     ft.add_argument("--out", help="run folder (default: next to the checkpoint's run folder)")
     ft.add_argument("--no-resume", action="store_true", help="start over even if --out holds one")
-    from mimkit.eval.finetune import FinetuneSettings
+    from mimkit.eval.finetune import finetune_flags
 
     skip = {"train_limit", "device", "progress"}
-    for f in fields(FinetuneSettings):
+    for f in finetune_flags():
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -238,9 +237,7 @@ def cmd_eval_fewshot(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_finetune(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from mimkit.eval.finetune import FinetuneSettings, finetune
+    from mimkit.eval.finetune import finetune, finetune_flags, settings_record, split_settings
     from mimkit.train.checkpoint import (
         MODEL_FILE,
         load_config_file,
@@ -257,21 +254,21 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
         cfg.data.source = args.source or guess_source(args.data)
     elif args.source:
         cfg.data.source = args.source
-    values = {
-        f.name: getattr(args, f.name) for f in fields(FinetuneSettings) if hasattr(args, f.name)
-    }
+    values = {f.name: getattr(args, f.name) for f in finetune_flags() if hasattr(args, f.name)}
     values["betas"] = tuple(values["betas"])
-    settings = FinetuneSettings(**values)  # train_limit and device come from the common args
+    train, ft = split_settings(values)  # train_limit and device come from the common args
     weights = None if args.random_init else read_weights(folder / MODEL_FILE)
     default_out = folder.parent / ("finetune_random_init" if args.random_init else "finetune")
     out = Path(args.out) if args.out else default_out
-    result = finetune(cfg, weights, settings, out, resume=not args.no_resume)
+    result = finetune(cfg, weights, train, ft, out, resume=not args.no_resume)
     print(
         f"fine-tune top-1 ({_name(args)}, {result.epochs} epoch(s), {result.steps} steps, "
         f"train {result.train_items}, test {result.test_items}): {100 * result.top1:.2f}%  "
         f"(final train loss {result.final_loss:.4f}; {result.seconds:.0f} s; run folder {out})"
     )
-    record = dict(asdict(settings), top1=result.top1, steps=result.steps, epochs_done=result.epochs)
+    record = dict(
+        settings_record(train, ft), top1=result.top1, steps=result.steps, epochs_done=result.epochs
+    )
     record.update(
         train_items=result.train_items,
         test_items=result.test_items,
