@@ -140,3 +140,55 @@ def test_nonfinite_losses_are_skipped_counted_and_halt_like_pretraining(
     calls.update(n=0, bad=set(range(1000)))
     with pytest.raises(TrainingHalted, match="halted after 3 non-finite losses"):
         finetune(cfg, weights, *settings(max_nonfinite=3), tmp_path / "halt")
+
+
+TORCHRUN_FINETUNE = """
+import sys
+from pathlib import Path
+
+from mimkit.eval.finetune import finetune, split_settings
+from mimkit.train.checkpoint import load_config_file, read_weights
+
+ckpt, out, parallel = sys.argv[1:4]
+train, ft = split_settings(
+    dict(epochs=1, batch_size=8, drop_path=0.0, warmup_epochs=0.5, progress=False, log_every=1)
+)
+train.parallel = parallel
+finetune(load_config_file(Path(ckpt)), read_weights(Path(ckpt) / "model.safetensors"), train, ft, out)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_fine_tune_like_one_with_the_same_global_batch(ckpt, tmp_path, parallel):
+    import json
+    import subprocess
+    import sys
+
+    cfg, weights = load_config_file(ckpt), read_weights(ckpt / "model.safetensors")
+    kw = dict(epochs=1, batch_size=16, drop_path=0.0, log_every=1)  # drop-path draws per rank
+    one = finetune(cfg, weights, *settings(**kw), tmp_path / "one")
+    script = tmp_path / "ft.py"
+    script.write_text(TORCHRUN_FINETUNE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*cmd, str(script), str(ckpt), str(tmp_path / "two"), parallel],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["loss"] for x in lines if json.loads(x)["event"] == "train"]
+
+    start = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["world_size"] == 2 and start["parallel"] == parallel
+    assert len(losses("one")) == one.steps == 4
+    assert losses("two") == pytest.approx(losses("one"), rel=1e-5)
+    a = load_file(one.checkpoint / "model.safetensors")
+    b = load_file(tmp_path / "two" / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)

@@ -244,6 +244,7 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
         read_weights,
         resolve_checkpoint_dir,
     )
+    from mimkit.train.distributed import env_context
 
     folder = resolve_checkpoint_dir(args.checkpoint)
     cfg = load_config_file(folder)
@@ -261,6 +262,8 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
     default_out = folder.parent / ("finetune_random_init" if args.random_init else "finetune")
     out = Path(args.out) if args.out else default_out
     result = finetune(cfg, weights, train, ft, out, resume=not args.no_resume)
+    if not env_context().is_main:
+        return 0  # under torchrun, rank 0 reports
     print(
         f"fine-tune top-1 ({_name(args)}, {result.epochs} epoch(s), {result.steps} steps, "
         f"train {result.train_items}, test {result.test_items}): {100 * result.top1:.2f}%  "
