@@ -398,6 +398,18 @@ def _check_same_settings(out: Path, record: dict) -> None:
             )
 
 
+def _labelled_data(
+    cfg: RunConfig, base: ModelConfig
+) -> tuple[TrainSource, torch.Tensor, torch.Tensor, int]:
+    """(training source, test images, test labels, number of classes), at the native size."""
+    source = TrainSource(cfg.data, base.in_chans, base.image_hw, cfg.train.seed)
+    x_test, y_test = load_split(cfg.data, "test", base.in_chans, base.image_hw)
+    if (source.labels < 0).any():
+        raise ConfigError("finetune: the training data has unlabelled items")
+    num_classes = int(max(int(source.labels.max()), int(y_test.max()))) + 1
+    return source, x_test, y_test, num_classes
+
+
 def finetune(
     base_cfg: RunConfig,
     weights: dict[str, torch.Tensor] | None,
@@ -432,18 +444,12 @@ def _finetune(
     start_time = time.perf_counter()
     device = pick_device(device_name)
     base = resolve_model_config(base_cfg.model)
-    cfg = copy.deepcopy(base_cfg)
+    cfg = copy.deepcopy(base_cfg)  # the classifier's run config, saved with its checkpoint
     cfg.model = finetune_model_config(base, ft)
     cfg.data.limit = ft.train_limit
     cfg.train = train
     cfg.out_dir = str(out)
-
-    source = TrainSource(cfg.data, base.in_chans, base.image_hw, train.seed)
-    x_test, y_test = load_split(cfg.data, "test", base.in_chans, base.image_hw)
-    num_classes = int(max(int(source.labels.max()), int(y_test.max()))) + 1
-    if (source.labels < 0).any():
-        raise ConfigError("finetune: the training data has unlabelled items")
-
+    source, x_test, y_test, num_classes = _labelled_data(cfg, base)
     model = build_classifier(base, weights, num_classes, ft, train.seed).to(device)
     teacher = None
     if ft.teacher:

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -127,7 +127,6 @@ def train_loop(run: LoopParts, state: TrainerState, batch_loss: BatchLoss) -> fl
     return books.last_loss
 
 
-@dataclass
 class Bookkeeper:
     """Counters, metrics lines, the progress bar and the non-finite halt, off the loop's page.
 
@@ -135,20 +134,15 @@ class Bookkeeper:
     are read back only at log and save times.
     """
 
-    run: LoopParts
-    state: TrainerState
-    last_loss: float = math.nan
-    metrics: MetricsWriter | None = field(init=False)
-    bar: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        run, plan = self.run, self.run.schedule
+    def __init__(self, run: LoopParts, state: TrainerState) -> None:
+        self.run, self.state, plan = run, state, run.schedule
+        self.last_loss = math.nan  # mean loss of the last logged window
         self.metrics = (
             MetricsWriter(Path(run.cfg.out_dir) / "metrics.jsonl") if run.ctx.is_main else None
         )
         self.bar = tqdm(
             total=plan.stop_at * plan.effective_batch,
-            initial=self.state.step * plan.effective_batch,
+            initial=state.step * plan.effective_batch,
             unit="img",
             unit_scale=True,
             disable=not (run.cfg.train.progress and run.ctx.is_main),
@@ -158,10 +152,10 @@ class Bookkeeper:
         )
         self._window_start, self._window_imgs, self._corrupt_since = time.perf_counter(), 0, 0
         self._loss_sum, self._loss_n = 0.0, 0
-        if self.state.step == 0:
-            self.record(event="start", **self._setup())
+        if state.step == 0:
+            self.record(event="start", **self._start_fields())
 
-    def _setup(self) -> dict[str, Any]:
+    def _start_fields(self) -> dict[str, Any]:
         run, plan, tc = self.run, self.run.schedule, self.run.cfg.train
         return dict(
             device=str(run.device),
