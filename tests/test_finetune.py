@@ -1,5 +1,6 @@
 """Fine-tuning: resume is exact, pretrained weights arrive (resampled at a new resolution), it learns."""
 
+import json
 import logging
 
 import pytest
@@ -115,13 +116,21 @@ def test_specific_distillation_learns_a_frozen_teachers_classes(ckpt, tmp_path):
         finetune(cfg, weights, *settings(teacher=str(teacher_run.checkpoint)), tmp_path / "bad")
 
 
+@pytest.mark.parametrize("sync_free", [False, True])
 def test_nonfinite_losses_are_skipped_counted_and_halt_like_pretraining(
-    ckpt, tmp_path, monkeypatch
+    ckpt, tmp_path, monkeypatch, sync_free
 ):
-    """A NaN loss must never reach the weights: skipped and counted, halting after max_nonfinite."""
+    """A NaN loss must never reach the weights: skipped and counted, halting after max_nonfinite.
+
+    `sync_free` forces the GPU path on the CPU (fused AdamW, the skip decided on the device)."""
     from mimkit.errors import TrainingHalted
     from mimkit.eval.finetune import ViTClassifier
 
+    if sync_free:
+        real_adamw = torch.optim.AdamW
+        monkeypatch.setattr(
+            torch.optim, "AdamW", lambda *a, **k: real_adamw(*a, **{**k, "fused": True})
+        )
     cfg, weights = load_config_file(ckpt), read_weights(ckpt / "model.safetensors")
     real_forward = ViTClassifier.forward
     calls = {"n": 0, "bad": {2}}
@@ -132,14 +141,16 @@ def test_nonfinite_losses_are_skipped_counted_and_halt_like_pretraining(
         return logits * float("nan") if calls["n"] in calls["bad"] else logits
 
     monkeypatch.setattr(ViTClassifier, "forward", sometimes_nan)
-    result = finetune(cfg, weights, *settings(epochs=1, max_steps=3), tmp_path / "one")
+    result = finetune(cfg, weights, *settings(max_steps=3, log_every=1), tmp_path / "one")
     after = load_file(result.checkpoint / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in after.values())
     assert result.steps == 3 and result.nonfinite_skipped == 1
+    start = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0]
+    assert json.loads(start)["sync_free_steps"] is sync_free
 
     calls.update(n=0, bad=set(range(1000)))
     with pytest.raises(TrainingHalted, match="halted after 3 non-finite losses"):
-        finetune(cfg, weights, *settings(max_nonfinite=3), tmp_path / "halt")
+        finetune(cfg, weights, *settings(max_nonfinite=3, log_every=1), tmp_path / "halt")
 
 
 TORCHRUN_FINETUNE = """
@@ -161,7 +172,6 @@ finetune(load_config_file(Path(ckpt)), read_weights(Path(ckpt) / "model.safetens
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_fine_tune_like_one_with_the_same_global_batch(ckpt, tmp_path, parallel):
-    import json
     import subprocess
     import sys
 
