@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mimkit.config import TrainConfig
-from mimkit.data.sources import TrainSource
 from mimkit.errors import ConfigError
 from mimkit.train.optim import lr_at, scaled_lr
+
+if TYPE_CHECKING:  # annotations only: the state needs no data code
+    from mimkit.data.sources import TrainSource
 
 log = logging.getLogger(__name__)
 
