@@ -68,7 +68,7 @@ FINETUNE_TRAIN_DEFAULTS = dict(
     warmup_epochs=0.2,
     weight_decay=0.05,
     betas=[0.9, 0.999],
-    compile=False,
+    compile=False,  # as before: runs are short and compile time would dominate them
 )
 #: The train fields a fine-tune is set by (flags of `mimkit eval finetune`, `finetune.json`).
 TRAIN_SETTINGS = (
