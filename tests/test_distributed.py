@@ -14,7 +14,8 @@ from mimkit.config import load_config
 from mimkit.data.sources import TrainSource
 from mimkit.errors import ConfigError
 from mimkit.train.distributed import DistContext, env_context
-from mimkit.train.loop import _resume_position, draw_mask, prepare_batch, pretrain
+from mimkit.train.loop import draw_mask, prepare_batch, pretrain
+from mimkit.train.state import TrainerState
 
 CONFIG = "configs/fmnist_mae_tiny.yaml"
 
@@ -133,16 +134,16 @@ def test_augmentation_and_masks_of_a_row_do_not_depend_on_the_split(tmp_path):
 
 def test_resume_position_carries_over_to_another_global_batch():
     # saved at micro-step 3 of an epoch with global batch 16 (48 images seen)
-    state = {"epoch": 1, "micro_step": 3, "step": 7}
-    _resume_position({"global_batch": 16}, state, micro_per_epoch=8, accum=1, global_batch=32)
-    assert state == {"epoch": 1, "micro_step": 2, "step": 8 + 2}
-    same = {"epoch": 1, "micro_step": 3, "step": 7}
-    _resume_position({"global_batch": 16}, same, micro_per_epoch=4, accum=1, global_batch=16)
-    assert same == {"epoch": 1, "micro_step": 3, "step": 7}
+    state = TrainerState(epoch=1, micro_step=3, step=7, global_batch=16)
+    state.carry_over(32, micro_per_epoch=8, accum=1)
+    assert state == TrainerState(epoch=1, micro_step=2, step=8 + 2, global_batch=32)
+    same = TrainerState(epoch=1, micro_step=3, step=7, global_batch=16)
+    same.carry_over(16, micro_per_epoch=4, accum=1)
+    assert same == TrainerState(epoch=1, micro_step=3, step=7, global_batch=16)
     # past the last whole step of the epoch: the next epoch starts
-    late = {"epoch": 0, "micro_step": 7, "step": 7}
-    _resume_position({"global_batch": 16}, late, micro_per_epoch=3, accum=1, global_batch=32)
-    assert late == {"epoch": 1, "micro_step": 0, "step": 3}
+    late = TrainerState(epoch=0, micro_step=7, step=7, global_batch=16)
+    late.carry_over(32, micro_per_epoch=3, accum=1)
+    assert late == TrainerState(epoch=1, micro_step=0, step=3, global_batch=32)
 
 
 def test_env_context_reads_torchrun_variables(monkeypatch):

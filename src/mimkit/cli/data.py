@@ -25,10 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_stats(dsub)
 
 
-def _synth_options(p: argparse.ArgumentParser) -> None:
-    # deferred to first use, for a fast --help: the kinds live beside the generators (numpy)
-    from mimkit.data.synthetic import SYNTH_KINDS
+SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms")  # cmd_data_synth's cases
 
+
+def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=SYNTH_KINDS, help="what to generate")
     p.add_argument("out", help="folder to write root/{train,test}/CLASS/ into")
     p.add_argument("--train", type=int, help="training items (default per kind)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from mimkit.cli.parsing import DEVICE_HELP
 
 FEATURE_CACHE_DIR = "features"
 
-# --help of `eval finetune`'s options, which are made from FinetuneSettings' fields
+# --help of `eval finetune`'s options, which are made from the fine-tuning settings
 FINETUNE_HELP = {
     "epochs": "training epochs",
     "batch_size": "images per step",
@@ -118,20 +117,20 @@ def _linear_options(p: argparse.ArgumentParser) -> None:
 
 
 def _finetune_options(p: argparse.ArgumentParser) -> None:
-    """One option per FinetuneSettings field, but train_limit and device (common options) and progress."""
+    """One option per fine-tuning setting, but train_limit and device (common options) and progress."""
     # deferred to first use, for a fast --help: the settings live beside the fine-tuning torch code
-    from mimkit.eval.finetune import FinetuneSettings
+    from mimkit.eval.finetune import finetune_flags
 
     add_common_args(p)
     p.add_argument("--out", help="run folder (default: next to the checkpoint's run folder)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds one")
     skip = {"train_limit", "device", "progress"}
-    for f in fields(FinetuneSettings):
+    for f in finetune_flags():
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        help_text = FINETUNE_HELP.get(f.name, f"FinetuneSettings.{f.name}")
+        help_text = FINETUNE_HELP.get(f.name, f"fine-tuning setting {f.name}")
         if f.name == "betas":
             p.add_argument(flag, type=float, nargs=2, default=list(default), help=help_text)
         elif f.name == "pool":
@@ -362,32 +361,35 @@ def cmd_eval_fewshot(args: argparse.Namespace) -> int:
 
 def cmd_eval_finetune(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
-    from mimkit.eval.finetune import FinetuneSettings, finetune
+    from mimkit.eval.finetune import finetune, finetune_flags, settings_record, split_settings
     from mimkit.train.checkpoint import (
         MODEL_FILE,
         load_config_file,
         read_weights,
         resolve_checkpoint_dir,
     )
+    from mimkit.train.distributed import env_context
 
     folder = resolve_checkpoint_dir(args.checkpoint)
     cfg = load_config_file(folder)
     use_data_args(cfg, args)
-    values = {
-        f.name: getattr(args, f.name) for f in fields(FinetuneSettings) if hasattr(args, f.name)
-    }
+    values = {f.name: getattr(args, f.name) for f in finetune_flags() if hasattr(args, f.name)}
     values["betas"] = tuple(values["betas"])
-    settings = FinetuneSettings(**values)  # train_limit and device come from the common args
+    train, ft = split_settings(values)  # train_limit and device come from the common args
     weights = None if args.random_init else read_weights(folder / MODEL_FILE)
     default_out = folder.parent / ("finetune_random_init" if args.random_init else "finetune")
     out = Path(args.out) if args.out else default_out
-    result = finetune(cfg, weights, settings, out, resume=not args.no_resume)
+    result = finetune(cfg, weights, train, ft, out, resume=not args.no_resume)
+    if not env_context().is_main:
+        return 0  # under torchrun, rank 0 reports
     print(
         f"fine-tune top-1 ({_name(args)}, {result.epochs} epoch(s), {result.steps} steps, "
         f"train {result.train_items}, test {result.test_items}): {100 * result.top1:.2f}%  "
         f"(final train loss {result.final_loss:.4f}; {result.seconds:.0f} s; run folder {out})"
     )
-    record = dict(asdict(settings), top1=result.top1, steps=result.steps, epochs_done=result.epochs)
+    record = dict(
+        settings_record(train, ft), top1=result.top1, steps=result.steps, epochs_done=result.epochs
+    )
     record.update(
         train_items=result.train_items,
         test_items=result.test_items,

@@ -26,7 +26,6 @@ from mimkit.data.video import write_video
 from mimkit.progress import progress_interval
 
 log = logging.getLogger(__name__)
-SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms")
 
 
 def _bar(total: int, desc: str, progress: bool) -> tqdm:

@@ -5,10 +5,14 @@ cosine, cls or average pooling, optional new resolution (position embeddings res
 checkpoint's grid). With a fine-tuned `teacher`, it is G2SD's specific distillation stage: the
 student gets a second head that learns the teacher's predicted class (DeiT's hard
 distillation, as the G2SD authors do), the two losses weigh half each, and at test time the
-two heads' logits are averaged. It runs on the pretraining machinery: the same seeded, resumable data
-source, device augmentation, autocast/GradScaler and atomic safetensors checkpoints, so
-stopping and re-running with the same `out_dir` resumes where it stopped. Nothing here looks at
-test data until the fixed budget is spent; the reported number is the last epoch's.
+two heads' logits are averaged.
+
+It is a configuration of the pretraining loop (`mimkit.train.loop`): a `TrainConfig` with the
+fine-tuning defaults, a `FinetuneConfig` for what only fine-tuning has, and `ClassifierLoss`,
+one more thing that returns a loss. So it has the same seeded, resumable data source, device
+augmentation, non-finite guard, multi-process rows and atomic checkpoints: stopping and
+re-running with the same `out_dir` resumes where it stopped. Nothing here looks at test data
+until the fixed budget is spent; the reported number is the last epoch's.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from mimkit.config import RunConfig
-from mimkit.data.sources import TrainSource, load_split
+from mimkit.config import RunConfig, TrainConfig
+from mimkit.data.sources import Batch, TrainSource, load_split
 from mimkit.data.transforms import normalize
 from mimkit.errors import ConfigError
 from mimkit.eval.mixup import mix_batch, soft_cross_entropy
@@ -37,51 +42,77 @@ from mimkit.models.pos_embed import adapt_pos_embed
 from mimkit.models.vit import VisionTransformer, prefix_token_count
 from mimkit.train.checkpoint import (
     MODEL_FILE,
+    Checkpointer,
+    load_config_file,
     load_state_into,
-    load_training_state,
     read_weights,
-    save_checkpoint,
+    resolve_checkpoint_dir,
 )
+from mimkit.train.distributed import DistContext, init_distributed, shutdown_distributed
 from mimkit.train.logging import MetricsWriter, progress_interval
-from mimkit.train.loop import _restore_rng, _rng_state, prepare_batch
-from mimkit.train.optim import layer_decay_param_groups, lr_at, scaled_lr, set_lr
-from mimkit.train.runtime import autocast, pick_amp_dtype, pick_device
+from mimkit.train.loop import Rows, assemble, train_loop
+from mimkit.train.optim import layer_decay_param_groups
+from mimkit.train.runtime import autocast, pick_device
 
 log = logging.getLogger(__name__)
 SETTINGS_FILE = "finetune.json"
 
 
-@dataclass
-class FinetuneSettings:
-    """The fine-tuning recipe; MAE's ViT defaults scaled for short runs."""
+#: The fine-tuning recipe's train section: MAE's ViT defaults scaled for short runs. Fields of
+#: `TrainConfig` not named here keep its defaults (max_nonfinite, log_every, save_every, ...).
+FINETUNE_TRAIN_DEFAULTS = dict(
+    epochs=3,
+    batch_size=128,
+    base_lr=1e-3,  # lr = base_lr * batch_size / 256
+    min_lr=1e-6,
+    warmup_epochs=0.2,
+    weight_decay=0.05,
+    betas=[0.9, 0.999],
+    compile=False,  # as before: runs are short and compile time would dominate them
+)
+#: The train fields a fine-tune is set by (flags of `mimkit eval finetune`, `finetune.json`).
+TRAIN_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "base_lr",
+    "min_lr",
+    "warmup_epochs",
+    "weight_decay",
+    "betas",
+    "clip_grad",
+    "seed",
+    "amp",
+    "device",
+    "max_steps",
+    "progress",
+    "max_nonfinite",
+    "log_every",
+)
+#: Settings that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("progress", "max_steps", "device", "max_nonfinite", "log_every")
 
-    epochs: int = 3
-    batch_size: int = 128
-    base_lr: float = 1e-3  # lr = base_lr * batch_size / 256
-    min_lr: float = 1e-6
-    warmup_epochs: float = 0.2
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
+
+def finetune_train_config(**changes) -> TrainConfig:
+    """The train section of a fine-tune: the fine-tuning defaults, then `changes`."""
+    return TrainConfig(**{**FINETUNE_TRAIN_DEFAULTS, **changes})
+
+
+@dataclass
+class FinetuneConfig:
+    """What only fine-tuning has: the classifier, its regularisers and the teacher."""
+
     layer_decay: float = 0.75
     drop_path: float = 0.1
     label_smoothing: float = 0.1
     mixup: float = 0.0  # Beta(alpha, alpha); MAE uses 0.8 for 100-epoch runs
     cutmix: float = 0.0  # MAE uses 1.0 for 100-epoch runs
     mix_switch_prob: float = 0.5
-    clip_grad: float | None = None
     img_size: int | None = None  # None: the checkpoint's resolution
     pool: str | None = None  # None: the checkpoint's model.pool
     train_limit: int | None = None
     teacher: str | None = None  # a fine-tuned classifier's checkpoint: G2SD specific stage
-    seed: int = 0
-    amp: str = "auto"
-    device: str = "auto"
-    max_steps: int | None = None  # stop early (tests, smoke runs); resumable
-    progress: bool = True
 
     def check(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("finetune: epochs and batch_size must be >= 1")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"finetune: layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -90,6 +121,39 @@ class FinetuneSettings:
             )
         if self.pool not in (None, "cls", "avg"):
             raise ConfigError(f"finetune: pool must be cls or avg, got {self.pool!r}")
+
+
+class FinetuneFlag(NamedTuple):
+    name: str
+    default: Any
+
+
+def finetune_flags() -> list[FinetuneFlag]:
+    """Every fine-tune setting with its default, train fields first (for the command line)."""
+    train = finetune_train_config()
+    return [FinetuneFlag(n, getattr(train, n)) for n in TRAIN_SETTINGS] + [
+        FinetuneFlag(f.name, f.default) for f in fields(FinetuneConfig)
+    ]
+
+
+def split_settings(values: dict[str, Any]) -> tuple[TrainConfig, FinetuneConfig]:
+    """Flat settings (command-line flags) -> (train section, fine-tune section)."""
+    own = {f.name for f in fields(FinetuneConfig)}
+    unknown = sorted(set(values) - own - set(TRAIN_SETTINGS))
+    if unknown:
+        raise ConfigError(f"finetune: unknown settings {unknown}")
+    train = {k: v for k, v in values.items() if k in TRAIN_SETTINGS}
+    if "betas" in train:
+        train["betas"] = list(train["betas"])
+    ft = FinetuneConfig(**{k: v for k, v in values.items() if k in own})
+    return finetune_train_config(**train), ft
+
+
+def settings_record(train: TrainConfig, ft: FinetuneConfig) -> dict[str, Any]:
+    """The flat record of a fine-tune's settings (finetune.json, eval_finetune.json)."""
+    record = {name: getattr(train, name) for name in TRAIN_SETTINGS}
+    record["betas"] = list(record["betas"])
+    return {**record, **asdict(ft)}
 
 
 def _near_zero_head(dim: int, num_classes: int) -> nn.Linear:
@@ -133,8 +197,6 @@ def load_classifier(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[ViTClassifier, RunConfig]:
     """A fine-tuned classifier (a `mimkit eval finetune` checkpoint), frozen in eval mode."""
-    from mimkit.train.checkpoint import load_config_file, resolve_checkpoint_dir
-
     folder = resolve_checkpoint_dir(path)
     cfg = load_config_file(folder)
     weights = read_weights(folder / MODEL_FILE)
@@ -152,12 +214,12 @@ def load_classifier(
     return model.to(device).eval().requires_grad_(False), cfg
 
 
-def finetune_model_config(base: ModelConfig, s: FinetuneSettings) -> ModelConfig:
-    cfg = replace(base, drop_path_rate=s.drop_path)
-    if s.img_size is not None:
-        cfg = replace(cfg, img_size=s.img_size)
-    if s.pool is not None:
-        cfg = replace(cfg, pool=s.pool)
+def finetune_model_config(base: ModelConfig, ft: FinetuneConfig) -> ModelConfig:
+    cfg = replace(base, drop_path_rate=ft.drop_path)
+    if ft.img_size is not None:
+        cfg = replace(cfg, img_size=ft.img_size)
+    if ft.pool is not None:
+        cfg = replace(cfg, pool=ft.pool)
     return resolve_model_config(cfg)
 
 
@@ -178,16 +240,17 @@ def build_classifier(
     base: ModelConfig,
     weights: dict[str, torch.Tensor] | None,
     num_classes: int,
-    s: FinetuneSettings,
+    ft: FinetuneConfig,
+    seed: int = 0,
     where: str = "checkpoint",
 ) -> ViTClassifier:
     """A classifier at the fine-tuning resolution; pretrained when `weights` is given."""
-    torch.manual_seed(s.seed)
-    cfg = finetune_model_config(base, s)
+    torch.manual_seed(seed)
+    cfg = finetune_model_config(base, ft)
     encoder = VisionTransformer(cfg)
     if weights is not None:
         load_state_into(encoder, encoder_weights(weights, base, cfg), where)
-    return ViTClassifier(encoder, num_classes, distill_head=s.teacher is not None)
+    return ViTClassifier(encoder, num_classes, distill_head=ft.teacher is not None)
 
 
 def resize_to(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -261,6 +324,57 @@ def specific_distillation_loss(
 
 
 @dataclass
+class ClassifierOutput:
+    loss: torch.Tensor
+
+
+class ClassifierLoss(nn.Module):
+    """A classifier as one more thing that returns a loss: `forward(x, targets).loss`.
+
+    Soft cross-entropy to the (mixed, smoothed) targets; with a frozen `teacher`, G2SD's
+    specific distillation loss. The teacher is kept out of the module tree (a tuple), so it is
+    neither trained, wrapped by DDP/FSDP, nor saved with the classifier.
+    """
+
+    def __init__(self, classifier: ViTClassifier, teacher: ViTClassifier | None = None) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self._teacher = (teacher,)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor) -> ClassifierOutput:
+        teacher = self._teacher[0]
+        if teacher is None:
+            return ClassifierOutput(soft_cross_entropy(self.classifier(x), targets))
+        return ClassifierOutput(specific_distillation_loss(self.classifier, teacher, x, targets))
+
+
+@dataclass
+class MixedLabelLoss:
+    """Fine-tuning's batch loss: Mixup/CutMix and label smoothing, then the classifier's loss.
+
+    The mix of micro-batch `draw` comes from a NumPy generator seeded by (seed, draw), so a
+    resumed run mixes exactly as a straight one. Each process mixes its own rows.
+    """
+
+    forward: Callable  # the (wrapped) ClassifierLoss
+    num_classes: int
+    ft: FinetuneConfig
+    seed: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    def __call__(self, x: torch.Tensor, batch: Batch, rows: Rows, draw: int) -> torch.Tensor:
+        ft, rng = self.ft, np.random.default_rng([self.seed, draw])
+        labels = batch.labels.to(x.device)
+        x, targets = mix_batch(
+            x, labels, self.num_classes, rng, ft.mixup, ft.cutmix, ft.mix_switch_prob,
+            ft.label_smoothing,
+        )  # fmt: skip
+        with autocast(self.device, self.amp_dtype):
+            return self.forward(x, targets).loss
+
+
+@dataclass
 class FinetuneResult:
     top1: float
     steps: int
@@ -270,15 +384,15 @@ class FinetuneResult:
     final_loss: float
     seconds: float
     checkpoint: Path
+    nonfinite_skipped: int = 0
 
 
 def _check_same_settings(out: Path, record: dict) -> None:
     path = out / SETTINGS_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
-        keep = ("progress", "max_steps", "device")
-        a = {k: v for k, v in saved.items() if k not in keep}
-        b = {k: v for k, v in record.items() if k not in keep}
+        a = {k: v for k, v in saved.items() if k not in RESUMABLE_CHANGES}
+        b = {k: v for k, v in record.items() if k not in RESUMABLE_CHANGES}
         if a != b:
             changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise ConfigError(
@@ -287,142 +401,98 @@ def _check_same_settings(out: Path, record: dict) -> None:
             )
 
 
+def _labelled_data(
+    cfg: RunConfig, base: ModelConfig
+) -> tuple[TrainSource, torch.Tensor, torch.Tensor, int]:
+    """(training source, test images, test labels, number of classes), at the native size."""
+    source = TrainSource(cfg.data, base.in_chans, base.image_hw, cfg.train.seed)
+    x_test, y_test = load_split(cfg.data, "test", base.in_chans, base.image_hw)
+    if (source.labels < 0).any():
+        raise ConfigError("finetune: the training data has unlabelled items")
+    num_classes = int(max(int(source.labels.max()), int(y_test.max()))) + 1
+    return source, x_test, y_test, num_classes
+
+
 def finetune(
     base_cfg: RunConfig,
     weights: dict[str, torch.Tensor] | None,
-    s: FinetuneSettings,
+    train: TrainConfig,
+    ft: FinetuneConfig,
     out_dir: str | Path,
     resume: bool = True,
 ) -> FinetuneResult:
-    """Fine-tune (or, with `weights=None`, train from scratch) and score top-1 on test once."""
-    s.check()
+    """Fine-tune (or, with `weights=None`, train from scratch) and score top-1 on test once.
+
+    `train` is the train section (see `finetune_train_config` for the fine-tuning defaults).
+    Under `torchrun`, each process trains its rows of every global batch, as in pretraining.
+    """
+    ctx, device_name = init_distributed(train.device)
+    try:
+        return _finetune(base_cfg, weights, train, ft, Path(out_dir), resume, ctx, device_name)
+    finally:
+        shutdown_distributed()
+
+
+def _finetune(
+    base_cfg: RunConfig,
+    weights: dict[str, torch.Tensor] | None,
+    train: TrainConfig,
+    ft: FinetuneConfig,
+    out: Path,
+    resume: bool,
+    ctx: DistContext,
+    device_name: str,
+) -> FinetuneResult:
+    ft.check()
     start_time = time.perf_counter()
-    device = pick_device(s.device)
-    amp_dtype = pick_amp_dtype(s.amp, device)
+    device = pick_device(device_name)
     base = resolve_model_config(base_cfg.model)
-    cfg = copy.deepcopy(base_cfg)
-    cfg.model = finetune_model_config(base, s)
-    cfg.data.limit = s.train_limit
-    cfg.out_dir = str(out_dir)
-    native_hw = base.image_hw
-
-    source = TrainSource(cfg.data, base.in_chans, native_hw, s.seed)
-    x_test, y_test = load_split(cfg.data, "test", base.in_chans, native_hw)
-    num_classes = int(max(int(source.labels.max()), int(y_test.max()))) + 1
-    if (source.labels < 0).any():
-        raise ConfigError("finetune: the training data has unlabelled items")
-
-    model = build_classifier(base, weights, num_classes, s).to(device)
+    cfg = copy.deepcopy(base_cfg)  # the classifier's run config, saved with its checkpoint
+    cfg.model = finetune_model_config(base, ft)
+    cfg.data.limit = ft.train_limit
+    cfg.train = train
+    cfg.out_dir = str(out)
+    source, x_test, y_test, num_classes = _labelled_data(cfg, base)
+    model = build_classifier(base, weights, num_classes, ft, train.seed).to(device)
     teacher = None
-    if s.teacher:
-        teacher, teacher_cfg = load_classifier(s.teacher, device)
-        _check_teacher_fits(s.teacher, teacher, teacher_cfg, cfg, num_classes)
-    steps_per_epoch = source.steps_per_epoch(s.batch_size)
-    total_steps = steps_per_epoch * s.epochs
-    warmup_steps = round(s.warmup_epochs * steps_per_epoch)
-    peak_lr = scaled_lr(s.base_lr, s.batch_size)
-    groups = layer_decay_param_groups(model, s.weight_decay, s.layer_decay, cfg.model.depth)
-    optimizer = torch.optim.AdamW(
-        groups, lr=peak_lr, betas=tuple(s.betas), fused=device.type == "cuda"
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    generator = torch.Generator(device).manual_seed(s.seed)
-
-    out = Path(out_dir)
-    ckpt = out / "checkpoint"
-    record = dict(asdict(s), pretrained=weights is not None, num_classes=num_classes)
-    record["betas"] = list(record["betas"])
-    state = {"epoch": 0, "micro_step": 0, "step": 0}
-    if resume and (ckpt / MODEL_FILE).is_file():
+    if ft.teacher:
+        teacher, teacher_cfg = load_classifier(ft.teacher, device)
+        _check_teacher_fits(ft.teacher, teacher, teacher_cfg, cfg, num_classes)
+    record = dict(settings_record(train, ft), pretrained=weights is not None)
+    record["num_classes"] = num_classes
+    checkpointer = Checkpointer(out / "checkpoint", cfg, ctx, resume)
+    if checkpointer.found:
         _check_same_settings(out, record)
-        load_state_into(model, read_weights(ckpt / MODEL_FILE), str(ckpt / MODEL_FILE))
-        saved, rng = load_training_state(ckpt, optimizer)
-        state.update({k: saved[k] for k in state if k in saved})
-        if "scaler" in saved:
-            scaler.load_state_dict(saved["scaler"])
-        _restore_rng(generator, rng)
-        log.info("fine-tune resumed from %s at step %d", ckpt, state["step"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SETTINGS_FILE).write_text(json.dumps(record, indent=1))
-    metrics = MetricsWriter(out / "metrics.jsonl")
+        checkpointer.load_weights(model)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SETTINGS_FILE).write_text(json.dumps(record, indent=1))
 
-    def save() -> None:
-        extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
-        save_checkpoint(ckpt, model, cfg, optimizer, dict(state, **extra), _rng_state(generator))
+    def groups(wrapped: nn.Module) -> list[dict]:  # the classifier's names, after wrapping
+        return layer_decay_param_groups(model, train.weight_decay, ft.layer_decay, cfg.model.depth)
 
-    stop_at = min(total_steps, s.max_steps) if s.max_steps is not None else total_steps
-    bar = tqdm(
-        total=stop_at,
-        initial=state["step"],
-        unit="step",
-        disable=not s.progress,
-        desc="finetune",
-        dynamic_ncols=True,
-        mininterval=progress_interval(),
+    objective = ClassifierLoss(model, teacher)
+    run, state = assemble(
+        cfg, ctx, device, model, objective, groups, source, checkpointer, "finetune"
     )
-    last_loss = math.nan
-    model.train()
-    while state["step"] < stop_at:
-        for batch in source.batches(state["epoch"], s.batch_size, start_step=state["micro_step"]):
-            if state["step"] >= stop_at:
-                break
-            x = prepare_batch(batch.images, cfg, device, generator)
-            rng = np.random.default_rng([s.seed, state["step"]])
-            x, targets = mix_batch(
-                x,
-                batch.labels.to(device),
-                num_classes,
-                rng,
-                s.mixup,
-                s.cutmix,
-                s.mix_switch_prob,
-                s.label_smoothing,
-            )
-            lr = lr_at(state["step"], total_steps, warmup_steps, peak_lr, s.min_lr)
-            set_lr(optimizer, lr)
-            with autocast(device, amp_dtype):
-                if teacher is None:
-                    loss = soft_cross_entropy(model(x), targets)
-                else:
-                    loss = specific_distillation_loss(model, teacher, x, targets)
-            scaler.scale(loss).backward()
-            if s.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            last_loss = loss.item()
-            state["step"] += 1
-            state["micro_step"] += 1
-            bar.update(1)
-            if state["step"] % 20 == 0 or state["step"] == stop_at:
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
-                metrics.write(
-                    event="finetune",
-                    step=state["step"],
-                    epoch=state["epoch"],
-                    loss=last_loss,
-                    lr=lr,
-                )
-        if state["micro_step"] >= steps_per_epoch:
-            state["epoch"] += 1
-            state["micro_step"] = 0
-            if state["step"] < stop_at:
-                save()
-    bar.close()
-    save()
+    loss = MixedLabelLoss(run.forward, num_classes, ft, train.seed, device, run.amp_dtype)
+    final_loss = train_loop(run, state, loss)
+    # score the saved classifier: under FSDP the trained one is sharded across processes
+    scored, _ = load_classifier(checkpointer.folder, device)
     top1 = classifier_accuracy(
-        model, x_test, y_test, cfg.data.mean, cfg.data.std, device, amp_dtype, progress=s.progress
-    )
-    metrics.write(event="test", step=state["step"], top1=top1)
+        scored, x_test, y_test, cfg.data.mean, cfg.data.std, device, run.amp_dtype,
+        progress=train.progress and ctx.is_main,
+    )  # fmt: skip
+    if ctx.is_main:
+        MetricsWriter(out / "metrics.jsonl").write(event="test", step=state.step, top1=top1)
     return FinetuneResult(
         top1,
-        state["step"],
-        state["epoch"],
+        state.step,
+        state.epoch,
         source.num_items,
         len(y_test),
-        last_loss,
+        final_loss,
         time.perf_counter() - start_time,
-        ckpt,
+        checkpointer.folder,
+        state.nonfinite,
     )

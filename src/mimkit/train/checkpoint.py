@@ -28,6 +28,8 @@ from torch import nn
 from mimkit.config import RunConfig, config_from_dict, config_to_dict
 from mimkit.errors import CheckpointError, ConfigError
 from mimkit.objectives import build_method
+from mimkit.train.distributed import DistContext, barrier
+from mimkit.train.state import TrainerState
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -170,6 +172,95 @@ def load_training_state(
 def method_from_config(cfg: RunConfig) -> nn.Module:
     """The method a run config asks for; its teacher, if any, read from its checkpoint."""
     return build_method(cfg.model, cfg.masking, cfg.method, load_teacher=load_teacher)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The draw generator's and torch's global RNG states, as a checkpoint stores them."""
+    state = {"generator": generator.get_state(), "torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["torch_cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(generator: torch.Generator, state: dict[str, torch.Tensor]) -> None:
+    """Undo `rng_state`; states a checkpoint lacks are left as they are."""
+    if "generator" in state:
+        generator.set_state(state["generator"])
+    if "torch_cpu" in state:
+        torch.set_rng_state(state["torch_cpu"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["torch_cuda"])
+
+
+class _Fixed:
+    """A state dict already gathered, in the shape `save_checkpoint` asks for."""
+
+    def __init__(self, state: dict) -> None:
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+class Checkpointer:
+    """A run's `checkpoint/` folder: what a training checkpoint holds, resumed and saved.
+
+    The weights are loaded first (`load_weights`, before the model is wrapped for DDP/FSDP);
+    `resume_or_start` then names the optimiser, scaler and generator it restores and saves. The
+    model and optimiser are passed as their checkpoint views (see
+    `mimkit.train.distributed.checkpoint_views`): every rank gathers, rank 0 writes.
+    """
+
+    def __init__(
+        self, folder: Path, cfg: RunConfig, ctx: DistContext | None = None, resume: bool = True
+    ) -> None:
+        self.folder = folder
+        self.cfg = cfg
+        self.ctx = ctx or DistContext()
+        self.found = resume and (folder / MODEL_FILE).is_file()
+        self._parts: tuple | None = None
+
+    def load_weights(self, model: nn.Module) -> None:
+        load_state_into(
+            model, read_weights(self.folder / MODEL_FILE), str(self.folder / MODEL_FILE)
+        )
+
+    def resume_or_start(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        generator: torch.Generator,
+    ) -> TrainerState:
+        """The saved trainer state with optimiser, scaler and RNGs restored; or a fresh state."""
+        self._parts = (model, optimizer, scaler, generator)
+        if not self.found:
+            return TrainerState()
+        saved, rng = load_training_state(self.folder, optimizer)
+        if "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
+        restore_rng(generator, rng)
+        return TrainerState.from_saved(saved)
+
+    def save(self, state: TrainerState) -> None:
+        """Every rank takes part (FSDP gathers shards); rank 0 writes the folder."""
+        if self._parts is None:
+            raise RuntimeError("Checkpointer.save before resume_or_start")
+        model, optimizer, scaler, generator = self._parts
+        trainer_state = state.to_dict()
+        if scaler.is_enabled():
+            trainer_state["scaler"] = scaler.state_dict()
+        model_state, optim_state = model.state_dict(), optimizer.state_dict()
+        if self.ctx.is_main:
+            save_checkpoint(
+                self.folder,
+                _Fixed(model_state),
+                self.cfg,
+                _Fixed(optim_state),
+                trainer_state,
+                rng_state(generator),
+            )
+        barrier(self.ctx)
 
 
 def load_teacher(path: str) -> nn.Module:

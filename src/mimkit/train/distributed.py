@@ -102,18 +102,24 @@ def wrap_model(model: nn.Module, ctx: DistContext, mode: str, device: torch.devi
     if not ctx.enabled:
         return model
     if mode == "fsdp":
+        # optional: FSDP2 needs a recent torch (>= 2.4); only FSDP runs import it
         from torch.distributed.fsdp import fully_shard
 
         # MAE returns `pred` as a slice (a view); FSDP warns in case the caller edits it in
         # place, which would skip its pre-backward hook. The loop only reads the loss.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
 
-        for stack in (model.encoder.blocks, model.decoder.blocks):
-            for block in stack:
-                fully_shard(block)
+        for block in _transformer_blocks(model):
+            fully_shard(block)
         return fully_shard(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every block of every `blocks` stack (encoder, decoder, a classifier's encoder)."""
+    stacks = (getattr(m, "blocks", None) for m in model.modules())
+    return [block for stack in stacks if isinstance(stack, nn.ModuleList) for block in stack]
 
 
 def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -148,6 +154,7 @@ def _fqn_order(osd: dict) -> list[str]:
 
 
 def _fsdp_options(**kwargs):
+    # optional: distributed checkpoint state dicts need torch >= 2.2; only FSDP runs use them
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, **kwargs)
@@ -169,14 +176,20 @@ def checkpoint_views(
     """
     if not (ctx.enabled and mode == "fsdp"):
         return model, optimizer
+    # optional: distributed checkpoint state dicts need torch >= 2.2; only FSDP runs use them
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
 
+    # `model` may sit inside the trained module (a classifier inside its loss): keep its keys
+    prefix = next(f"{name}." for name, m in train_model.named_modules() if m is model)
+    prefix = "" if prefix == "." else prefix
+
     def model_state() -> dict:
-        return get_model_state_dict(train_model, options=_fsdp_options(cpu_offload=True))
+        full = get_model_state_dict(train_model, options=_fsdp_options(cpu_offload=True))
+        return {k.removeprefix(prefix): v for k, v in full.items() if k.startswith(prefix)}
 
     def optim_state() -> dict:
         osd = get_optimizer_state_dict(
