@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model_overrides
+from conftest import needs_fmnist, tiny_model_overrides
 from torch import nn
 
 from mimkit.config import build_run_config, config_from_dict, config_to_dict, load_config
@@ -128,3 +128,15 @@ def test_method_settings_are_refused_by_their_own_name():
         tiny(PRESETS["mae"], "masking.ratio=1.0")
     with pytest.raises(ConfigError, match="masking.strategy must be one of"):
         tiny(PRESETS["mae"], "masking.strategy=checkers")
+
+
+@needs_fmnist
+def test_the_loop_moves_ema_teachers_after_every_optimiser_step(tmp_path, monkeypatch):
+    from mimkit.train import loop
+
+    seen = []
+    monkeypatch.setattr(loop, "update_teachers", lambda model, progress: seen.append(progress))
+    cfg = tiny(PRESETS["mae"], "data.limit=64", "train.batch_size=16", "train.epochs=2",
+               "train.max_steps=3", out=tmp_path)  # fmt: skip
+    result = loop.pretrain(cfg)
+    assert result.steps == 3 and seen == [1 / 8, 2 / 8, 3 / 8]  # 4 steps an epoch, 2 epochs

@@ -31,7 +31,7 @@ from mimkit.config import RunConfig, resolve_run_config
 from mimkit.data.sources import Batch, TrainSource
 from mimkit.data.transforms import augment_clips, crop_flip_theta, normalize, resample
 from mimkit.errors import ConfigError, TrainingHalted
-from mimkit.objectives.base import MaskedMethod
+from mimkit.objectives.base import MaskedMethod, update_teachers
 from mimkit.train.checkpoint import Checkpointer, load_config_file, method_from_config
 from mimkit.train.distributed import (
     DistContext,
@@ -73,6 +73,7 @@ class LoopParts:
     device: torch.device
     amp_dtype: torch.dtype | None
     forward: Callable  # the wrapped (and maybe compiled) module the loss is asked of
+    model: nn.Module  # what the checkpoint holds; its EMA teachers follow it after each step
     compiled: bool
     name: str  # progress-bar label
 
@@ -116,6 +117,7 @@ def train_loop(run: LoopParts, state: TrainerState, batch_loss: BatchLoss) -> fl
                 books.skipped()
                 continue
             state.step += 1
+            update_teachers(run.model, state.step / plan.total_steps)
             books.stepped(lr)
         if state.micro_step >= plan.micro_per_epoch:
             # the epoch is done: the next starts at its first micro-batch
@@ -309,6 +311,7 @@ def assemble(
         device=device,
         amp_dtype=amp_dtype,
         forward=forward,
+        model=model,
         compiled=compiled,
         name=name,
     )
