@@ -169,6 +169,17 @@ def mimkit_edges(imports: list[Import]) -> list[Import]:
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """One cycle (a -> b -> ... -> a) per strongly connected component that has one."""
+    cycles = []
+    for component in strongly_connected(graph):
+        start = component[0]
+        if len(component) == 1 and start not in graph.get(start, ()):
+            continue
+        cycles.append(_path_back(graph, start, set(component)))
+    return sorted(cycles)
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of `graph`, each sorted (Tarjan's algorithm)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -198,14 +209,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     for node in sorted(graph):
         if node not in index:
             connect(node)
-    cycles = []
-    for component in components:
-        members = set(component)
-        start = component[0]
-        if len(component) == 1 and start not in graph.get(start, ()):
-            continue
-        cycles.append(_path_back(graph, start, members))
-    return sorted(cycles)
+    return components
 
 
 def _path_back(graph: dict[str, set[str]], start: str, members: set[str]) -> list[str]:

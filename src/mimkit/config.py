@@ -90,45 +90,55 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`, converting only the lossless cases (int -> float)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}")
+        return _coerce_union(value, tp, where)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return _build(tp, value, where)
+    elif tp in _SCALARS:
+        converted = _SCALARS[tp](value)
+        if converted is not _REFUSED:
+            return converted
     else:  # pragma: no cover - only reached by a new annotation kind
         raise ConfigError(f"{where}: unsupported field type {tp}")
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    for option in typing.get_args(tp):
+        try:
+            return _coerce(value, option, where)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+_REFUSED = object()
+
+
+def _as_float(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return _REFUSED
+
+
+# the scalar types a config field may have: each accepts exactly its own values (bool is not int)
+_SCALARS: dict[Any, Any] = {
+    type(None): lambda v: None if v is None else _REFUSED,
+    bool: lambda v: v if isinstance(v, bool) else _REFUSED,
+    int: lambda v: v if isinstance(v, int) and not isinstance(v, bool) else _REFUSED,
+    float: _as_float,
+    str: lambda v: v if isinstance(v, str) else _REFUSED,
+}
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:

@@ -8,13 +8,13 @@ and describes the architecture as a `ModelConfig`; everything else happens here 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
-from mimkit.errors import CheckpointError, ConfigError
+from mimkit.errors import CheckpointError
 from mimkit.masking import MaskingConfig
-from mimkit.models.config import PRESETS, ModelConfig, resolve_model_config
+from mimkit.models.config import PRESETS, ModelConfig
 from mimkit.models.pos_embed import adapt_pos_embed, is_fixed_table
 from mimkit.models.vit import prefix_token_count
 from mimkit.objectives.mae import MAESettings, build_mae
@@ -92,15 +92,6 @@ def square_grid(num_tokens: int, where: str) -> tuple[int, int]:
             f"give the size as an override, e.g. model.img_size=[H,W]"
         )
     return side, side
-
-
-def apply_model_overrides(model: ModelConfig, overrides: dict) -> ModelConfig:
-    """Replace fields of a resolved ModelConfig, checking names and the result."""
-    known = set(ModelConfig.__dataclass_fields__)
-    for key in overrides:
-        if key not in known:
-            raise ConfigError(f"unknown model override {key!r}; expected one of {sorted(known)}")
-    return resolve_model_config(replace(model, **overrides))
 
 
 def adapt_to_grid(

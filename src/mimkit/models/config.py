@@ -91,6 +91,24 @@ class ModelConfig:
 
 def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     """Fill preset values into unset fields and check that the shapes fit together."""
+    cfg = _with_preset(cfg)
+    _check_patches(cfg)
+    _check_widths(cfg)
+    if cfg.pos_embed not in ("sincos", "sincos_index"):
+        raise ConfigError(
+            f"model.pos_embed must be 'sincos' or 'sincos_index', got {cfg.pos_embed!r}"
+        )
+    if cfg.pool not in ("cls", "avg"):
+        raise ConfigError(f"model.pool must be 'cls' or 'avg', got {cfg.pool!r}")
+    if cfg.pool == "cls" and not cfg.cls_token:
+        raise ConfigError("model.pool 'cls' needs model.cls_token true; use pool 'avg' without it")
+    if cfg.in_chans < 1:
+        raise ConfigError(f"model.in_chans must be >= 1, got {cfg.in_chans}")
+    return cfg
+
+
+def _with_preset(cfg: ModelConfig) -> ModelConfig:
+    """The preset's sizes in the fields left unset, and img_size as an int or a list of ints."""
     if cfg.preset not in PRESETS:
         raise ConfigError(
             f"model.preset: unknown preset {cfg.preset!r}; expected one of {sorted(PRESETS)}"
@@ -105,6 +123,10 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
                 f"got {cfg.img_size!r}"
             )
         cfg = replace(cfg, img_size=[int(s) for s in cfg.img_size])
+    return cfg
+
+
+def _check_patches(cfg: ModelConfig) -> None:
     if cfg.tubelet_size is not None and (len(cfg.input_size) != 3 or cfg.tubelet_size <= 0):
         raise ConfigError(
             f"model.tubelet_size {cfg.tubelet_size}: needs a 3-entry model.img_size and a value >= 1"
@@ -117,6 +139,9 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
             f"model.img_size {size} is not divisible by the patch {patch} "
             "(model.patch_size, model.tubelet_size)"
         )
+
+
+def _check_widths(cfg: ModelConfig) -> None:
     if cfg.embed_dim % cfg.num_heads:
         raise ConfigError(
             f"model.embed_dim {cfg.embed_dim} is not divisible by model.num_heads {cfg.num_heads}"
@@ -131,14 +156,3 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
             raise ConfigError(
                 f"model.{name} {dim_} must be divisible by 4 for sin-cos position embeddings"
             )
-    if cfg.pos_embed not in ("sincos", "sincos_index"):
-        raise ConfigError(
-            f"model.pos_embed must be 'sincos' or 'sincos_index', got {cfg.pos_embed!r}"
-        )
-    if cfg.pool not in ("cls", "avg"):
-        raise ConfigError(f"model.pool must be 'cls' or 'avg', got {cfg.pool!r}")
-    if cfg.pool == "cls" and not cfg.cls_token:
-        raise ConfigError("model.pool 'cls' needs model.cls_token true; use pool 'avg' without it")
-    if cfg.in_chans < 1:
-        raise ConfigError(f"model.in_chans must be >= 1, got {cfg.in_chans}")
-    return cfg
