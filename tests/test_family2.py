@@ -302,3 +302,67 @@ def test_mrmae_needs_a_teacher_of_the_same_grid():
     with pytest.raises(ConfigError, match="patch grid"):
         MimicReconstructMAE(cfg.model, cfg.masking, cfg.method, VisionTransformer(other))
     assert isinstance(EMATeacher, type)
+
+
+# --- DMAE ------------------------------------------------------------------------------------
+
+
+def vit_b16_geometry(**kw):
+    """ViT-B/16's patch grid at 224 px (196 patches) at a width a CPU test can afford."""
+    from mimkit.models import ModelConfig
+    from mimkit.models.config import resolve_model_config
+
+    base = dict(img_size=224, in_chans=3, patch_size=16, embed_dim=32, depth=4, num_heads=2,
+                decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+    return resolve_model_config(ModelConfig(**{**base, **kw}))
+
+
+@pytest.mark.parametrize("ratio, visible", [(0.948, 10), (0.979, 4)])
+def test_dmae_runs_with_10_or_4_visible_patches_at_vit_b16_224(ratio, visible):
+    from mimkit.masking import MaskingConfig
+    from mimkit.objectives.dmae import DistilledMAE, DMAESettings
+
+    torch.manual_seed(0)
+    teacher = VisionTransformer(vit_b16_geometry(embed_dim=48, depth=8, num_heads=3))
+    cfg = vit_b16_geometry()
+    model = DistilledMAE(cfg, MaskingConfig(ratio=ratio), DMAESettings(teacher="t"), teacher)
+    assert model.settings.teacher_dim == 48 and model.settings.teacher_block == 6  # 3/4 of 8
+    assert model.student_block == 3  # 3/4 of 4
+    x = torch.randn(2, 3, 224, 224)
+    mask = model.draw_mask(2, "cpu", torch.Generator().manual_seed(0))
+    assert mask.ids_keep.shape == (2, visible)
+    out = model(x, mask=mask)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.projection.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.teacher.parameters())
+    # the teacher's features are its 6th block's output on the same visible patches
+    with torch.no_grad():
+        _, blocks = teacher(x, mask.ids_keep, return_hidden=True)
+    torch.testing.assert_close(model.teacher_features(x, mask), blocks[6])
+    assert blocks[6].shape == (2, 1 + visible, 48)
+
+
+def test_dmae_student_reloads_without_its_teacher():
+    from mimkit.objectives import build_method
+
+    cfg = load_config("configs/fmnist_dmae_tiny.yaml", ["method.teacher_dim=96"])
+    model = build_method(cfg.model, cfg.masking, cfg.method)  # no loader: the teacher is gone
+    assert model.teacher is None and model.projection.out_features == 96
+    with pytest.raises(ConfigError, match="teacher"):
+        model(torch.randn(2, 1, 28, 28))
+    with pytest.raises(ConfigError, match="student_block"):
+        load_config("configs/fmnist_dmae_tiny.yaml", ["method.student_block=7"])
+
+
+def test_dmae_preset_distils_a_teacher_and_reloads(tmp_path):
+    from mimkit.objectives.dmae import DistilledMAE
+
+    teacher = short_run(tmp_path, "configs/fmnist_mae_vit12.yaml", "teacher", "model.patch_size=4")
+    result = short_run(
+        tmp_path, "configs/fmnist_dmae_tiny.yaml", "student", "model.patch_size=4",
+        f"method.teacher={teacher.checkpoint}",
+    )  # fmt: skip
+    assert type(result.model) is DistilledMAE and result.cfg.method.teacher_block == 2
+    model, cfg = load_model(result.checkpoint)
+    assert type(model) is DistilledMAE and cfg.method == result.cfg.method

@@ -18,6 +18,7 @@ from mimkit.models.config import ModelConfig
 from mimkit.objectives.base import MethodOutput, MethodSettings
 from mimkit.objectives.cae import CAESettings, ContextAutoencoder
 from mimkit.objectives.crossmae import CrossMAE, CrossMAESettings
+from mimkit.objectives.dmae import DistilledMAE, DMAESettings
 from mimkit.objectives.g2sd import G2SD, G2SDSettings
 from mimkit.objectives.hpm import HardPatchesMining, HPMSettings
 from mimkit.objectives.ibot import IBOT, IBOTSettings
@@ -42,6 +43,7 @@ METHODS: dict[str, tuple[type[MethodSettings], Callable[..., nn.Module]]] = {
     "hpm": (HPMSettings, HardPatchesMining),
     "cae": (CAESettings, ContextAutoencoder),
     "mrmae": (MRMAESettings, MimicReconstructMAE),
+    "dmae": (DMAESettings, DistilledMAE),
 }
 
 TeacherLoader = Callable[[str], nn.Module]
