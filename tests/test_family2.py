@@ -12,6 +12,7 @@ from mimkit.masking import Mask, mask_from_noise, take_tokens
 from mimkit.models.vit import VisionTransformer
 from mimkit.objectives.base import EMATeacher, MethodOutput, update_teachers
 from mimkit.objectives.cae import ContextAutoencoder
+from mimkit.objectives.droppos import DropPos, smoothing_map
 from mimkit.objectives.hpm import HardPatchesMining, hardest_hidden, ranking_loss
 from mimkit.objectives.ibot import IBOT, distillation_ce, masked_patch_loss
 from mimkit.objectives.mrmae import MimicReconstructMAE
@@ -22,6 +23,7 @@ PRESETS = {
     "hpm": ("configs/fmnist_hpm_tiny.yaml", HardPatchesMining),
     "cae": ("configs/fmnist_cae_tiny.yaml", ContextAutoencoder),
     "mrmae": ("configs/fmnist_mrmae_tiny.yaml", MimicReconstructMAE),
+    "droppos": ("configs/fmnist_droppos_tiny.yaml", DropPos),
 }
 
 
@@ -59,7 +61,7 @@ def test_new_methods_keep_the_contract(name):
         model.reconstruct(x, mask)
 
 
-@pytest.mark.parametrize("name", ["ibot", "hpm", "cae"])
+@pytest.mark.parametrize("name", ["ibot", "hpm", "cae", "droppos"])
 def test_new_presets_train_reload_and_export(tmp_path, name):
     from mimkit.interop.convert import export_checkpoint
 
@@ -366,3 +368,58 @@ def test_dmae_preset_distils_a_teacher_and_reloads(tmp_path):
     assert type(result.model) is DistilledMAE and result.cfg.method.teacher_block == 2
     model, cfg = load_model(result.checkpoint)
     assert type(model) is DistilledMAE and cfg.method == result.cfg.method
+
+
+# --- DropPos ---------------------------------------------------------------------------------
+
+
+def test_droppos_targets_are_the_true_positions_of_exactly_the_dropped_tokens():
+    model = build("droppos", "method.sigma=0", "method.attentive=false")
+    x = images()
+    mask = model.draw_mask(4, "cpu", torch.Generator().manual_seed(0))
+    visible = mask.patches.ids_keep.shape[1]
+    assert visible == 4 and int(mask.dropped[0].sum()) == 3  # 75% of 16, then 75% of 4
+    target = model.position_targets(mask.patches)
+    assert torch.equal(target.argmax(-1), mask.patches.ids_keep)  # the true positions
+    assert torch.equal(target.sum(-1), torch.ones(4, visible))
+    out = model(x, mask=mask)
+    grad = torch.autograd.grad(out.loss, out.pred)[0].abs().sum(-1)  # (B, K)
+    assert ((grad > 0) == mask.dropped.bool()).all()  # the loss covers exactly the dropped ones
+    # the dropped tokens enter with the position mask token, the others with their own position
+    enc = model.encoder
+    tokens = take_tokens(enc.patch_embed(x), mask.patches.ids_keep)
+    with torch.no_grad():
+        h = model.encode_dropped(x, mask)[:, 1:]
+        drop = mask.dropped.bool()
+        expected = tokens + torch.where(
+            drop[..., None],
+            model.mask_pos_token,
+            take_tokens(enc.pos_embed[:, 1:].expand(4, -1, -1), mask.patches.ids_keep),
+        )
+        manual = enc.norm(nn.Sequential(*enc.blocks)(enc.with_prefix(expected)))[:, 1:]
+    torch.testing.assert_close(h, manual)
+
+
+def test_droppos_smoothing_shrinks_to_exact_positions_over_training():
+    table = smoothing_map((4, 4), 1.0)
+    assert table[5].argmax() == 5 and 0 < table[5, 6] < table[5, 5] and table[5, 15] < table[5, 6]
+    torch.testing.assert_close(table.sum(1), torch.ones(16))
+    assert torch.equal(smoothing_map((4, 4), 0.0), torch.eye(16))
+    model = build("droppos")
+    patches = model.draw_mask(2, "cpu", torch.Generator().manual_seed(0)).patches
+    start = model.position_targets(patches).max(-1).values
+    update_teachers(model, 1.0)  # the end of training: sigma 0
+    assert torch.equal(model.position_targets(patches).max(-1).values, torch.ones(2, 4))
+    assert (start < 1).all()
+
+
+def test_droppos_attentive_weights_follow_the_cls_similarity():
+    model = build("droppos")
+    x = images()
+    mask = model.draw_mask(4, "cpu", torch.Generator().manual_seed(0))
+    weights = model.attention_weights(x, mask.patches)
+    torch.testing.assert_close(weights.sum(1), torch.full((4,), 4.0))
+    tokens = model.encoder(x)
+    sim = nn.functional.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1)
+    order = torch.gather(sim, 1, mask.patches.ids_keep).argsort(1)
+    assert torch.equal(weights.argsort(1), order)

@@ -19,6 +19,7 @@ from mimkit.objectives.base import MethodOutput, MethodSettings
 from mimkit.objectives.cae import CAESettings, ContextAutoencoder
 from mimkit.objectives.crossmae import CrossMAE, CrossMAESettings
 from mimkit.objectives.dmae import DistilledMAE, DMAESettings
+from mimkit.objectives.droppos import DropPos, DropPosSettings
 from mimkit.objectives.g2sd import G2SD, G2SDSettings
 from mimkit.objectives.hpm import HardPatchesMining, HPMSettings
 from mimkit.objectives.ibot import IBOT, IBOTSettings
@@ -44,6 +45,7 @@ METHODS: dict[str, tuple[type[MethodSettings], Callable[..., nn.Module]]] = {
     "cae": (CAESettings, ContextAutoencoder),
     "mrmae": (MRMAESettings, MimicReconstructMAE),
     "dmae": (DMAESettings, DistilledMAE),
+    "droppos": (DropPosSettings, DropPos),
 }
 
 TeacherLoader = Callable[[str], nn.Module]
