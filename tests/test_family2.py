@@ -179,6 +179,21 @@ def test_hardest_hidden_hides_the_top_predicted_and_keeps_the_rest_of_the_draw()
     assert (drawn.binary[extra] == 1).all()
 
 
+def test_hardest_hidden_keeps_the_draws_order_under_bfloat16_predictions():
+    """Bug: the draw's ranks were cast to the predictions' dtype; in bfloat16 ranks above 256
+    tie, and the patch given up for a hard one was any of the tied ones."""
+    n = 576  # 384 px at 16 px patches
+    drawn = mask_from_noise(torch.rand(8, n, generator=torch.Generator().manual_seed(0)), 0.5)
+    keep = drawn.ids_keep.shape[1]
+    hard_patch = drawn.ids_keep[:, :1]  # a visible patch of the draw, predicted hardest
+    predicted = torch.zeros(8, n, dtype=torch.bfloat16).scatter(1, hard_patch, 1.0)
+    hard = hardest_hidden(predicted, drawn, 1)
+    expected = drawn.binary.scatter(1, hard_patch, 1.0)
+    expected.scatter_(1, drawn.ids_masked[:, :1], 0.0)  # the first-ranked hidden one gives way
+    assert drawn.ids_restore.gather(1, drawn.ids_masked[:, :1]).eq(keep).all()
+    assert torch.equal(hard.binary, expected)
+
+
 def test_hpm_masks_move_toward_higher_predicted_loss_as_training_progresses():
     model = build("hpm")
     x = images(8)

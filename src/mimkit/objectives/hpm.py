@@ -62,8 +62,9 @@ def hardest_hidden(predicted: torch.Tensor, drawn: Mask, hard: int) -> Mask:
     hidden patches are the ones the draw ranked first, and the count kept is the draw's."""
     if hard == 0:
         return drawn
-    priority = drawn.ids_restore.to(predicted.dtype)  # the draw's order: highest hidden first
-    hardest = predicted.topk(hard, dim=1).indices
+    # float32 whatever the autocast dtype: ranks above 256 would tie in bfloat16
+    priority = drawn.ids_restore.float()  # the draw's order: highest hidden first
+    hardest = predicted.float().topk(hard, dim=1).indices
     priority = priority.scatter(1, hardest, float(drawn.num_patches))  # above every rank
     return mask_keeping_lowest(priority, drawn.ids_keep.shape[1])
 
