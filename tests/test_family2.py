@@ -68,6 +68,12 @@ def test_new_presets_train_reload_and_export(tmp_path, name):
     result = short_run(tmp_path, PRESETS[name][0], "run")
     assert type(result.model) is PRESETS[name][1] and result.steps == 2
     assert torch.isfinite(torch.tensor(result.final_loss))
+    trained = result.model
+    if hasattr(trained, "progress"):  # the loop told the method how far training is
+        assert trained.progress() == pytest.approx(2 / 4)  # 2 of 1 epoch x 4 steps
+    if hasattr(trained, "ema_encoder"):  # and moved its EMA copy, which is not the student
+        pairs = zip(trained.ema_encoder.parameters(), trained.encoder.parameters(), strict=True)
+        assert any(not torch.equal(t, s) for t, s in pairs)
     model, cfg = load_model(result.checkpoint)
     assert type(model) is PRESETS[name][1] and cfg.method == result.cfg.method
     saved = result.model.state_dict()
