@@ -16,12 +16,18 @@ from mimkit.errors import ConfigError
 from mimkit.masking import MaskingConfig
 from mimkit.models.config import ModelConfig
 from mimkit.objectives.base import MethodOutput, MethodSettings
+from mimkit.objectives.cae import CAESettings, ContextAutoencoder
 from mimkit.objectives.crossmae import CrossMAE, CrossMAESettings
+from mimkit.objectives.dmae import DistilledMAE, DMAESettings
+from mimkit.objectives.droppos import DropPos, DropPosSettings
 from mimkit.objectives.g2sd import G2SD, G2SDSettings
+from mimkit.objectives.hpm import HardPatchesMining, HPMSettings
+from mimkit.objectives.ibot import IBOT, IBOTSettings
 from mimkit.objectives.mae import MAESettings, MaskedAutoencoder, build_mae
 from mimkit.objectives.maskalign import MaskAlign, MaskAlignSettings
 from mimkit.objectives.maskfeat import MaskFeat, MaskFeatSettings
 from mimkit.objectives.mfm import MaskedFrequencyModel, MFMSettings
+from mimkit.objectives.mrmae import MimicReconstructMAE, MRMAESettings
 from mimkit.objectives.simmim import SimMIM, SimMIMSettings
 
 # name -> (its settings section, the method); a method with a `teacher` setting takes the
@@ -34,6 +40,12 @@ METHODS: dict[str, tuple[type[MethodSettings], Callable[..., nn.Module]]] = {
     "maskalign": (MaskAlignSettings, MaskAlign),
     "mfm": (MFMSettings, MaskedFrequencyModel),
     "g2sd": (G2SDSettings, G2SD),
+    "ibot": (IBOTSettings, IBOT),
+    "hpm": (HPMSettings, HardPatchesMining),
+    "cae": (CAESettings, ContextAutoencoder),
+    "mrmae": (MRMAESettings, MimicReconstructMAE),
+    "dmae": (DMAESettings, DistilledMAE),
+    "droppos": (DropPosSettings, DropPos),
 }
 
 TeacherLoader = Callable[[str], nn.Module]

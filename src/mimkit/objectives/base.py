@@ -24,6 +24,8 @@ What the next methods need, and where it lives:
   optimiser; a frozen one is not saved with the student, an EMA one is (resume needs it);
 - a learned mask generator (HPM): `draw_mask` returns the random draw and `forward` turns it
   into the mask from the method's own predictions, visibly;
+- schedules over training (HPM's easy-to-hard masks, iBOT's teacher temperature): a
+  `TrainingProgress` module, set by the same after-step call that moves EMA teachers;
 - tokenizers that are not patches (point groups): the encoder takes tokens from whatever
   embedding the method owns; a `Mask` indexes tokens, not pixels.
 """
@@ -130,13 +132,34 @@ class EMATeacher(nn.Module):
 
 
 def update_teachers(method: nn.Module, progress: float) -> None:
-    """Move every EMA teacher of `method` toward its student; nothing for other methods.
+    """Move every EMA teacher of `method` toward its student, and tell the method how far
+    training is; nothing for methods that have neither.
 
     `progress` is the share of training done (for momentum schedules); the method names its
-    (teacher, student, momentum) triples in `ema_pairs(progress)`.
+    (teacher, student, momentum) triples in `ema_pairs(progress)`. A method whose objective
+    follows a schedule of its own (HPM's easy-to-hard masks, iBOT's teacher temperature)
+    keeps a `TrainingProgress` and is told here, after every optimiser step.
     """
-    pairs = getattr(method, "ema_pairs", None)
-    if pairs is None:
-        return
-    for teacher, student, momentum in pairs(progress):
+    for teacher, student, momentum in getattr(method, "ema_pairs", lambda _: ())(progress):
         teacher.update(student, momentum)
+    for module in method.modules():
+        if isinstance(module, TrainingProgress):
+            module.set(progress)
+
+
+class TrainingProgress(nn.Module):
+    """The share of training done, in [0, 1], as the loop last reported it (`update_teachers`).
+
+    A buffer, so it is saved with the method and a resumed run continues its schedules where
+    they were; a method built outside the loop starts at 0 (the schedules' start).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("share", torch.zeros(()))
+
+    def set(self, progress: float) -> None:
+        self.share.fill_(min(max(float(progress), 0.0), 1.0))
+
+    def forward(self) -> float:
+        return float(self.share)
