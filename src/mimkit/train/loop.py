@@ -47,7 +47,7 @@ from mimkit.train.runtime import autocast, pick_amp_dtype, pick_device
 from mimkit.train.speed import checkpoint_blocks, to_device_async, tune_backends, want_compile
 from mimkit.train.state import Schedule, TrainerState
 from mimkit.train.step import GuardedStep
-from mimkit.train.trackers import Trackers
+from mimkit.train.trackers import Trackers, check_trackers
 
 log = logging.getLogger(__name__)
 Rows = slice | torch.Tensor  # this process's rows of a global batch
@@ -446,6 +446,7 @@ def _pretrain(
 ) -> PretrainResult:
     cfg = resolve_run_config(cfg)
     tc = cfg.train
+    check_trackers(tc.loggers)  # before the data loads
     device = pick_device(device_name)
     tune_backends(device)
     torch.manual_seed(tc.seed)

@@ -6,7 +6,8 @@ Every sink is written from the run folder alone, with no network:
 
 * tensorboard: event files under `RUN/tensorboard/` (`tensorboard --logdir RUN/tensorboard`);
 * wandb: an offline run under `RUN/wandb/` (`wandb sync RUN/wandb/offline-run-*` uploads it);
-* mlflow: a local file store `RUN/mlruns/` unless `MLFLOW_TRACKING_URI` names another.
+* mlflow: a local file store `RUN/mlruns/` (`mlflow ui --backend-store-uri RUN/mlruns`)
+  unless `MLFLOW_TRACKING_URI` names another.
 
 A sink receives what `MetricsWriter` writes: the `start` line's fields as parameters, each
 `train` line's numbers as scalars at its step, and pictures (the reconstruction image after
@@ -109,7 +110,12 @@ class MLflowSink:
         except ImportError as exc:
             raise _missing("mlflow", exc) from exc
         self.mlflow = mlflow
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            # a plain folder in the run, readable without a server or a database; MLflow >= 3
+            # asks for this opt-in before it writes its file store
+            uri = (run_dir / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name("mimkit")
         experiment = found.experiment_id if found else self.client.create_experiment("mimkit")
