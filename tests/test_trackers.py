@@ -55,14 +55,18 @@ def test_grad_norm_is_measured_before_clipping():
 def test_metrics_lines_carry_grad_norm_and_pictures_land_per_epoch(tmp_path):
     cfg = run_cfg(tmp_path, "pics", "train.epochs=2", "data.limit=16")
     _train(cfg)
-    records = [json.loads(x) for x in (tmp_path / "pics" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(x) for x in (tmp_path / "pics" / "metrics.jsonl").read_text().splitlines()
+    ]
     train = [r for r in records if r["event"] == "train"]
     assert train and all(r["grad_norm"] > 0 for r in train)
     pictures = sorted((tmp_path / "pics" / "reconstructions").glob("step_*.png"))
     assert len(pictures) == 2  # one per saved epoch (the last save is the end's)
 
 
-@pytest.mark.skipif(not _has("tensorboard"), reason="tensorboard not installed (mimkit[tensorboard])")
+@pytest.mark.skipif(
+    not _has("tensorboard"), reason="tensorboard not installed (mimkit[tensorboard])"
+)
 def test_tensorboard_events_are_written_and_read_back(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -41,7 +41,9 @@ def check_trackers(names: list[str]) -> None:
     """Refuse an unknown tracker name with the field's name."""
     for name in names:
         if name not in TRACKERS:
-            raise ConfigError(f"train.loggers: unknown tracker {name!r}; expected some of {list(TRACKERS)}")
+            raise ConfigError(
+                f"train.loggers: unknown tracker {name!r}; expected some of {list(TRACKERS)}"
+            )
 
 
 def _missing(name: str, exc: ImportError) -> ConfigError:
