@@ -1,4 +1,5 @@
-"""`mimkit inspect`: pictures of what models and methods do."""
+"""`mimkit inspect` (pictures of what models and methods do) and `mimkit report` (a run as
+one HTML page)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--out", help="output folder (default: RUN/inspect)")
     embed.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     embed.set_defaults(func=cmd_inspect_embed)
+
+    report = sub.add_parser(
+        "report", help="one self-contained HTML page for a run: config, curves, pictures, results"
+    )
+    report.add_argument("run", help="run folder (or its checkpoint folder)")
+    report.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+    report.add_argument(
+        "--attention-items",
+        type=int,
+        default=4,
+        help="test items drawn with attention maps (0: no model pictures, no data read)",
+    )
+    report.set_defaults(func=cmd_report)
 
 
 def cmd_inspect_masks(args: argparse.Namespace) -> int:
@@ -134,4 +148,13 @@ def cmd_inspect_embed(args: argparse.Namespace) -> int:
         print(
             f"  block {i + 1}: feature norm {norm:.2f}  attention entropy {ent:.3f}  weight entropy {w:.3f}"
         )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.inspect.report_html import build_report
+
+    path = build_report(args.run, args.out, args.attention_items)
+    print(f"report: {path}  (self-contained: open it in any browser, offline)")
     return 0
