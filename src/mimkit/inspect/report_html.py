@@ -40,7 +40,9 @@ CURVES = (
     ("grad_norm", "gradient norm"),
 )
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1.5em; max-width: 1100px;
+  color: #222; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; } .row figure { flex: 0 1 240px; margin: 0; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
@@ -245,13 +247,15 @@ def build_report(run: str | Path, out: str | Path | None = None, attention_items
             "<h2>Reconstructions</h2><p>columns: original | masked | reconstruction | "
             "visible + reconstruction</p>"
         )
+        row = []
         for path in steps:
             step = int(path.stem.split("_")[1])
-            body.append(_figure(path.read_bytes(), f"after step {step}"))
+            row.append(_figure(path.read_bytes(), f"after step {step} (training images)"))
             used.add(path)
         if final.is_file():
-            body.append(_figure(final.read_bytes(), "at the end, on test images"))
+            row.append(_figure(final.read_bytes(), "at the end (test images)"))
             used.add(final)
+        body.append(f'<div class="row">{"".join(row)}</div>')
 
     if attention_items > 0:
         parts, drawn = _model_pictures(run, checkpoint, attention_items)
