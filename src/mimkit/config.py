@@ -57,6 +57,7 @@ class TrainConfig:
     compile: str | bool = "auto"  # torch.compile the model: auto (on with CUDA) | true | false
     activation_checkpointing: bool = False  # recompute block activations in backward (big models)
     parallel: str = "ddp"  # with several torchrun processes: ddp | fsdp (shards params per block)
+    loggers: list[str] = field(default_factory=list)  # trackers beside metrics.jsonl: tensorboard | wandb | mlflow
 
 
 @dataclass

@@ -11,7 +11,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="mimkit checkpoint folder (or the run folder holding it)")
     p.add_argument(
-        "--to", required=True, choices=("hf", "timm", "safetensors"), help="target format"
+        "--to",
+        required=True,
+        choices=("hf", "timm", "safetensors", "onnx"),
+        help="target format (onnx: the encoder's features, dynamic batch)",
     )
     p.add_argument("out", help="output folder")
     p.add_argument(
@@ -42,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.to == "onnx":
+        return cmd_export_onnx(args)
     # torch loads only when a command runs: --help stays fast
     from mimkit.interop.convert import export_checkpoint
 
@@ -52,6 +57,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         "safetensors": "mimkit checkpoint, weights only (encoder + decoder)",
     }[args.to]
     print(f"exported {args.checkpoint} -> {out}  ({what})")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.interop.onnx import export_onnx
+
+    path = export_onnx(args.checkpoint, args.out)
+    print(
+        f"exported {args.checkpoint} -> {path}  (encoder features: input 'pixels' (batch, C, ...) "
+        f"normalised as in {path.parent / 'preprocess.json'}, output 'features'; any batch size)"
+    )
     return 0
 
 

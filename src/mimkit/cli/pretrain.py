@@ -20,13 +20,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
+    import functools
+
     from mimkit.config import load_config
+    from mimkit.inspect.reconstructions import training_picture
     from mimkit.report import pretrain_report
     from mimkit.train.distributed import env_context
     from mimkit.train.loop import pretrain
 
     cfg = load_config(args.config, args.overrides)
-    result = pretrain(cfg, resume=not args.no_resume)
+    picture = None
+    if not args.no_eval:  # a reconstruction figure after each saved epoch, in RUN/reconstructions/
+        picture = functools.partial(
+            training_picture, mean=cfg.data.mean, std=cfg.data.std, seed=cfg.train.seed
+        )
+    result = pretrain(cfg, resume=not args.no_resume, picture=picture)
     if not env_context().is_main:
         return 0  # under torchrun, rank 0 reports
     print(

@@ -112,3 +112,13 @@ def save_reconstructions(
     path.parent.mkdir(parents=True, exist_ok=True)
     reconstruction_grid(model, images, mean, std, seed).save(path)
     return path
+
+
+def training_picture(
+    model: MaskedMethod, images: torch.Tensor, mean: list[float], std: list[float], seed: int = 0
+) -> Image.Image | None:
+    """The reconstruction figure drawn during training (`pretrain(picture=...)`); None for
+    methods whose target is not pixels (HOG, teacher features)."""
+    if not getattr(model, "reconstructs_pixels", False):
+        return None
+    return reconstruction_grid(model, images, mean, std, seed)

@@ -52,6 +52,17 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N, N) softmax(q k^T / sqrt(d_head)), each row a query's weights over keys.
+
+        For inspection only: `forward` never forms this matrix (SDPA fuses it away), so this
+        recomputes q and k from the same input.
+        """
+        b, n, d = x.shape
+        q, k, _ = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).unbind(2)
+        q, k = q.transpose(1, 2).float(), k.transpose(1, 2).float()
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
@@ -220,6 +231,21 @@ class VisionTransformer(nn.Module):
             hidden.append(h)
         out = self.norm(h)
         return (out, hidden) if return_hidden else out
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per block, (B, heads, N, N) attention weights over [prefix..., patches...] for the
+        whole image (no mask, eval mode). Inspection only: the training path keeps SDPA."""
+        was_training = self.training
+        self.eval()
+        try:
+            h, maps = self.embed(x), []
+            for block in self.blocks:
+                maps.append(block.attn.attention_weights(block.norm1(h)))
+                h = block(h)
+            return maps
+        finally:
+            self.train(was_training)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """One vector per image from normalised tokens: the cls token or the patch average."""

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +47,7 @@ from mimkit.train.runtime import autocast, pick_amp_dtype, pick_device
 from mimkit.train.speed import checkpoint_blocks, to_device_async, tune_backends, want_compile
 from mimkit.train.state import Schedule, TrainerState
 from mimkit.train.step import GuardedStep
+from mimkit.train.trackers import Trackers, check_trackers
 
 log = logging.getLogger(__name__)
 Rows = slice | torch.Tensor  # this process's rows of a global batch
@@ -76,6 +77,7 @@ class LoopParts:
     model: nn.Module  # what the checkpoint holds; its EMA teachers follow it after each step
     compiled: bool
     name: str  # progress-bar label
+    picture: Callable[[], Any] | None = None  # a PIL image logged after each save (pretraining)
 
 
 def train_loop(run: LoopParts, state: TrainerState, batch_loss: BatchLoss) -> float:
@@ -138,9 +140,10 @@ class Bookkeeper:
     def __init__(self, run: LoopParts, state: TrainerState) -> None:
         self.run, self.state, plan = run, state, run.schedule
         self.last_loss = math.nan  # mean loss of the last logged window
-        self.metrics = (
-            MetricsWriter(Path(run.cfg.out_dir) / "metrics.jsonl") if run.ctx.is_main else None
-        )
+        self.metrics = None
+        if run.ctx.is_main:
+            sinks = Trackers.open(run.cfg.train.loggers, run.cfg.out_dir, asdict(run.cfg))
+            self.metrics = MetricsWriter(Path(run.cfg.out_dir) / "metrics.jsonl", sinks)
         self.bar = tqdm(
             total=plan.stop_at * plan.effective_batch,
             initial=state.step * plan.effective_batch,
@@ -203,6 +206,7 @@ class Bookkeeper:
         self._window_imgs += plan.effective_batch
         if state.step % self.run.cfg.train.log_every and state.step != plan.stop_at:
             return
+        grad_norm = self.run.guard.read_grad_norm()
         self._sync()
         self._halt_if_too_many()
         elapsed = time.perf_counter() - self._window_start
@@ -215,6 +219,7 @@ class Bookkeeper:
             loss=self.last_loss,
             lr=lr,
             img_per_s=round(rate, 1),
+            grad_norm=grad_norm,
             nonfinite_skipped=state.nonfinite,
             corrupt_skipped=state.corrupt,
         )
@@ -225,6 +230,9 @@ class Bookkeeper:
     def save(self) -> None:
         self._sync()
         self.run.checkpointer.save(self.state)
+        image = self.run.picture() if self.run.picture and self.metrics else None
+        if image is not None:
+            self.metrics.picture("reconstructions", self.state.step, image)
 
     def finish(self) -> None:
         """Close the bar, write the final checkpoint and the `end` line."""
@@ -238,6 +246,8 @@ class Bookkeeper:
             nonfinite_skipped=state.nonfinite,
             corrupt_skipped=state.corrupt,
         )
+        if self.metrics is not None:
+            self.metrics.close()
         if state.corrupt and self.run.ctx.is_main:
             log.warning("%d corrupt image(s) were skipped during training", state.corrupt)
 
@@ -408,22 +418,38 @@ class MaskedLoss:
             return self.forward(x, mask=mask).loss
 
 
-def pretrain(cfg: RunConfig, resume: bool = True) -> PretrainResult:
+# (model, uint8 images) -> a PIL image, or None when the method has nothing to draw
+Picture = Callable[[MaskedMethod, torch.Tensor], Any]
+
+
+def _picture_then_train(picture: Picture, model: MaskedMethod, images: torch.Tensor) -> Any:
+    try:
+        return picture(model, images)
+    finally:
+        model.train()  # pictures are drawn in eval mode
+
+
+def pretrain(cfg: RunConfig, resume: bool = True, picture: Picture | None = None) -> PretrainResult:
     """Train `cfg` from scratch, or resume from `out_dir/checkpoint` when one exists.
 
     Launched by `torchrun` with several processes, each trains its share of every global batch
     (DDP, or FSDP with `train.parallel=fsdp`); the process group is closed on return.
+    `picture`, when given, draws a few training images after each saved epoch (the command line
+    passes the reconstruction figure); it lands in `RUN/reconstructions/` and the trackers.
     """
     ctx, device_name = init_distributed(cfg.train.device)
     try:
-        return _pretrain(cfg, resume, ctx, device_name)
+        return _pretrain(cfg, resume, ctx, device_name, picture)
     finally:
         shutdown_distributed()
 
 
-def _pretrain(cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str) -> PretrainResult:
+def _pretrain(
+    cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str, picture: Picture | None
+) -> PretrainResult:
     cfg = resolve_run_config(cfg)
     tc = cfg.train
+    check_trackers(tc.loggers)  # before the data loads
     device = pick_device(device_name)
     tune_backends(device)
     torch.manual_seed(tc.seed)
@@ -441,8 +467,11 @@ def _pretrain(cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str) 
     loss = MaskedLoss(
         model, run.forward, run.generator, run.schedule.global_batch, device, run.amp_dtype
     )
-    last_loss = train_loop(run, state, loss)
     samples = source.sample(cfg.eval.reconstruction_images)
+    # rank 0 alone runs the model for it: not with FSDP, whose forward needs every rank
+    if picture is not None and len(samples) and not (ctx.enabled and tc.parallel == "fsdp"):
+        run.picture = functools.partial(_picture_then_train, picture, model, samples)
+    last_loss = train_loop(run, state, loss)
     return PretrainResult(
         model,
         cfg,

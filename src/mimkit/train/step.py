@@ -52,6 +52,7 @@ class GuardedStep:
         self._skipped = torch.zeros((), device=device)
         self._loss_sum = torch.zeros((), device=device)
         self._applied = torch.zeros((), device=device)
+        self._grad_norm_sum = torch.zeros((), device=device)  # of applied steps, for the logs
 
     def step(self, loss: torch.Tensor) -> bool | None:
         if self.sync_free:
@@ -63,9 +64,9 @@ class GuardedStep:
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
             return False  # the loop counts it at once: checked mode knows now
-        if self.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad)
+        self.scaler.unscale_(self.optimizer)  # (a no-op without fp16) the norm is of true grads
+        norm = self._grad_norm()  # fp16: inf when the scaler is about to skip the step
+        self._grad_norm_sum += torch.where(torch.isfinite(norm), norm.float(), 0.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -75,8 +76,8 @@ class GuardedStep:
 
     def _step_on_device(self, loss: torch.Tensor) -> None:
         bad = (~torch.isfinite(loss.detach())).float()
-        if self.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad)
+        norm = self._grad_norm()
+        self._grad_norm_sum += torch.where(bad > 0, 0.0, norm.float())
         self.optimizer.found_inf = bad  # read by the fused kernel: 1 -> leave everything as is
         self.optimizer.grad_scale = None
         try:
@@ -88,6 +89,27 @@ class GuardedStep:
         self._loss_sum += torch.where(bad > 0, torch.zeros_like(loss), loss.detach().float())
         self._applied += 1 - bad
         return None
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The total L2 norm of the gradients, clipped to `clip_grad` when set; the norm before
+        clipping is returned, on the device (no sync)."""
+        if self.clip_grad is not None:
+            return torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return self._applied.new_zeros(())
+        if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: one foreach kernel
+            return torch.nn.utils.get_total_norm(grads)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+    def read_grad_norm(self) -> float:
+        """Mean gradient norm of the steps applied since the last call (0 when none); syncs.
+
+        Call before `read_back`, which resets the applied count it divides by."""
+        applied = self._applied.item()
+        mean = self._grad_norm_sum.item() / applied if applied else 0.0
+        self._grad_norm_sum.zero_()
+        return mean
 
     def read_back(self) -> tuple[int, float, int]:
         """(skipped, summed loss of applied steps, applied steps) since the last call; syncs.
