@@ -2,7 +2,7 @@ STAMP := .setup.stamp
 # The interpreter scripts/setup.sh chose and wrote into the stamp: python3, or the project's
 # .venv when python3 is externally managed (PEP 668), or $(PYTHON) when given
 # (`make demo PYTHON=/path/to/python`; `rm .setup.stamp` to choose again).
-PY = $(shell cat $(STAMP))
+PY = $(or $(shell cat $(STAMP) 2>/dev/null),python3)
 
 .PHONY: setup demo test lint bench
 

@@ -1,16 +1,18 @@
 """The README's set-up path (`make setup`, which `make demo` and `make test` run first) on a
 system whose python3 refuses `pip install` (PEP 668, as on Debian 12 / Ubuntu 23.04+).
 
-The externally managed interpreter is simulated faithfully: a copy of this python's binary whose
-prefix holds links to its standard library and site-packages plus an EXTERNALLY-MANAGED marker,
-the file pip itself checks. Its site-packages are this python's, so torch is already there and
-the run needs no download but the build backend of the editable install.
+The externally managed interpreter is simulated faithfully: a copy of this python's (base)
+binary whose prefix holds links to its standard library plus an EXTERNALLY-MANAGED marker, the
+file pip itself checks. Its site-packages point (by a .pth file) at this interpreter's, so torch
+is already there and the run needs no download but the build backend of the editable install.
+Works from a venv too (CI made by `make`): the base binary is copied, the venv's packages seen.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import sysconfig
@@ -27,24 +29,24 @@ def _externally_managed_python(base: Path) -> Path:
     (base / "bin").mkdir(parents=True)
     lib.mkdir(parents=True)
     for entry in stdlib.iterdir():
-        (lib / entry.name).symlink_to(entry)
-    purelib = Path(sysconfig.get_path("purelib"))
-    if purelib.parent != stdlib:  # site-packages kept elsewhere: link it in
-        (lib / "site-packages").unlink(missing_ok=True)
-        (lib / "site-packages").symlink_to(purelib)
+        if entry.name != "site-packages":
+            (lib / entry.name).symlink_to(entry)
+    # every package dir this interpreter sees (system, Debian's dist-packages, a venv's own)
+    dirs = dict.fromkeys([*site.getsitepackages(), sysconfig.get_path("purelib")])
+    (lib / "site-packages").mkdir()
+    (lib / "site-packages" / "outer.pth").write_text("\n".join(dirs) + "\n")
     (lib / "EXTERNALLY-MANAGED").write_text(
         "[externally-managed]\nError=simulated by mimkit's tests\n"
     )
     python = base / "bin" / "python3"
-    shutil.copy2(os.path.realpath(sys.executable), python)  # a copy: a link would lead back home
+    binary = getattr(sys, "_base_executable", sys.executable)
+    shutil.copy2(os.path.realpath(binary), python)  # a copy: a link would lead back home
     return python
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_setup_uses_a_project_venv_when_python3_is_externally_managed(tmp_path):
-    if sys.prefix != sys.base_prefix:
-        pytest.skip("tests run inside a venv: its base python cannot be copied faithfully")
     python = _externally_managed_python(tmp_path / "base")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{python.parent}{os.pathsep}{env['PATH']}"
