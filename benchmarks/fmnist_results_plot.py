@@ -17,10 +17,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mimkit.eval.cache import find_eval_output  # noqa: E402
+
 PUBLIC = {"HOG+SVM": 0.926, "ResNet18": 0.949, "WRN-28-10": 0.959}
 
 
 def read(path: Path) -> dict | None:
+    """A result by its pre-0.2 path CHECKPOINT/NAME; found in RUN/eval/ where it lives now."""
+    path = find_eval_output(path.parent, path.name) or path
     return json.loads(path.read_text()) if path.is_file() else None
 
 

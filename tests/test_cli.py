@@ -59,7 +59,7 @@ def test_pretrain_then_eval_knn_on_fashion_mnist_subset(tmp_path):
     done = run_cli("eval", "knn", out, "--train-limit", "2000")
     assert done.returncode == 0, done.stderr
     assert "kNN top-1 (pretrained, k=20" in done.stdout
-    assert json.loads((ckpt / "eval_knn.json").read_text())["top1"] == pytest.approx(
+    assert json.loads((out / "eval" / "eval_knn_train-2000.json").read_text())["top1"] == pytest.approx(
         results["knn_pretrained"], abs=1e-6
     )
 

@@ -199,7 +199,7 @@ def test_tome_command_prints_a_tradeoff_table(tmp_path, capsys):
     assert main(["pretrain", "configs/fmnist_mae_tiny.yaml", *overrides]) == 0
     assert main(["tome", str(tmp_path / "run"), "--r", "0", "4"]) == 0
     out = capsys.readouterr().out
-    rows = json.loads((tmp_path / "run" / "checkpoint" / "tome.json").read_text())
+    rows = json.loads((tmp_path / "run" / "eval" / "tome.json").read_text())
     assert [r["r"] for r in rows] == [0, 4]
     assert rows[0]["tokens_out"] == 50 and rows[1]["tokens_out"] == 50 - 2 * 4
     assert rows[0]["speedup"] == 1.0 and rows[1]["img_per_s"] > 0

@@ -23,22 +23,23 @@ def test_linear_prints_top1_writes_json_and_reuses_cached_features(ckpt, capsys,
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "linear probe top-1 (pretrained, pool avg, block 2/2):" in out and "<- chosen" in out
-    first = json.loads((ckpt / "eval_linear.json").read_text())
+    results = ckpt.parent / "eval"  # beside checkpoint/, which training replaces
+    first = json.loads((results / "eval_linear.json").read_text())
     assert 0.0 <= first["top1"] <= 1.0 and first["lr"] in (0.01, 0.1)
     assert first["train_items"] == 80 and first["test_items"] == 24
-    assert len(list((ckpt / "features").glob("*.safetensors"))) == 2  # train and test
+    assert len(list((results / "features").glob("*.safetensors"))) == 2  # train and test
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were recomputed although they are cached")
 
     monkeypatch.setattr(cache_mod, "extract_features", no_extraction)
     assert main(args) == 0
-    assert json.loads((ckpt / "eval_linear.json").read_text())["top1"] == first["top1"]
+    assert json.loads((results / "eval_linear.json").read_text())["top1"] == first["top1"]
     assert main(["eval", "knn", str(ckpt), "-k", "5"]) == 0  # knn shares the cache
     assert main(["eval", "fewshot", str(ckpt), "--shots", "1", "5", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "few-shot linear probe (pretrained" in out and "± " in out
-    few = json.loads((ckpt / "eval_fewshot.json").read_text())
+    few = json.loads((results / "eval_fewshot.json").read_text())
     assert [r["shots"] for r in few["results"]] == [1, 5] and len(
         few["results"][0]["per_seed"]
     ) == 2
@@ -51,9 +52,11 @@ def test_random_init_and_other_blocks_are_separate_results(ckpt, capsys):
     assert main(["eval", "linear", str(ckpt), "--block", "1", "--pool", "cls", "--lrs", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "random-init" in out and "pool cls, block 1/2" in out
-    assert json.loads((ckpt / "eval_linear_random_init.json").read_text())["random_init"] is True
-    assert json.loads((ckpt / "eval_linear.json").read_text())["block"] == 1
-    assert len(list((ckpt / "features").glob("*.safetensors"))) == 4
+    results = ckpt.parent / "eval"
+    assert json.loads((results / "eval_linear_random_init.json").read_text())["random_init"] is True
+    # named by the settings given, so the default run's result is not overwritten
+    assert json.loads((results / "eval_linear_pool-cls_block-1.json").read_text())["block"] == 1
+    assert len(list((results / "features").glob("*.safetensors"))) == 4
 
 
 def test_finetune_command(ckpt, tmp_path, capsys):
@@ -62,7 +65,7 @@ def test_finetune_command(ckpt, tmp_path, capsys):
     )
     assert code == 0
     assert "fine-tune top-1 (pretrained, 0 epoch(s), 2 steps" in capsys.readouterr().out
-    record = json.loads((ckpt / "eval_finetune.json").read_text())
+    record = json.loads((ckpt.parent / "eval" / "eval_finetune.json").read_text())
     assert record["steps"] == 2 and record["layer_decay"] == 0.75
     assert (ckpt.parent / "finetune" / "checkpoint" / "model.safetensors").is_file()
 

@@ -40,7 +40,10 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = {
-    "mimkit": 0,  # the package itself holds only __version__
+    # the package: __version__, and the public API (mimkit.api) loaded on first use; at the top
+    # with the cli so that its lazy import may give a fast start as its reason
+    "mimkit": 7,
+    "mimkit.api": 6,
     "mimkit.errors": 0,
     "mimkit.patches": 0,
     "mimkit.progress": 0,

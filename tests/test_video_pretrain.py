@@ -59,7 +59,7 @@ def test_videomae_pretrain_and_knn_from_the_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "knn", str(out), "-k", "3"]) == 0
     assert "kNN top-1 (pretrained" in capsys.readouterr().out
-    saved = json.loads((out / "checkpoint" / "eval_knn.json").read_text())
+    saved = json.loads((out / "eval" / "eval_knn_k-3.json").read_text())
     assert saved["test_items"] == 8 and saved["train_items"] == 8
 
 

@@ -84,19 +84,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_tome(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
     from mimkit.compress.tradeoff import plot_tradeoff, rows_as_dicts, tome_tradeoff
+    from mimkit.eval.cache import eval_dir
     from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device
 
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)
+    splits = _splits_for(cfg, args.train_limit)
+    rs = sorted(set(args.r))
+    print(
+        f"tome: timing r={', '.join(map(str, rs))} interleaved on {min(args.batch_size, len(splits[2]))} "
+        f"images, then kNN per r (bank {len(splits[1])}, test {len(splits[3])}); progress on stderr",
+        flush=True,
+    )
     rows = tome_tradeoff(
         model.encoder,
-        _splits_for(cfg, args.train_limit),
+        splits,
         cfg.data.mean,
         cfg.data.std,
-        sorted(set(args.r)),
+        rs,
         args.batch_size,
         device,
+        progress=True,
     )
     print(f"{'r':>4} {'tokens out':>10} {'img/s':>10} {'speed-up':>9} {'kNN top-1':>10}")
     for row in rows:
@@ -104,7 +113,8 @@ def cmd_tome(args: argparse.Namespace) -> int:
             f"{row.r:>4} {row.tokens_out:>10} {row.img_per_s:>10.1f} {row.speedup:>8.2f}x "
             f"{100 * row.knn_top1:>9.2f}%"
         )
-    folder = resolve_checkpoint_dir(args.checkpoint)
+    folder = eval_dir(resolve_checkpoint_dir(args.checkpoint))  # survives checkpoint updates
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "tome.json").write_text(json.dumps(rows_as_dicts(rows), indent=1))
     plot = plot_tradeoff(rows, Path(folder) / "tome.png")
     print(f"written {folder / 'tome.json'}" + (f" and {plot}" if plot else ""))

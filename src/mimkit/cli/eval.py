@@ -2,6 +2,10 @@
 
 Every protocol accepts `--random-init` (the same architecture, untrained: the floor) and
 `--data/--source/--train-limit`; all but finetune read features through the on-disk cache.
+Results and the cache live in the run's `eval/` folder, beside `checkpoint/` (which training
+replaces when it saves): `eval_<protocol>[_random_init][_<setting>-<value>...].json`, named by
+every setting given that changes the result (`--pool`, `--block`, limits, data, k/T), so runs
+with other settings never overwrite each other; each file also records its settings.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 from mimkit.cli.parsing import DEVICE_HELP
 
-FEATURE_CACHE_DIR = "features"
+KNN_K, KNN_T = 20, 0.07  # `eval knn` defaults, also the names of its default result file
 
 # --help of `eval finetune`'s options, which are made from the fine-tuning settings
 FINETUNE_HELP = {
@@ -49,9 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     knn = esub.add_parser("knn", help="weighted cosine kNN on frozen features")
     add_common_args(knn, train_limit_help="use only the first N training items as the bank")
-    knn.add_argument("-k", "--k", type=int, default=20, help="neighbours that vote")
+    knn.add_argument("-k", "--k", type=int, default=KNN_K, help="neighbours that vote")
     knn.add_argument(
-        "--temperature", type=float, default=0.07, help="softmax temperature of the votes"
+        "--temperature", type=float, default=KNN_T, help="softmax temperature of the votes"
     )
     add_feature_args(knn)
     knn.set_defaults(func=cmd_eval_knn)
@@ -92,9 +96,10 @@ def add_common_args(
 
 
 def add_feature_args(p: argparse.ArgumentParser) -> None:
-    """Which features: pooling, block, and the on-disk cache (kept in CHECKPOINT/features/)."""
+    """Which features: pooling, block, test items, and the on-disk cache (RUN/eval/features/)."""
     p.add_argument("--pool", choices=("cls", "avg"), help="default: the checkpoint's model.pool")
     p.add_argument("--block", type=int, help="features after this block (1..depth); default last")
+    p.add_argument("--test-limit", type=int, help="use only the first N test items")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
 
 
@@ -159,56 +164,31 @@ def use_data_args(cfg, args: argparse.Namespace) -> None:
 
 def cmd_eval_knn(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
-    import torch
+    from mimkit.eval.knn import knn_top1
 
-    from mimkit.data.sources import load_labelled_splits
-    from mimkit.eval.knn import knn_evaluate
-    from mimkit.train.checkpoint import load_model, method_from_config, resolve_checkpoint_dir
-    from mimkit.train.runtime import pick_device
-
-    device = pick_device(args.device)
-    model, cfg = load_model(args.checkpoint, device)
-    if args.random_init:
-        torch.manual_seed(cfg.train.seed)
-        model = method_from_config(cfg).to(device)
-    use_data_args(cfg, args)
-    splits = load_labelled_splits(
-        cfg.data, cfg.model.in_chans, cfg.model.image_hw, args.train_limit
-    )
-    cache = None if args.no_cache else resolve_checkpoint_dir(args.checkpoint) / FEATURE_CACHE_DIR
-    result = knn_evaluate(
-        model.encoder,
-        splits,
-        cfg.data.mean,
-        cfg.data.std,
-        args.k,
-        args.temperature,
-        device,
-        cache_dir=cache,
-        pool=args.pool,
-        block=args.block,
-    )
-    name = "random-init" if args.random_init else "pretrained"
+    feats = load_features(args)
+    start = time.perf_counter()
+    top1 = knn_top1(*feats["train"], *feats["test"], k=args.k, temperature=args.temperature)
+    n_train, n_test = len(feats["train"][1]), len(feats["test"][1])
     print(
-        f"kNN top-1 ({name}, k={args.k}, T={args.temperature}, bank {result.train_items}, test {result.test_items}): {100 * result.top1:.2f}%"
+        f"kNN top-1 ({_name(args)}, k={args.k}, T={args.temperature}, bank {n_train}, test {n_test}): {100 * top1:.2f}%"
     )
-    out = (
-        resolve_checkpoint_dir(args.checkpoint)
-        / f"eval_knn{'_random_init' if args.random_init else ''}.json"
-    )
-    out.write_text(
-        json.dumps(
-            {
-                "top1": result.top1,
-                "k": args.k,
-                "temperature": args.temperature,
-                "train_items": result.train_items,
-                "test_items": result.test_items,
-                "random_init": args.random_init,
-                "seconds": round(result.seconds, 2),
-            },
-            indent=1,
-        )
+    write_result(
+        feats["folder"],
+        "knn",
+        args.random_init,
+        {
+            "top1": top1,
+            "k": args.k,
+            "temperature": args.temperature,
+            "pool": feats["pool"],
+            "block": feats["block"],
+            "train_items": n_train,
+            "test_items": n_test,
+            "random_init": args.random_init,
+            "seconds": round(feats["seconds"] + time.perf_counter() - start, 2),
+        },
+        args,
     )
     return 0
 
@@ -235,15 +215,21 @@ def load_features(args: argparse.Namespace) -> dict[str, Any]:
     """Train/test features and labels for the target, from the cache when possible."""
     # torch loads only when a command runs: --help stays fast
     from mimkit.data.sources import load_labelled_splits
-    from mimkit.eval.cache import cached_features
+    from mimkit.eval.cache import cached_features, feature_cache_dir, legacy_eval_dir
 
     start = time.perf_counter()
     encoder, cfg, folder, device = load_target(args)
     x_train, y_train, x_test, y_test = load_labelled_splits(
         cfg.data, cfg.model.in_chans, cfg.model.image_hw, args.train_limit
     )
-    cache_dir = None if args.no_cache else folder / FEATURE_CACHE_DIR
-    kw = dict(cache_dir=cache_dir, pool=args.pool, block=args.block, device=device, progress=True)
+    if args.test_limit is not None:
+        x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
+    cache_dir = None if args.no_cache else feature_cache_dir(folder)
+    old = (legacy_eval_dir(folder) / "features",)  # pre-0.2 entries are still read
+    kw = dict(
+        cache_dir=cache_dir, also_read=old, pool=args.pool, block=args.block, device=device,
+        progress=True,
+    )  # fmt: skip
     f_train = cached_features(
         encoder, x_train, cfg.data.mean, cfg.data.std, desc="train features", **kw
     )
@@ -261,8 +247,51 @@ def load_features(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def write_result(folder: Path, protocol: str, random_init: bool, record: dict) -> Path:
-    path = folder / f"eval_{protocol}{'_random_init' if random_init else ''}.json"
+def result_name(protocol: str, random_init: bool, args: argparse.Namespace | None = None) -> str:
+    """`eval_<protocol>[_random_init]`, then `_<setting>-<value>` for each setting given that
+    changes the result; the defaults give the plain name (`eval_knn.json`)."""
+    parts = [f"eval_{protocol}"] + (["random_init"] if random_init else [])
+    if args is not None:
+        given = [
+            ("pool", getattr(args, "pool", None)),
+            ("block", getattr(args, "block", None)),
+            ("train", getattr(args, "train_limit", None)),
+            ("test", getattr(args, "test_limit", None)),
+            ("data", getattr(args, "data", None) and Path(args.data).name),
+            ("source", getattr(args, "source", None)),
+        ]
+        if protocol == "knn":
+            given += [
+                ("k", args.k if args.k != KNN_K else None),
+                ("T", f"{args.temperature:g}" if args.temperature != KNN_T else None),
+            ]
+        parts += [f"{key}-{value}" for key, value in given if value is not None]
+    name = "_".join(parts)
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) + ".json"
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """What the command line chose about the data and features (None: the default)."""
+    keys = ("pool", "block", "train_limit", "test_limit", "data", "source", "no_cache")
+    return {key: getattr(args, key) for key in keys if hasattr(args, key)}
+
+
+def write_result(
+    folder: Path,
+    protocol: str,
+    random_init: bool,
+    record: dict,
+    args: argparse.Namespace | None = None,
+) -> Path:
+    """`record` as JSON in the checkpoint's eval folder (RUN/eval/), named by its settings."""
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.eval.cache import eval_dir
+
+    out = eval_dir(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / result_name(protocol, random_init, args)
+    if args is not None:
+        record = dict(record, settings=settings_of(args))
     path.write_text(json.dumps(record, indent=1))
     print(f"written: {path}")
     return path
@@ -314,6 +343,7 @@ def cmd_eval_linear(args: argparse.Namespace) -> int:
             "random_init": args.random_init,
             "seconds": round(seconds, 2),
         },
+        args,
     )
     return 0
 
@@ -355,6 +385,7 @@ def cmd_eval_fewshot(args: argparse.Namespace) -> int:
             "random_init": args.random_init,
             "seconds": round(seconds, 2),
         },
+        args,
     )
     return 0
 
@@ -399,6 +430,6 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
         seconds=round(result.seconds, 2),
     )
     record["betas"] = list(record["betas"])
-    write_result(folder, "finetune", args.random_init, record)
+    write_result(folder, "finetune", args.random_init, record, args)
     (out / "result.json").write_text(json.dumps(record, indent=1))  # this run's own copy
     return 0

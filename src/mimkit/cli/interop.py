@@ -49,14 +49,24 @@ def cmd_export(args: argparse.Namespace) -> int:
         return cmd_export_onnx(args)
     # torch loads only when a command runs: --help stays fast
     from mimkit.interop.convert import export_checkpoint
+    from mimkit.train.checkpoint import load_config_file, resolve_checkpoint_dir
 
     out = export_checkpoint(args.checkpoint, args.to, args.out, args.hf_arch)
+    pool = load_config_file(resolve_checkpoint_dir(args.checkpoint)).model.pool
+    timm_pool = "global_pool='avg', fc_norm=False" if pool == "avg" else "global_pool='token'"
     what = {
         "hf": f"Hugging Face folder ({args.hf_arch}): from_pretrained('{out}')",
-        "timm": "timm folder: encoder only, global_pool='token', num_classes=0",
+        "timm": f"timm folder: encoder only, {timm_pool}, num_classes=0",
         "safetensors": "mimkit checkpoint, weights only (encoder + decoder)",
     }[args.to]
     print(f"exported {args.checkpoint} -> {out}  ({what})")
+    if args.to == "hf":
+        # transformers pools no features itself: say which pooling mimkit's features use
+        how = "the mean of the patch tokens" if pool == "avg" else "the class token"
+        print(
+            f"features: mimkit pools {how} of last_hidden_state (model.pool={pool}); recorded as "
+            f"config.json 'mimkit_features' and restored by `mimkit import`"
+        )
     return 0
 
 

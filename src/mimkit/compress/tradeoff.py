@@ -7,17 +7,22 @@ slows every r alike, so the speed-ups against r=0 stay fair.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from mimkit.compress.tome import tome_features, tome_tokens
 from mimkit.data.transforms import normalize
 from mimkit.eval.knn import knn_top1
 from mimkit.models.vit import VisionTransformer
+from mimkit.progress import progress_interval
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,10 +36,27 @@ class TomeRow:
 
 @torch.no_grad()
 def tome_all_features(
-    encoder: VisionTransformer, images: torch.Tensor, mean, std, r: int, batch: int, device
+    encoder: VisionTransformer,
+    images: torch.Tensor,
+    mean,
+    std,
+    r: int,
+    batch: int,
+    device,
+    progress: bool = False,
+    desc: str = "features",
 ) -> torch.Tensor:
     chunks = []
-    for start in range(0, len(images), batch):
+    starts = range(0, len(images), batch)
+    bar = tqdm(
+        starts,
+        desc=desc,
+        unit="batch",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=progress_interval(),
+    )
+    for start in bar:
         x = normalize(images[start : start + batch].to(device), mean, std)
         chunks.append(tome_features(encoder, x, r).float().cpu())
     return torch.cat(chunks)
@@ -42,11 +64,24 @@ def tome_all_features(
 
 @torch.no_grad()
 def interleaved_img_per_s(
-    encoder: VisionTransformer, x: torch.Tensor, rs: list[int], rounds: int = 15, warmup: int = 2
+    encoder: VisionTransformer,
+    x: torch.Tensor,
+    rs: list[int],
+    rounds: int = 15,
+    warmup: int = 2,
+    progress: bool = False,
 ) -> dict[int, float]:
     """Median images/s of each r on batch `x`, every round running all r in turn."""
     times: dict[int, list[float]] = {r: [] for r in rs}
-    for i in range(warmup + rounds):
+    bar = tqdm(
+        range(warmup + rounds),
+        desc=f"timing r={','.join(map(str, rs))} on {len(x)} images",
+        unit="round",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=progress_interval(),
+    )
+    for i in bar:
         for r in rs:
             if x.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -67,15 +102,25 @@ def tome_tradeoff(
     rs: list[int],
     batch: int = 256,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> list[TomeRow]:
+    """Speed first (every r interleaved), then kNN top-1 per r: each step shows a progress bar
+    when `progress`, so a run of minutes is never silent."""
     encoder = encoder.to(device).eval()
     x_train, y_train, x_test, y_test = splits
-    rates = interleaved_img_per_s(encoder, normalize(x_test[:batch].to(device), mean, std), rs)
+    x = normalize(x_test[:batch].to(device), mean, std)
+    rates = interleaved_img_per_s(encoder, x, rs, progress=progress)
     base = rates[min(rs)]
     rows = []
-    for r in rs:
-        f_train = tome_all_features(encoder, x_train, mean, std, r, batch, device)
-        f_test = tome_all_features(encoder, x_test, mean, std, r, batch, device)
+    for i, r in enumerate(rs):
+        common = dict(progress=progress)
+        tag = f"r={r} ({i + 1}/{len(rs)})"
+        f_train = tome_all_features(
+            encoder, x_train, mean, std, r, batch, device, desc=f"{tag} train features", **common
+        )
+        f_test = tome_all_features(
+            encoder, x_test, mean, std, r, batch, device, desc=f"{tag} test features", **common
+        )
         probe = normalize(x_test[:1].to(device), mean, std)
         tokens = tome_tokens(encoder, probe, r)[0].shape[1]
         top1 = knn_top1(f_train, y_train, f_test, y_test)

@@ -1,18 +1,27 @@
-"""`mimkit data info` and `data stats`: what a data folder holds, before anyone trains on it."""
+"""`mimkit data info` and `data stats`: what a data folder holds, before anyone trains on it.
+
+`data info` reads every layout the data sources read: IDX files, image folders, and the folders
+`mimkit data synth` writes: arrays (.npy/.npz/TIFF/NIfTI volumes, tiles, spectrograms: shapes,
+dtypes, value range) and videos (frames and size per clip, with PyAV from mimkit[video]).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mimkit.data.arrays import band_stats
+from mimkit.data.arrays import NIFTI_SUFFIXES, VOLUME_EXTENSIONS, band_stats, read_array
 from mimkit.data.config import DataConfig
-from mimkit.data.folder import list_images
+from mimkit.data.folder import IMAGE_EXTENSIONS, list_images
 from mimkit.data.idx import find_fashion_mnist, read_idx
 from mimkit.data.sources import load_split
+from mimkit.data.video import VIDEO_EXTENSIONS
 from mimkit.errors import DataError
+
+ARRAY_ONLY = frozenset({".npy", ".npz", ".nii", ".gz"})  # suffixes no image reader takes
 
 
 def describe(path: str) -> list[str]:
@@ -36,10 +45,95 @@ def describe(path: str) -> list[str]:
     return _describe_images(folder)
 
 
+def _kind(split: Path) -> str:
+    """'arrays', 'videos' or 'images': what the files under a split folder are."""
+    suffixes = Counter(p.suffix.lower() for p in split.rglob("*") if p.is_file())
+    if any(s in ARRAY_ONLY for s in suffixes):
+        return "arrays"
+    if any(s in VIDEO_EXTENSIONS for s in suffixes):
+        return "videos"
+    tiffs = sorted(p for p in split.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
+    if tiffs and not any(s in IMAGE_EXTENSIONS - {".tif", ".tiff"} for s in suffixes):
+        try:  # multi-band or 16-bit TIFF tiles are arrays, not pictures
+            with Image.open(tiffs[0]) as image:
+                if getattr(image, "n_frames", 1) > 1 or image.mode not in ("L", "RGB", "RGBA"):
+                    return "arrays"
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            return "arrays"
+    return "images"
+
+
+def _head(lines: list[str], split: Path, files: list[Path], labels: list[int], classes, what: str):
+    per_class = Counter(labels)
+    lines.append(f"{split}: {len(files)} {what}, {len(classes)} classes")
+    if classes:
+        lines.append(
+            "  per class: " + ", ".join(f"{c}={per_class[i]}" for i, c in enumerate(classes))
+        )
+    if per_class[-1]:
+        lines.append(f"  unlabelled (outside class folders): {per_class[-1]}")
+
+
+def _describe_arrays(split: Path, lines: list[str]) -> None:
+    files, labels, classes = list_images(split, VOLUME_EXTENSIONS)
+    files = [
+        f for f in files if f.suffix.lower() != ".gz" or f.name.lower().endswith(NIFTI_SUFFIXES)
+    ]
+    _head(lines, split, files, labels[: len(files)], classes, "arrays")
+    shapes: Counter[str] = Counter()
+    low, high, bad = np.inf, -np.inf, []
+    for file in files:
+        try:
+            arr = (
+                np.load(file, mmap_mode="r") if file.suffix.lower() == ".npy" else read_array(file)
+            )
+            shapes[f"{tuple(arr.shape)} {arr.dtype}"] += 1
+            if arr.size:
+                low, high = min(low, float(np.min(arr))), max(high, float(np.max(arr)))
+        except (DataError, OSError, ValueError) as exc:
+            bad.append(f"{file} ({exc})" if not str(exc).startswith(str(file)) else str(exc))
+    lines.append("  shapes (dtype): " + ", ".join(f"{s} x{n}" for s, n in shapes.most_common(5)))
+    if shapes:
+        lines.append(f"  values: {low:g} .. {high:g}")
+    lines.append(
+        f"  unreadable (would be skipped): {len(bad)}" + (f", e.g. {bad[0]}" if bad else "")
+    )
+
+
+def _describe_videos(split: Path, lines: list[str]) -> None:
+    files, labels, classes = list_images(split, VIDEO_EXTENSIONS)
+    _head(lines, split, files, labels, classes, "videos")
+    try:
+        import av  # optional dependency: mimkit[video]
+    except ImportError:
+        lines.append("  frames and sizes: install mimkit[video] (PyAV) to read them")
+        return
+    shapes: Counter[str] = Counter()
+    bad = []
+    for file in files:
+        try:
+            with av.open(str(file)) as container:
+                stream = container.streams.video[0]
+                frames = stream.frames or sum(1 for _ in container.decode(stream))
+                shapes[
+                    f"{frames} frames {stream.codec_context.height}x{stream.codec_context.width}"
+                ] += 1
+        except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
+            bad.append(f"{file} ({exc})")
+    lines.append("  clips: " + ", ".join(f"{s} x{n}" for s, n in shapes.most_common(5)))
+    lines.append(
+        f"  unreadable (would be skipped): {len(bad)}" + (f", e.g. {bad[0]}" if bad else "")
+    )
+
+
 def _describe_images(folder: Path) -> list[str]:
     splits = [folder / s for s in ("train", "val", "test") if (folder / s).is_dir()] or [folder]
-    lines = []
+    lines: list[str] = []
     for split in splits:
+        kind = _kind(split)
+        if kind != "images":
+            (_describe_arrays if kind == "arrays" else _describe_videos)(split, lines)
+            continue
         files, labels, classes = list_images(split)
         sizes: Counter[str] = Counter()
         modes: Counter[str] = Counter()

@@ -24,6 +24,37 @@ from mimkit.models.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+EVAL_DIR = "eval"  # evaluation outputs of a run: RUN/eval/, beside RUN/checkpoint/
+FEATURE_CACHE_DIR = "features"
+
+
+def eval_dir(checkpoint: str | Path) -> Path:
+    """Where the evaluation outputs of a checkpoint folder live (eval_*.json, features/, tome.*).
+
+    A run's `checkpoint/` is replaced as a whole each time training saves, so its outputs live
+    beside it, in `RUN/eval/`; a standalone checkpoint folder (an import, a pruned copy) is never
+    replaced, and keeps them in `FOLDER/eval/`. Before 0.2 they were inside the checkpoint folder
+    itself: `legacy_eval_dir` (read, never written)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.name == "checkpoint":
+        return checkpoint.parent / EVAL_DIR
+    return checkpoint / EVAL_DIR
+
+
+def legacy_eval_dir(checkpoint: str | Path) -> Path:
+    return Path(checkpoint)
+
+
+def feature_cache_dir(checkpoint: str | Path) -> Path:
+    return eval_dir(checkpoint) / FEATURE_CACHE_DIR
+
+
+def find_eval_output(checkpoint: str | Path, name: str) -> Path | None:
+    """An evaluation output by file name: the current location first, then the pre-0.2 one."""
+    for folder in (eval_dir(checkpoint), legacy_eval_dir(checkpoint)):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -76,11 +107,13 @@ def cached_features(
     cache_dir: str | Path | None,
     pool: str | None = None,
     block: int | None = None,
+    also_read: tuple[str | Path, ...] = (),
     **extract_kwargs,
 ) -> torch.Tensor:
     """`extract_features`, read from `cache_dir` when this exact computation was done before.
 
-    With `cache_dir=None` this is plain extraction. A corrupt cache file is recomputed.
+    With `cache_dir=None` this is plain extraction. A corrupt cache file is recomputed. Entries
+    are also looked up (never written) in the folders `also_read`: older cache locations.
     """
     pool = pool or encoder.cfg.pool
     block = block or len(encoder.blocks)
@@ -90,16 +123,18 @@ def cached_features(
             encoder, images, mean, std, pool=pool, block=block, **extract_kwargs
         )
     folder = Path(cache_dir)
-    path = folder / f"{feature_key(encoder, images, mean, std, pool, block)}.safetensors"
-    if path.is_file():
-        try:
-            features = load_file(path)["features"]
-            if features.shape[0] == images.shape[0]:
-                log.debug("features from cache %s", path)
-                return features
-        except (SafetensorError, OSError, KeyError, ValueError):
-            pass
-        log.warning("%s: unreadable feature cache entry; recomputing", path)
+    name = f"{feature_key(encoder, images, mean, std, pool, block)}.safetensors"
+    path = folder / name
+    for candidate in (path, *(Path(d) / name for d in also_read)):
+        if candidate.is_file():
+            try:
+                features = load_file(candidate)["features"]
+                if features.shape[0] == images.shape[0]:
+                    log.debug("features from cache %s", candidate)
+                    return features
+            except (SafetensorError, OSError, KeyError, ValueError):
+                pass
+            log.warning("%s: unreadable feature cache entry; recomputing", candidate)
     features = extract_features(
         encoder, images, mean, std, pool=pool, block=block, **extract_kwargs
     )

@@ -1,4 +1,10 @@
-"""Reconstruction figures: rows of original | masked input | reconstruction | visible+reconstruction."""
+"""Reconstruction figures: rows of original | masked input | reconstruction | visible+reconstruction.
+
+Images whose values are in [0, 1] once un-normalised (uint8 pictures) are shown as they are.
+Other data (multi-band tiles, spectrograms: float values in their own units) is scaled for display
+band by band: each band's 1st..99th percentile over the originals of the figure maps to black..white,
+and every column uses the originals' scaling, so reconstructions are comparable with them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mimkit.data.transforms import denormalize, fit_to_model, normalize
+from mimkit.data.transforms import fit_to_model, normalize
 from mimkit.masking import Mask
 from mimkit.objectives.base import MaskedMethod
 from mimkit.patches import unpatchify
@@ -27,8 +33,29 @@ def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
 def _panels(
     x: torch.Tensor, out: dict[str, torch.Tensor], mean: list[float], std: list[float]
 ) -> list[torch.Tensor]:
-    """The `COLUMNS` of one figure, back in [0, 1]: the input, then reconstruct's outputs."""
-    return [denormalize(p, mean, std) for p in (x, *(out[name] for name in COLUMNS[1:]))]
+    """The `COLUMNS` of one figure, in [0, 1] for display: the input, then reconstruct's outputs."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(shape)
+    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(shape)
+    raw = [p.float() * s + m for p in (x, *(out[name] for name in COLUMNS[1:]))]
+    return display_scale(raw)
+
+
+def display_scale(panels: list[torch.Tensor], eps: float = 1e-3) -> list[torch.Tensor]:
+    """Panels (N, C, ...) un-normalised -> [0, 1]: as they are when the originals (`panels[0]`)
+    lie in [0, 1]; else per band, the originals' 1st..99th percentile stretched to 0..1."""
+    original = panels[0]
+    if original.min() >= -eps and original.max() <= 1 + eps:
+        return [p.clamp(0, 1) for p in panels]
+    bands = original.transpose(0, 1).reshape(original.shape[1], -1)
+    step = max(1, bands.shape[1] // 100_000)  # quantile needs no more than a sample
+    sample = bands[:, ::step]
+    low = torch.quantile(sample, 0.01, dim=1)
+    high = torch.quantile(sample, 0.99, dim=1)
+    span = torch.where(high > low, high - low, torch.ones_like(high))
+    shape = (1, -1) + (1,) * (original.ndim - 2)
+    low, span = low.view(shape), span.view(shape)
+    return [((p - low) / span).clamp(0, 1) for p in panels]
 
 
 @torch.no_grad()

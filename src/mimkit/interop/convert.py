@@ -192,13 +192,38 @@ def import_checkpoint(
     return ImportResult(out, loaded.fmt, loaded.has_decoder, loaded.notes, loaded.run)
 
 
+def refuse_unrepresentable(run: RunConfig, to: str, where: str | Path) -> None:
+    """One line when the target format cannot hold this encoder: transformers' ViTMAE/ViT and
+    timm's VisionTransformer are 2-D image models with a class token."""
+    if to not in ("hf", "timm"):
+        return
+    target = "transformers' ViTMAE/ViT" if to == "hf" else "timm's VisionTransformer"
+    m = run.model
+    if len(m.input_size) != 2:
+        kind = "video" if run.data.source == "video" else "video/volume"
+        raise CheckpointError(
+            f"{where}: a {kind} encoder (model.img_size {list(m.input_size)}, 3-D patches) cannot "
+            f"be written as {target}, which is 2-D only; use --to safetensors"
+        )
+    if not m.cls_token:
+        raise CheckpointError(
+            f"{where}: model.cls_token is false but {target} always has a class token; "
+            "use --to safetensors"
+        )
+
+
 def export_checkpoint(
     checkpoint: str | Path, to: str, out: str | Path, hf_arch: str = "pretraining"
 ) -> Path:
-    """Write a mimkit checkpoint as a HF folder, a timm folder or weights-only safetensors."""
+    """Write a mimkit checkpoint as a HF folder, a timm folder or weights-only safetensors.
+
+    Refused in one line when the target cannot represent the encoder (3-D inputs, no class
+    token). The feature pooling (`model.pool`) travels: timm's global_pool, and a
+    `mimkit_features` entry in HF's config.json; `mimkit import` reads both back."""
     out = Path(out)
     refuse_existing(out)
     model, run = load_model(checkpoint)
+    refuse_unrepresentable(run, to, checkpoint)
     state = model.state_dict()
     if to == "hf":
         if hf_arch == "pretraining" and run.method.name != "mae":

@@ -38,6 +38,9 @@ from mimkit.objectives.mae import MAESettings
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.safetensors"
 PREPROCESSOR_JSON = "preprocessor_config.json"
+# config.json key for mimkit's feature settings that transformers has no field for (the
+# pooling of `mimkit eval` features); transformers keeps unknown keys through save_pretrained
+MIMKIT_KEY = "mimkit_features"
 HF_ARCHITECTURES = {"pretraining": "ViTMAEForPreTraining", "vit": "ViTModel"}
 
 # Older/newer spellings -> the canonical (transformers 5 module) spelling.
@@ -210,6 +213,7 @@ def hf_config_to_model_config(hf: dict, where: str) -> tuple[ModelConfig, bool]:
         mlp_ratio=mlp_ratio,
         qkv_bias=bool(hf.get("qkv_bias", True)),
         layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        pool=str((hf.get(MIMKIT_KEY) or {}).get("pool", "cls")),
     )
     has_decoder = model_type == "vit_mae" and "ViTMAEModel" not in (hf.get("architectures") or [])
     if model_type == "vit_mae":
@@ -262,6 +266,8 @@ def model_config_to_hf_config(
         "num_channels": cfg.in_chans,
         "qkv_bias": cfg.qkv_bias,
         "dtype": "float32",
+        # what transformers has no setting for but features depend on; kept by save_pretrained
+        MIMKIT_KEY: {"pool": cfg.pool},
     }
     if arch == "pretraining":
         out.update(

@@ -8,7 +8,10 @@ equivalent, since mimkit adds `pos_embed[:, :1]` to the cls token) and an avg-po
 
 Export writes `model.safetensors` (strict-loadable into `timm.create_model(preset,
 num_classes=0, global_pool='token')`) and a timm-style `config.json` naming the architecture
-and its arguments. timm itself is optional (it needs torchvision) and never imported here.
+and its arguments. Feature pooling travels: `model.pool: avg` is timm's `global_pool='avg',
+fc_norm=False` (the final norm on every token, then the mean of the patch tokens: mimkit's avg),
+and reading such a config gives `pool: avg` back. timm itself is optional (it needs
+torchvision) and never imported here.
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ def infer_model_config(
         gh, gw = square_grid(state["encoder.pos_embed"].shape[1] - 1, where)
         hw = (gh * p, gw * p)
     heads = args.get("num_heads") or guess_num_heads(dim, where, notes)
+    pool = "avg" if args.get("global_pool") == "avg" and args.get("fc_norm") is False else "cls"
     cfg = ModelConfig(
         preset=preset_for(dim, depth),
         img_size=hw[0] if hw[0] == hw[1] else list(hw),
@@ -147,6 +151,7 @@ def infer_model_config(
         mlp_ratio=hidden / dim,
         qkv_bias="encoder.blocks.0.attn.qkv.bias" in state,
         layer_norm_eps=TIMM_EPS,
+        pool=pool,
     )
     return resolve_model_config(cfg)
 
@@ -161,6 +166,7 @@ def read_timm(path: Path) -> ImportedModel:
         if (path / CONFIG_JSON).is_file():
             config = json.loads((path / CONFIG_JSON).read_text())
             args = dict(config.get("model_args") or {})
+            args.setdefault("global_pool", config.get("global_pool"))
             pretrained = config.get("pretrained_cfg") or {}
             mean, std = pretrained.get("mean", mean), pretrained.get("std", std)
     where = str(weights)
@@ -182,8 +188,9 @@ def write_timm(
             cfg.layer_norm_eps,
             TIMM_EPS,
         )
-    if cfg.pool != "cls":
-        log.warning("model.pool is %r; the timm export is set up for global_pool='token'", cfg.pool)
+    # mimkit's avg: the final norm on all tokens, then the mean of the patch tokens
+    avg = cfg.pool == "avg"
+    pool = {"global_pool": "avg", "fc_norm": False} if avg else {"global_pool": "token"}
     out.mkdir(parents=True, exist_ok=True)
     save_file(mimkit_to_timm(state), out / WEIGHTS, metadata={"format": "pt"})
     h, w = cfg.image_hw
@@ -192,7 +199,7 @@ def write_timm(
         "architecture": _TIMM_ARCH.get(cfg.preset, "vit_base_patch16_224"),
         "num_classes": 0,
         "num_features": cfg.embed_dim,
-        "global_pool": "token",
+        "global_pool": pool["global_pool"],
         "model_args": {
             "img_size": h if h == w else [h, w],
             "patch_size": cfg.patch_size,
@@ -203,7 +210,7 @@ def write_timm(
             "mlp_ratio": cfg.mlp_ratio,
             "qkv_bias": cfg.qkv_bias,
             "class_token": True,
-            "global_pool": "token",
+            **pool,
             "num_classes": 0,
         },
         "pretrained_cfg": {
