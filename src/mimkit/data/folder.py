@@ -131,37 +131,39 @@ def scan_image(path: Path, channels: int) -> tuple[str, str] | None:
 
 
 def scan_images(
-    files: list[Path], labels: list[int], channels: int, on_bad: str, where: Path
-) -> tuple[list[Path], list[int], Counter[str]]:
-    """The usable files (and their labels) and the skipped ones counted by reason.
+    files: list[Path], channels: int, on_bad: str, where: Path
+) -> tuple[set[int], Counter[str]]:
+    """(indices of the unusable files, their count by reason), from each file's header.
 
-    With `on_bad="fail"` the first unusable file is refused as a DataError instead.
+    Unusable files stay in the listing (so item indices and per-item draws do not move) and
+    are skipped whenever drawn, never decoded. With `on_bad="fail"` the first one is refused
+    as a DataError instead.
     """
-    good, good_labels, skipped = [], [], Counter()
+    bad: set[int] = set()
+    skipped: Counter[str] = Counter()
     first = None
-    for path, label in zip(files, labels, strict=True):
+    for i, path in enumerate(files):
         problem = scan_image(path, channels)
         if problem is None:
-            good.append(path)
-            good_labels.append(label)
             continue
         reason, detail = problem
         if on_bad == "fail":
             raise DataError(f"{detail} (data.on_bad_item=fail)")
+        bad.add(i)
         skipped[reason] += 1
         first = first or detail
         log.warning("skipped %s", detail)
     if skipped:
         log.warning(
-            "%s: skipped %d of %d image(s) at scan: %s",
+            "%s: %d of %d image(s) cannot be used (%s); they are skipped and counted",
             where,
-            sum(skipped.values()),
+            len(bad),
             len(files),
             ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())),
         )
-    if not good:
+    if files and len(bad) == len(files):
         raise DataError(f"{where}: none of {len(files)} images can be used, e.g. {first}")
-    return good, good_labels, skipped
+    return bad, skipped
 
 
 def list_images(
@@ -261,10 +263,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __init__(
         self, root: str | Path, channels: int, size: tuple[int, int] | None, on_bad: str = "skip"
     ) -> None:
-        files, labels, self.classes = list_images(root)
-        self.files, self.labels, self.skipped = scan_images(
-            files, labels, channels, on_bad, Path(root)
-        )
+        self.files, self.labels, self.classes = list_images(root)
+        self.unusable, self.skipped = scan_images(self.files, channels, on_bad, Path(root))
         self.channels = channels
         self.size = size
         self.on_bad = on_bad
@@ -275,6 +275,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
         path = self.files[index]
         try:
+            if index in self.unusable:  # refused at scan (a bomb is never decoded)
+                raise DataError(f"{path}: refused when the folder was scanned")
             image = decode_image(path, self.channels, self.size)
         except (*DECODE_ERRORS, DataError) as exc:
             if self.on_bad == "fail":

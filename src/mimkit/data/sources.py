@@ -145,11 +145,14 @@ def _load_folder_split(
         raise DataError("data.path: the folder source needs the path of an image folder")
     folder = split_folder(Path(cfg.path), split)
     files, labels, _ = list_images(folder)
-    files, labels, scanned = scan_images(files, labels, channels, cfg.on_bad_item, folder)
+    unusable, scanned = scan_images(files, channels, cfg.on_bad_item, folder)
     if skipped_by is not None:
         skipped_by.update(scanned)
     images, kept, skipped = [], [], 0
-    for path, label in zip(files, labels, strict=True):
+    for i, (path, label) in enumerate(zip(files, labels, strict=True)):
+        if i in unusable:  # counted by reason at scan; never decoded
+            skipped += 1
+            continue
         try:
             images.append(decode_image(path, channels, size))
             kept.append(label)
@@ -158,8 +161,8 @@ def _load_folder_split(
                 raise DataError(f"{path}: cannot decode image ({exc}) (data.on_bad_item=fail)") from None
             skipped += 1
             log.warning("skipped corrupt image %s", path)
-    if skipped and skipped_by is not None:
-        skipped_by["undecodable"] += skipped
+    if skipped > len(unusable) and skipped_by is not None:
+        skipped_by["undecodable"] += skipped - len(unusable)
     if skipped:
         log.warning("%s: skipped %d corrupt image(s) of %d", folder, skipped, len(files))
     if not images:

@@ -24,6 +24,7 @@ from mimkit.interop.timm import read_timm, write_timm
 from mimkit.objectives.base import MaskedMethod
 from mimkit.train.checkpoint import (
     MODEL_FILE,
+    check_weights,
     load_config_file,
     load_model,
     read_weights,
@@ -155,6 +156,7 @@ def load_foreign(
     src = Path(src)
     fmt = fmt or detect_format(src)
     imported, run = read_source(src, fmt)
+    check_weights(imported.state, str(src))  # NaN or integer weights never go further
     if run is None:
         run = RunConfig(model=imported.model, masking=imported.masking, method=imported.settings)
         if imported.mean is not None and imported.std is not None:

@@ -173,11 +173,9 @@ class Bookkeeper:
         )
 
     def _skip_reasons(self) -> dict[str, Any]:
-        """Items skipped so far, by reason: at scan/load time (the source) and mid-epoch."""
-        reasons = dict(getattr(self.run.source, "skipped", {}))
-        if self.state.corrupt:
-            reasons["undecodable"] = reasons.get("undecodable", 0) + self.state.corrupt
-        return {"skipped_items": reasons}
+        """Files the source refused when it scanned or loaded them, by reason (each file once;
+        `corrupt_skipped` counts the draws of unusable files in batches, every epoch)."""
+        return {"skipped_items": dict(getattr(self.run.source, "skipped", {}))}
 
     def record(self, **fields: Any) -> None:
         if self.metrics is not None:
