@@ -183,9 +183,8 @@ def band_stats(items: torch.Tensor) -> tuple[list[float], list[float]]:
     x = items.float().transpose(0, 1).reshape(items.shape[1], -1) / 255.0
     if not torch.isfinite(x).all():
         raise DataError("data stats: the items hold NaN or inf values; no statistics written")
-    mean = x.mean(dim=1, dtype=torch.float64)
-    std = x.std(dim=1).double()
-    if not torch.isfinite(std).all():  # one value per channel: no spread to measure
+    if x.shape[1] < 2:  # one value per channel: no spread to measure
         raise DataError(f"data stats: {x.shape[1]} value(s) per channel are too few for a std")
-    std = std.clamp_min(1e-12)
+    mean = x.mean(dim=1, dtype=torch.float64)
+    std = x.std(dim=1).double().clamp_min(1e-12)
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]

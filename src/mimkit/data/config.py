@@ -57,8 +57,7 @@ class DataConfig:
             values = getattr(self, name)
             if len(values) not in (1, in_chans):
                 raise ConfigError(
-                    f"data.{name} has {len(values)} values; expected 1 or model.in_chans="
-                    f"{in_chans}"
+                    f"data.{name} has {len(values)} values; expected 1 or model.in_chans={in_chans}"
                 )
         if not all(s > 0 for s in self.std):
             raise ConfigError(f"data.std must be > 0 for every channel, got {self.std}")

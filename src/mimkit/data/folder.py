@@ -25,6 +25,7 @@ alpha; colour is never folded into one channel (refused).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -107,7 +108,11 @@ def effective_mode(image: Image.Image) -> str:
 def scan_image(path: Path, channels: int) -> tuple[str, str] | None:
     """Read only the header: None for a usable file, else (reason, one-line detail)."""
     try:
-        with Image.open(path) as image:
+        # PIL warns between 1x and 2x its pixel limit; the size is decided just below
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             width, height = image.size
             mode = effective_mode(image)
     except Image.DecompressionBombError as exc:
@@ -116,7 +121,10 @@ def scan_image(path: Path, channels: int) -> tuple[str, str] | None:
         return UNREADABLE, f"{path}: cannot read image ({exc})"
     limit = Image.MAX_IMAGE_PIXELS
     if limit and width * height > limit:
-        return TOO_LARGE, f"{path}: {width}x{height} pixels, more than {limit} (a decompression bomb?)"
+        return (
+            TOO_LARGE,
+            f"{path}: {width}x{height} pixels, more than {limit} (a decompression bomb?)",
+        )
     if width < 1 or height < 1:
         return UNREADABLE, f"{path}: empty image ({width}x{height})"
     have = MODE_CHANNELS.get(mode)
@@ -280,7 +288,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             image = decode_image(path, self.channels, self.size)
         except (*DECODE_ERRORS, DataError) as exc:
             if self.on_bad == "fail":
-                raise DataError(f"{path}: cannot decode image ({exc}) (data.on_bad_item=fail)") from None
+                raise DataError(
+                    f"{path}: cannot decode image ({exc}) (data.on_bad_item=fail)"
+                ) from None
             # corrupt or truncated file: report it to the collate step, which counts it
             h, w = self.size or (1, 1)
             return torch.zeros(self.channels, h, w, dtype=torch.uint8), self.labels[index], False

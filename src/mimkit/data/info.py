@@ -54,7 +54,9 @@ def _describe_images(folder: Path) -> list[str]:
                 with Image.open(file) as image:
                     image.load()
                     sizes[f"{image.size[1]}x{image.size[0]}"] += 1
-                    modes[image.mode + (" animated" if getattr(image, "n_frames", 1) > 1 else "")] += 1
+                    modes[
+                        image.mode + (" animated" if getattr(image, "n_frames", 1) > 1 else "")
+                    ] += 1
             except DECODE_ERRORS:
                 corrupt.append(file)
         per_class = Counter(labels)
@@ -102,9 +104,7 @@ def set_data_stats(text: str, stats: dict[str, list[float]], where: str) -> str:
         body = lines[start + 1 : end]
         indent = next((re.match(r"\s*", b).group(0) for b in body if b.strip()), "  ")
         for key, value in values.items():
-            at = next(
-                (i for i, b in enumerate(body) if re.match(rf"{indent}{key}:", b)), None
-            )
+            at = next((i for i, b in enumerate(body) if re.match(rf"{indent}{key}:", b)), None)
             if at is None:
                 body.insert(0, f"{indent}{key}: {value}")
                 continue

@@ -81,6 +81,13 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _umask() -> int:
+    """The process umask (read by setting it, and setting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -219,7 +226,9 @@ def _save_checkpoint(
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         if rng:
             save_file({k: v.contiguous().cpu() for k, v in rng.items()}, tmp / RNG_FILE)
+        mode = 0o666 & ~_umask()  # safetensors writes owner-only files; the umask decides
         for child in tmp.iterdir():
+            child.chmod(mode)
             with open(child, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
@@ -312,7 +321,9 @@ def _check_counters(state: dict[str, Any], where: Path) -> None:
     for key in ("epoch", "micro_step", "step", "nonfinite", "corrupt", "images"):
         value = state.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise CheckpointError(f"{where}: damaged, {key!r} should be a count >= 0, got {value!r}")
+            raise CheckpointError(
+                f"{where}: damaged, {key!r} should be a count >= 0, got {value!r}"
+            )
 
 
 def _check_rng(rng: dict[str, torch.Tensor], where: Path) -> None:
@@ -432,7 +443,9 @@ class Checkpointer:
             try:
                 scaler.load_state_dict(saved["scaler"])
             except (KeyError, TypeError, RuntimeError) as exc:
-                raise CheckpointError(f"{self.folder / STATE_FILE}: damaged scaler ({exc})") from None
+                raise CheckpointError(
+                    f"{self.folder / STATE_FILE}: damaged scaler ({exc})"
+                ) from None
         restore_rng(generator, rng)
         state = TrainerState.from_saved(saved)
         self._nonfinite_at_save, self._latest_clean = state.nonfinite, saved.get("clean", True)
