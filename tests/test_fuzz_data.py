@@ -416,3 +416,32 @@ def test_random_bytes_as_weights_are_one_line(tmp_path, capsys, trained):
     (bad / "model.safetensors").write_bytes(os.urandom(1000))
     argv = ["eval", "knn", bad, "--data", data, "--source", "idx", "--no-cache"]
     one_line_error(capsys, argv, "model.safetensors")
+
+
+def test_a_head_count_override_replaces_the_assumed_one_in_notes_and_source_json(tmp_path):
+    from conftest import tiny_model_config
+    from interop_helpers import randomise_
+
+    from mimkit.interop.convert import import_checkpoint
+    from mimkit.interop.timm import mimkit_to_timm
+    from mimkit.models.config import resolve_model_config
+    from mimkit.models.vit import VisionTransformer
+    from mimkit.train.checkpoint import load_model
+
+    # width 192 is vit_tiny's (3 heads); this encoder has 4
+    cfg = resolve_model_config(tiny_model_config(embed_dim=192, num_heads=4))
+    encoder = randomise_(VisionTransformer(cfg))
+    save_file(mimkit_to_timm(encoder.state_dict()), tmp_path / "vit.safetensors")
+    result = import_checkpoint(
+        tmp_path / "vit.safetensors", tmp_path / "ours", overrides=["model.num_heads=4"]
+    )
+    assert not any("heads assumed" in n for n in result.notes)
+    source = json.loads((tmp_path / "ours" / "source.json").read_text())
+    assert (
+        source["assumptions"] == result.notes
+        and "4 heads from the model.num_heads override" in result.notes
+    )
+    back, _ = load_model(tmp_path / "ours")
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(back.encoder(images), encoder(images), atol=0, rtol=0)

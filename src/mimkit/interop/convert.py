@@ -162,6 +162,10 @@ def load_foreign(
         if imported.mean is not None and imported.std is not None:
             run.data.mean, run.data.std = list(imported.mean), list(imported.std)
     run = _apply_overrides(run, overrides)
+    if any(parse_override(text)[0] == "model.num_heads" for text in overrides):
+        # the user gave the head count: no note may say the preset's was assumed
+        imported.notes[:] = [n for n in imported.notes if " heads assumed " not in n]
+        imported.notes.append(f"{run.model.num_heads} heads from the model.num_heads override")
     for note in imported.notes:
         log.info("%s: %s", src, note)
     model = model_from_imported(imported, run)
