@@ -56,6 +56,13 @@ def _describe(holder: dict) -> str:
     return f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}"
 
 
+def _busy(out: Path, holder: dict, path: Path) -> ConfigError:
+    return ConfigError(
+        f"out_dir {out}: another run is writing there ({_describe(holder)}, lock {path}); "
+        "wait for it or use another out_dir"
+    )
+
+
 @contextlib.contextmanager
 def run_lock(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
     """Hold `out_dir/.lock` for the block; refuse (ConfigError) when another live run holds it."""
@@ -74,16 +81,10 @@ def run_lock(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ConfigError(
-                    f"out_dir {out}: another run is writing there ({_describe(previous)}, "
-                    f"lock {path}); wait for it or use another out_dir"
-                ) from None
+                raise _busy(out, previous, path) from None
         if previous:
             if fcntl is None and _alive_here(previous):
-                raise ConfigError(
-                    f"out_dir {out}: another run is writing there ({_describe(previous)}, "
-                    f"lock {path}); wait for it or use another out_dir"
-                )
+                raise _busy(out, previous, path)
             log.warning(
                 "out_dir %s: stale lock of %s (that process is gone); taking it over",
                 out,
