@@ -305,3 +305,26 @@ def test_a_signal_at_a_random_moment_then_resume(tmp_path, straight, sig):
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert not [n for n in names if ".tmp-" in n or n.endswith(".old")]
     assert load_file(tmp_path / "run" / "checkpoint" / "model.safetensors")
+
+
+def test_ctrl_c_between_the_renames_puts_the_previous_checkpoint_back(tmp_path, monkeypatch):
+    import mimkit.train.checkpoint as ck
+
+    result = pretrain(cfg(tmp_path, "run", "train.max_steps=1"))
+    before = checksums(result.checkpoint)
+
+    def interrupt(phase):
+        if phase == "between_renames":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck, "_test_kill_point", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(result.checkpoint, result.model, result.cfg)
+    assert checksums(result.checkpoint) == before
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".ch")) == []
+
+
+def checksums(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}

@@ -243,8 +243,11 @@ def _save_checkpoint(
         _fsync_dir(folder.parent)
         _test_kill_point("renamed")
         _discard(old)
-    except BaseException:
+    except BaseException:  # an error or Ctrl-C: leave the newest complete checkpoint in place
         shutil.rmtree(tmp, ignore_errors=True)
+        old = folder.with_name(OLD_PREFIX.format(folder.name))
+        if old.is_dir() and not folder.exists():
+            old.rename(folder)
         raise
     return folder
 
