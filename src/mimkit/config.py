@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,12 +53,32 @@ class TrainConfig:
     max_nonfinite: int = 10  # halt after this many skipped non-finite steps
     log_every: int = 20  # steps between metrics.jsonl lines
     save_every: int = 1  # epochs between checkpoints (always saved at the end)
+    save_every_steps: int | None = None  # also save every N optimiser steps (None: epochs only)
     max_steps: int | None = None  # stop after this many optimiser steps (for tests and smoke runs)
     progress: bool = True
     compile: str | bool = "auto"  # torch.compile the model: auto (on with CUDA) | true | false
     activation_checkpointing: bool = False  # recompute block activations in backward (big models)
     parallel: str = "ddp"  # with several torchrun processes: ddp | fsdp (shards params per block)
     loggers: list[str] = field(default_factory=list)  # trackers beside metrics.jsonl: tensorboard | wandb | mlflow
+
+    def check(self) -> None:
+        """Refuse values no run can use, naming the field (types were checked when read)."""
+        _at_least(self, "train", 1, "epochs", "batch_size", "accum_steps", "max_nonfinite")
+        _at_least(self, "train", 1, "log_every", "save_every", "save_every_steps", "max_steps")
+        _positive(self, "train", "base_lr", "lr", "clip_grad")
+        _at_least(self, "train", 0, "min_lr", "warmup_epochs", "weight_decay", "seed")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        _one_of(self, "train", "amp", ("auto", "bf16", "fp16", "off"))
+        _one_of(self, "train", "parallel", ("ddp", "fsdp"))
+        _one_of(self, "train", "compile", ("auto", True, False))
+        device = self.device
+        if device not in ("auto", "cpu", "cuda", "mps") and not (
+            device.startswith("cuda:") and device[5:].isdigit()
+        ):
+            raise ConfigError(
+                f"train.device must be auto, cpu, cuda, cuda:N or mps, got {device!r}"
+            )
 
 
 @dataclass
@@ -71,6 +92,11 @@ class EvalConfig:
     compare_random_init: bool = True
     reconstruction_images: int = 8
 
+    def check(self) -> None:
+        _at_least(self, "eval", 1, "knn_k", "knn_train_limit")
+        _at_least(self, "eval", 0, "reconstruction_images")
+        _positive(self, "eval", "knn_temperature")
+
 
 @dataclass
 class RunConfig:
@@ -81,6 +107,45 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     out_dir: str = "runs/mae"
+
+
+def _at_least(section: Any, name: str, low: float, *fields: str) -> None:
+    for key in fields:
+        value = getattr(section, key)
+        if value is not None and value < low:
+            raise ConfigError(f"{name}.{key} must be >= {low}, got {value}")
+
+
+def _positive(section: Any, name: str, *fields: str) -> None:
+    for key in fields:
+        value = getattr(section, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name}.{key} must be > 0, got {value}")
+
+
+def _one_of(section: Any, name: str, key: str, allowed: tuple) -> None:
+    value = getattr(section, key)
+    if value not in allowed:
+        raise ConfigError(f"{name}.{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Every section's values in range, and the data section against the model's geometry."""
+    cfg.train.check()
+    cfg.eval.check()
+    cfg.data.check(cfg.model.in_chans, len(cfg.model.input_size))
+    out = Path(cfg.out_dir)
+    if not cfg.out_dir or out.is_file():
+        raise ConfigError(f"out_dir {cfg.out_dir!r}: is a file (or empty); expected a folder")
+
+
+def check_pretraining(cfg: RunConfig) -> None:
+    """What pretraining needs beyond a loadable config: something hidden to predict."""
+    if cfg.masking.ratio <= 0.0:
+        raise ConfigError(
+            f"masking.ratio {cfg.masking.ratio} hides no patch: pretraining has nothing to "
+            "predict (use e.g. 0.75)"
+        )
 
 
 def _type_name(tp: Any) -> str:
@@ -102,6 +167,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return _build(tp, value, where)
     elif tp in _SCALARS:
         converted = _SCALARS[tp](value)
+        if isinstance(converted, float) and not math.isfinite(converted):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         if converted is not _REFUSED:
             return converted
     else:  # pragma: no cover - only reached by a new annotation kind
@@ -260,6 +327,7 @@ def resolve_run_config(cfg: RunConfig, where: str = "config") -> RunConfig:
                 f"method.name {cfg.method.name!r} is for 2-D images; clips and volumes use 'mae'"
             )
         cfg.method.check(cfg.model)
+        check_ranges(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return cfg
@@ -275,9 +343,12 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file; expected a YAML config") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"{path}: not valid YAML ({first})") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     where = str(path) if path is not None else "config"

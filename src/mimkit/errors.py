@@ -24,3 +24,7 @@ class CheckpointError(MimkitError):
 
 class TrainingHalted(MimkitError):
     """Training stopped on purpose, e.g. after too many non-finite losses."""
+
+
+class RunInterrupted(TrainingHalted):
+    """Training stopped by SIGINT/SIGTERM after saving a checkpoint to resume from."""

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
 from mimkit.errors import ConfigError
 
 
@@ -95,7 +93,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_stats(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
     from mimkit.config import DataConfig, load_config
-    from mimkit.data.info import data_stats
+    from mimkit.data.info import data_stats, set_data_stats
 
     cfg = DataConfig(source=args.source, path=args.path)
     stats = data_stats(cfg, args.channels, tuple(args.size))
@@ -103,8 +101,6 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     if args.config:
         path = Path(args.config)
         load_config(path)  # refuse to edit a config that does not load
-        tree = yaml.safe_load(path.read_text()) or {}
-        tree.setdefault("data", {}).update(stats)
-        path.write_text(yaml.safe_dump(tree, sort_keys=False))
+        path.write_text(set_data_stats(path.read_text(), stats, str(path)))  # comments kept
         print(f"wrote data.mean and data.std into {path}")
     return 0

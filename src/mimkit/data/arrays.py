@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,32 @@ def read_nifti(path: Path) -> np.ndarray:
     return np.ascontiguousarray(data.transpose(2, 1, 0))
 
 
+class BadItem(DataError):
+    """One item that cannot be used, with the reason it is counted under when skipped."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_values(array: np.ndarray, path: Path) -> np.ndarray:
+    """Real, finite numbers only: strings, objects, complex values, NaN and inf are refused."""
+    if array.dtype.kind not in "biuf":
+        raise BadItem("dtype", f"{path}: array of type {array.dtype}; expected real numbers")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        raise BadItem("non_finite", f"{path}: {bad} NaN or inf value(s)")
+    if array.size == 0:
+        raise BadItem("shape", f"{path}: empty array of shape {array.shape}")
+    return array
+
+
+def center_crop_first(item: np.ndarray, depth: int) -> np.ndarray:
+    """(C, D, H, W) cut to `depth` slices around the middle (deeper volumes in a folder)."""
+    start = (item.shape[1] - depth) // 2
+    return item[:, start : start + depth]
+
+
 def normalize_intensity(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Per-volume intensity normalisation to uint8: clip to percentiles, scale to 0..255."""
     lo, hi = np.percentile(volume, [low, high])
@@ -89,7 +116,8 @@ def to_item(array: np.ndarray, channels: int, spatial: int, path: Path) -> np.nd
     elif array.ndim == spatial + 1 and array.shape[0] != channels and array.shape[-1] == channels:
         array = np.moveaxis(array, -1, 0)  # TIFF tiles are usually (H, W, bands)
     if array.ndim != spatial + 1 or array.shape[0] != channels:
-        raise DataError(
+        raise BadItem(
+            "shape",
             f"{path}: array of shape {array.shape}; expected ({channels}, {spatial}-D size) "
             f"for model.in_chans={channels}"
         )
@@ -102,8 +130,14 @@ def load_array_folder(
     channels: int,
     size: tuple[int, ...],
     progress: bool = True,
+    skipped_by: Counter[str] | None = None,
+    on_bad: str = "skip",
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(items (N, C, *size), labels, skipped): every array under `folder`, sized exactly `size`."""
+    """(items (N, C, *size), labels, skipped): every array under `folder`, sized exactly `size`.
+
+    Volumes deeper than `size[0]` are cut to it around their middle. Unusable files are
+    skipped and counted by reason in `skipped_by`, or refused with `on_bad="fail"`.
+    """
     if kind not in ARRAY_KINDS:
         raise DataError(f"data.source: unknown array kind {kind!r}; expected one of {ARRAY_KINDS}")
     extensions = VOLUME_EXTENSIONS if kind == "volume" else ARRAY_EXTENSIONS
@@ -118,13 +152,19 @@ def load_array_folder(
     )
     for path, label in zip(bar, labels, strict=True):
         try:
-            item = to_item(read_array(path), channels, len(size), path)
+            item = to_item(check_values(read_array(path), path), channels, len(size), path)
+            if kind == "volume" and item.shape[1] > size[0]:
+                item = center_crop_first(item, size[0])
             if tuple(item.shape[1:]) != tuple(size):
-                raise DataError(
-                    f"{path}: size {item.shape[1:]} but the model expects {tuple(size)}"
+                raise BadItem(
+                    "size", f"{path}: size {item.shape[1:]} but the model expects {tuple(size)}"
                 )
         except DataError as exc:
+            if on_bad == "fail":
+                raise DataError(f"{exc} (data.on_bad_item=fail)") from None
             skipped += 1
+            if skipped_by is not None:
+                skipped_by[getattr(exc, "reason", "unreadable")] += 1
             log.warning("skipped %s", exc)
             continue
         items.append(normalize_intensity(item) if kind == "volume" else item.astype(np.float32))
@@ -141,6 +181,10 @@ def load_array_folder(
 def band_stats(items: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of (N, C, ...) items in the pipeline's units (value / 255)."""
     x = items.float().transpose(0, 1).reshape(items.shape[1], -1) / 255.0
+    if not torch.isfinite(x).all():
+        raise DataError("data stats: the items hold NaN or inf values; no statistics written")
+    if x.shape[1] < 2:  # one value per channel: no spread to measure
+        raise DataError(f"data stats: {x.shape[1]} value(s) per channel are too few for a std")
     mean = x.mean(dim=1, dtype=torch.float64)
     std = x.std(dim=1).double().clamp_min(1e-12)
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]

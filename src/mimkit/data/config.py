@@ -6,7 +6,15 @@ run config; `mimkit.config.RunConfig` composes it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from mimkit.errors import ConfigError
+
+# sources whose items are 2-D images (H, W) and those with a third axis (T or D)
+FLAT_SOURCES = ("fashion_mnist", "idx", "folder", "multiband", "spectrogram")
+DEEP_SOURCES = ("video", "volume")
+BAD_ITEM_POLICIES = ("skip", "fail")
 
 
 @dataclass
@@ -29,3 +37,50 @@ class DataConfig:
     num_workers: int = 0  # DataLoader processes decoding image folders (0: in the main process)
     frame_stride: int = 1  # video: keep every n-th frame
     max_frames: int | None = None  # video: decode at most this many (strided) frames per file
+    on_bad_item: str = "skip"  # an unreadable or unfitting file: skip (counted) | fail (stop)
+
+    def check(self, in_chans: int, spatial_dims: int) -> None:
+        """Refuse values that cannot work with a model of `in_chans` and `spatial_dims` axes."""
+        if self.source not in FLAT_SOURCES + DEEP_SOURCES:
+            raise ConfigError(
+                f"data.source must be one of {list(FLAT_SOURCES + DEEP_SOURCES)}, "
+                f"got {self.source!r}"
+            )
+        want = 3 if self.source in DEEP_SOURCES else 2
+        if spatial_dims != want:
+            shape = "[T or D, H, W]" if want == 3 else "[H, W] (or one number)"
+            raise ConfigError(
+                f"model.img_size has {spatial_dims} entries but data.source {self.source!r} "
+                f"needs {want}: {shape}"
+            )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, in_chans):
+                raise ConfigError(
+                    f"data.{name} has {len(values)} values; expected 1 or model.in_chans={in_chans}"
+                )
+        if not all(s > 0 for s in self.std):
+            raise ConfigError(f"data.std must be > 0 for every channel, got {self.std}")
+        low, high = (self.crop_scale + [0.0, 0.0])[:2]
+        if len(self.crop_scale) != 2 or not 0.0 < low <= high <= 1.0:
+            raise ConfigError(
+                f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}"
+            )
+        low, high = (self.crop_ratio + [0.0, 0.0])[:2]
+        if len(self.crop_ratio) != 2 or not 0.0 < low <= high or not math.isfinite(high):
+            raise ConfigError(
+                f"data.crop_ratio must be [min, max] with 0 < min <= max, got {self.crop_ratio}"
+            )
+        if self.on_bad_item not in BAD_ITEM_POLICIES:
+            raise ConfigError(
+                f"data.on_bad_item must be one of {list(BAD_ITEM_POLICIES)}, "
+                f"got {self.on_bad_item!r}"
+            )
+        for name, low_ok in (("limit", 1), ("frame_stride", 1), ("max_frames", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low_ok:
+                raise ConfigError(f"data.{name} must be >= {low_ok}, got {value}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.channels is not None and self.channels not in (1, 3, 4):
+            raise ConfigError(f"data.channels must be 1, 3 or 4, got {self.channels}")

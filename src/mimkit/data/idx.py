@@ -60,6 +60,10 @@ def read_idx(path: str | Path, expected_sha256: str | None = None) -> np.ndarray
         raise DataError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
     ndim = data[3]
     header = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header:
+        raise DataError(
+            f"{path}: truncated IDX header ({len(data)} bytes; {ndim} dimension(s) need {header})"
+        )
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_DTYPES[data[2]])
     expected = header + int(np.prod(shape)) * dtype.itemsize

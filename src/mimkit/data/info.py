@@ -7,15 +7,23 @@ dtypes, value range) and videos (frames and size per clip, with PyAV from mimkit
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, UnidentifiedImageError
 
 from mimkit.data.arrays import NIFTI_SUFFIXES, VOLUME_EXTENSIONS, band_stats, read_array
 from mimkit.data.config import DataConfig
-from mimkit.data.folder import IMAGE_EXTENSIONS, list_images
+from mimkit.data.folder import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    TOO_LARGE,
+    list_images,
+    scan_image,
+)
 from mimkit.data.idx import find_fashion_mnist, read_idx
 from mimkit.data.sources import load_split
 from mimkit.data.video import VIDEO_EXTENSIONS
@@ -137,14 +145,19 @@ def _describe_images(folder: Path) -> list[str]:
         files, labels, classes = list_images(split)
         sizes: Counter[str] = Counter()
         modes: Counter[str] = Counter()
-        corrupt = []
+        corrupt, too_large = [], []
         for file in files:
+            if (scan_image(file, 1) or ("",))[0] == TOO_LARGE:
+                too_large.append(file)  # never decoded: that is what a bomb wants
+                continue
             try:
                 with Image.open(file) as image:
                     image.load()
                     sizes[f"{image.size[1]}x{image.size[0]}"] += 1
-                    modes[image.mode] += 1
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+                    modes[
+                        image.mode + (" animated" if getattr(image, "n_frames", 1) > 1 else "")
+                    ] += 1
+            except DECODE_ERRORS:
                 corrupt.append(file)
         per_class = Counter(labels)
         lines.append(f"{split}: {len(files)} images, {len(classes)} classes")
@@ -160,6 +173,11 @@ def _describe_images(folder: Path) -> list[str]:
             f"  corrupt (would be skipped): {len(corrupt)}"
             + (f", e.g. {corrupt[0]}" if corrupt else "")
         )
+        if too_large:
+            lines.append(
+                f"  too large (decompression bombs, would be skipped): {len(too_large)}, "
+                f"e.g. {too_large[0]}"
+            )
     return lines
 
 
@@ -168,3 +186,43 @@ def data_stats(cfg: DataConfig, channels: int, size: tuple[int, int]) -> dict[st
     items, _ = load_split(cfg, "train", channels, size)
     mean, std = band_stats(items)
     return {"mean": mean, "std": std}
+
+
+def set_data_stats(text: str, stats: dict[str, list[float]], where: str) -> str:
+    """`text` (a YAML config) with `data.mean` and `data.std` set, every other line (comments
+    included) kept as it was. Refused in one line when the data section is not plain YAML."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"data:\s*(#.*)?$", line)), None)
+    values = {k: "[" + ", ".join(repr(float(v)) for v in stats[k]) + "]" for k in ("mean", "std")}
+    if start is None:
+        block = ["data:"] + [f"  {k}: {v}" for k, v in values.items()]
+        lines = lines + ([""] if lines and lines[-1].strip() else []) + block
+    else:
+        end = start + 1
+        while end < len(lines) and (not lines[end].strip() or lines[end].startswith((" ", "\t"))):
+            end += 1
+        body = lines[start + 1 : end]
+        indent = next((re.match(r"\s*", b).group(0) for b in body if b.strip()), "  ")
+        for key, value in values.items():
+            at = next((i for i, b in enumerate(body) if re.match(rf"{indent}{key}:", b)), None)
+            if at is None:
+                body.insert(0, f"{indent}{key}: {value}")
+                continue
+            comment = re.search(r"\s#.*$", body[at])
+            body[at] = f"{indent}{key}: {value}" + (comment.group(0) if comment else "")
+            # a block list under the key ("- 0.5" lines) goes with the old value
+            while at + 1 < len(body) and re.match(rf"{indent}\s*- ", body[at + 1]):
+                del body[at + 1]
+        lines = lines[: start + 1] + body + lines[end:]
+    new = "\n".join(lines) + "\n"
+    try:
+        tree = yaml.safe_load(new) or {}
+        ok = [tree["data"][k] for k in ("mean", "std")] == [stats["mean"], stats["std"]]
+    except (yaml.YAMLError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise DataError(
+            f"{where}: could not set data.mean/std in place (unusual layout); set them by hand to "
+            f"mean {stats['mean']}, std {stats['std']}"
+        )
+    return new

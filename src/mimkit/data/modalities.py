@@ -8,6 +8,7 @@ volumes may be longer than the model's first axis (T or D); they are cropped to 
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -22,39 +23,59 @@ MODAL_SOURCES = ("video", "volume", "multiband", "spectrogram")
 
 
 def load_modal_split(
-    cfg: DataConfig, split: str, channels: int, size: tuple[int, int]
+    cfg: DataConfig,
+    split: str,
+    channels: int,
+    size: tuple[int, int],
+    skipped_by: Counter[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split of a modal source; `size` is the model's (H, W)."""
+    """A split of a modal source; `size` is the model's (H, W); skips counted in `skipped_by`."""
     if not cfg.path:
         raise DataError(f"data.path: the {cfg.source} source needs a folder")
     folder = split_folder(Path(cfg.path), split)
     if cfg.source == "video":
         if cfg.frame_stride < 1:
             raise DataError(f"data.frame_stride must be >= 1, got {cfg.frame_stride}")
-        items, labels, _ = load_video_folder(
+        items, labels, skipped = load_video_folder(
             folder, channels, size, cfg.frame_stride, cfg.max_frames
         )
+        if skipped and skipped_by is not None:
+            skipped_by["video"] += skipped
         return items, labels
     if cfg.source == "volume":
-        return _load_volumes(folder, channels, size)
-    items, labels, _ = load_array_folder(folder, cfg.source, channels, size)
+        return _load_volumes(folder, channels, size, skipped_by, cfg.on_bad_item)
+    items, labels, _ = load_array_folder(
+        folder, cfg.source, channels, size, skipped_by=skipped_by, on_bad=cfg.on_bad_item
+    )
     return items, labels
 
 
 def _load_volumes(
-    folder: Path, channels: int, size: tuple[int, int]
+    folder: Path,
+    channels: int,
+    size: tuple[int, int],
+    skipped_by: Counter[str] | None = None,
+    on_bad: str = "skip",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Volumes of any depth with the model's (H, W); cut to the shallowest so they stack."""
+    """Volumes of any depth with the model's (H, W), stacked at the most common depth.
+
+    Deeper volumes are cut to it around their middle; shallower ones are skipped and counted
+    (one odd volume never decides the depth of all the others).
+    """
     files = [p for p in folder.rglob("*") if p.suffix.lower() in VOLUME_EXTENSIONS]
-    depths = set()
+    depths: Counter[int] = Counter()
     for path in files:
         try:
             array = read_array(path)
         except DataError:
             continue
-        depths.add(array.shape[-3] if array.ndim >= 3 else 0)
+        if array.ndim >= 3:
+            depths[array.shape[-3]] += 1
     if not depths:
         raise DataError(f"{folder}: no readable volumes")
-    depth = max(depths)  # the common size; shallower ones are reported and skipped
-    items, labels, _ = load_array_folder(folder, "volume", channels, (depth, *size))
+    # the most common depth; on a tie the shallower, so that more volumes fit
+    depth = min(depths, key=lambda d: (-depths[d], d))
+    items, labels, _ = load_array_folder(
+        folder, "volume", channels, (depth, *size), skipped_by=skipped_by, on_bad=on_bad
+    )
     return items, labels

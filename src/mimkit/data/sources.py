@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ import torch
 
 from mimkit.data.config import DataConfig
 from mimkit.data.folder import (
+    DECODE_ERRORS,
     ImageFolderDataset,
     collate_skip_corrupt,
     decode_image,
     list_images,
+    scan_images,
     split_folder,
 )
 from mimkit.data.idx import load_fashion_mnist, read_idx
@@ -76,23 +79,44 @@ def _read_idx_pair(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor
         path = next((folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()), None)
         if path is None:
             raise DataError(f"{folder}: missing {stem}(.gz) for the {split} split")
-        found[kind] = read_idx(path)
-    images = torch.from_numpy(found["images"].copy())
-    if images.ndim == 3:
-        images = images[:, None]
-    return images, torch.from_numpy(found["labels"].astype("int64"))
+        found[kind] = (path, read_idx(path))
+    (image_path, images), (label_path, labels) = found["images"], found["labels"]
+    if images.dtype != "uint8" or images.ndim not in (3, 4):
+        raise DataError(
+            f"{image_path}: IDX images of type {images.dtype} and shape {images.shape}; "
+            "expected uint8 (N, H, W) or (N, C, H, W)"
+        )
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(
+            f"{label_path}: IDX labels of type {labels.dtype} and shape {labels.shape}; "
+            "expected integers (N,)"
+        )
+    if len(labels) != len(images):
+        raise DataError(
+            f"{label_path}: {len(labels)} labels for the {len(images)} images of "
+            f"{image_path.name}; the two files must pair up"
+        )
+    tensor = torch.from_numpy(images.copy())
+    if tensor.ndim == 3:
+        tensor = tensor[:, None]
+    return tensor, torch.from_numpy(labels.astype("int64"))
 
 
 def load_split(
-    cfg: DataConfig, split: str, channels: int, size: tuple[int, int]
+    cfg: DataConfig,
+    split: str,
+    channels: int,
+    size: tuple[int, int],
+    skipped_by: Counter[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split in memory as (uint8 images, labels); for training sets and evaluation banks.
 
     Folder sources read `path/train` and `path/test` (or `path/val`) when those exist, else
-    `path` itself for the train split. Corrupt files are skipped and counted in the log.
+    `path` itself for the train split. Unusable files are skipped, logged and counted by reason
+    in `skipped_by` (or refused with `data.on_bad_item=fail`).
     """
     if cfg.source in MODAL_SOURCES:
-        return load_modal_split(cfg, split, channels, size)
+        return load_modal_split(cfg, split, channels, size, skipped_by)
     if cfg.source not in SOURCES:
         raise DataError(
             f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES + MODAL_SOURCES)}"
@@ -104,27 +128,41 @@ def load_split(
             raise DataError("data.path: the idx source needs a folder holding the IDX files")
         images, labels = _read_idx_pair(Path(cfg.path), split)
     else:
-        images, labels = _load_folder_split(cfg, split, channels, size)
+        images, labels = _load_folder_split(cfg, split, channels, size, skipped_by)
     where = f"{cfg.source}:{cfg.path or 'default'}:{split}"
     check_images(images, channels, size, where)
     return images, labels
 
 
 def _load_folder_split(
-    cfg: DataConfig, split: str, channels: int, size: tuple[int, int]
+    cfg: DataConfig,
+    split: str,
+    channels: int,
+    size: tuple[int, int],
+    skipped_by: Counter[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if not cfg.path:
         raise DataError("data.path: the folder source needs the path of an image folder")
     folder = split_folder(Path(cfg.path), split)
     files, labels, _ = list_images(folder)
+    unusable, scanned = scan_images(files, channels, cfg.on_bad_item, folder)
+    if skipped_by is not None:
+        skipped_by.update(scanned)
     images, kept, skipped = [], [], 0
-    for path, label in zip(files, labels, strict=True):
+    for i, (path, label) in enumerate(zip(files, labels, strict=True)):
+        if i in unusable:  # counted by reason at scan; never decoded
+            skipped += 1
+            continue
         try:
             images.append(decode_image(path, channels, size))
             kept.append(label)
-        except (OSError, ValueError, SyntaxError):
+        except (*DECODE_ERRORS, DataError) as exc:
+            if cfg.on_bad_item == "fail":
+                raise DataError(f"{path}: cannot decode image ({exc}) (data.on_bad_item=fail)") from None
             skipped += 1
             log.warning("skipped corrupt image %s", path)
+    if skipped > len(unusable) and skipped_by is not None:
+        skipped_by["undecodable"] += skipped - len(unusable)
     if skipped:
         log.warning("%s: skipped %d corrupt image(s) of %d", folder, skipped, len(files))
     if not images:
@@ -140,15 +178,19 @@ class TrainSource:
         self.seed = seed
         self.dataset: ImageFolderDataset | None = None
         self.images: torch.Tensor | None = None
+        self.skipped: Counter[str] = Counter()  # items skipped when scanned, by reason
         if cfg.source == "folder":
             # streamed: decoded by DataLoader workers, so the folder may exceed memory
             if not cfg.path:
                 raise DataError("data.path: the folder source needs the path of an image folder")
-            self.dataset = ImageFolderDataset(split_folder(Path(cfg.path), "train"), channels, size)
+            self.dataset = ImageFolderDataset(
+                split_folder(Path(cfg.path), "train"), channels, size, cfg.on_bad_item
+            )
+            self.skipped = self.dataset.skipped
             self.labels = torch.tensor(self.dataset.labels)
             self.sample(1)  # fail now, not mid-epoch, on a channel mismatch
         else:
-            self.images, self.labels = load_split(cfg, "train", channels, size)
+            self.images, self.labels = load_split(cfg, "train", channels, size, self.skipped)
         if cfg.limit is not None:
             if cfg.limit <= 0:
                 raise DataError(f"data.limit must be positive, got {cfg.limit}")
@@ -166,6 +208,7 @@ class TrainSource:
         source.cfg = DataConfig(source="memory")  # a label only: nothing is read from disk
         source.seed = seed
         source.dataset = None
+        source.skipped = Counter()
         source.images = images
         source.labels = labels if labels is not None else torch.full((len(images),), -1)
         source.num_items = len(images)

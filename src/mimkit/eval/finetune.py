@@ -49,6 +49,7 @@ from mimkit.train.checkpoint import (
     resolve_checkpoint_dir,
 )
 from mimkit.train.distributed import DistContext, init_distributed, shutdown_distributed
+from mimkit.train.lock import run_lock, stop_signals
 from mimkit.train.logging import MetricsWriter, progress_interval
 from mimkit.train.loop import Rows, assemble, train_loop
 from mimkit.train.optim import layer_decay_param_groups
@@ -428,7 +429,8 @@ def finetune(
     """
     ctx, device_name = init_distributed(train.device)
     try:
-        return _finetune(base_cfg, weights, train, ft, Path(out_dir), resume, ctx, device_name)
+        with run_lock(out_dir, ctx.is_main), stop_signals():  # as pretraining: one writer
+            return _finetune(base_cfg, weights, train, ft, Path(out_dir), resume, ctx, device_name)
     finally:
         shutdown_distributed()
 

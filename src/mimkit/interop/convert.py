@@ -24,6 +24,7 @@ from mimkit.interop.timm import read_timm, write_timm
 from mimkit.objectives.base import MaskedMethod
 from mimkit.train.checkpoint import (
     MODEL_FILE,
+    check_weights,
     load_config_file,
     load_model,
     read_weights,
@@ -155,11 +156,16 @@ def load_foreign(
     src = Path(src)
     fmt = fmt or detect_format(src)
     imported, run = read_source(src, fmt)
+    check_weights(imported.state, str(src))  # NaN or integer weights never go further
     if run is None:
         run = RunConfig(model=imported.model, masking=imported.masking, method=imported.settings)
         if imported.mean is not None and imported.std is not None:
             run.data.mean, run.data.std = list(imported.mean), list(imported.std)
     run = _apply_overrides(run, overrides)
+    if any(parse_override(text)[0] == "model.num_heads" for text in overrides):
+        # the user gave the head count: no note may say the preset's was assumed
+        imported.notes[:] = [n for n in imported.notes if " heads assumed " not in n]
+        imported.notes.append(f"{run.model.num_heads} heads from the model.num_heads override")
     for note in imported.notes:
         log.info("%s: %s", src, note)
     model = model_from_imported(imported, run)

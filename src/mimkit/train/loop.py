@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mimkit.config import RunConfig, resolve_run_config
+from mimkit.config import RunConfig, check_pretraining, resolve_run_config
 from mimkit.data.sources import Batch, TrainSource
 from mimkit.data.transforms import augment_clips, crop_flip_theta, normalize, resample
-from mimkit.errors import ConfigError, TrainingHalted
+from mimkit.errors import ConfigError, RunInterrupted, TrainingHalted
 from mimkit.objectives.base import MaskedMethod, update_teachers
 from mimkit.train.checkpoint import Checkpointer, load_config_file, method_from_config
 from mimkit.train.distributed import (
@@ -41,6 +41,7 @@ from mimkit.train.distributed import (
     shutdown_distributed,
     wrap_model,
 )
+from mimkit.train.lock import run_lock, stop_requested, stop_signals
 from mimkit.train.logging import MetricsWriter, progress_interval
 from mimkit.train.optim import param_groups, set_lr
 from mimkit.train.runtime import autocast, pick_amp_dtype, pick_device
@@ -173,7 +174,13 @@ class Bookkeeper:
             parallel=tc.parallel if run.ctx.enabled else "none",
             compile=run.compiled,
             sync_free_steps=run.guard.sync_free,
+            **self._skip_reasons(),
         )
+
+    def _skip_reasons(self) -> dict[str, Any]:
+        """Files the source refused when it scanned or loaded them, by reason (each file once;
+        `corrupt_skipped` counts the draws of unusable files in batches, every epoch)."""
+        return {"skipped_items": dict(getattr(self.run.source, "skipped", {}))}
 
     def record(self, **fields: Any) -> None:
         if self.metrics is not None:
@@ -200,12 +207,42 @@ class Bookkeeper:
         self._halt_if_too_many()
 
     def stepped(self, lr: float) -> None:
-        """After an optimiser step: the bar, and at log times a metrics line (a host sync)."""
-        state, plan = self.state, self.run.schedule
+        """After an optimiser step: the bar; at log times a metrics line (a host sync); a save
+        every `train.save_every_steps`; and on SIGINT/SIGTERM a save, then a clean stop."""
+        state, plan, tc = self.state, self.run.schedule, self.run.cfg.train
         self.bar.update(plan.effective_batch)
         self._window_imgs += plan.effective_batch
-        if state.step % self.run.cfg.train.log_every and state.step != plan.stop_at:
-            return
+        log_time = state.step % tc.log_every == 0 or state.step == plan.stop_at
+        if log_time:
+            self._log(lr)
+        if state.step >= plan.stop_at:
+            return  # `finish` saves
+        if self._stop_asked(log_time):
+            self._save_and_stop()
+        if tc.save_every_steps and state.step % tc.save_every_steps == 0:
+            self.save()
+
+    def _stop_asked(self, log_time: bool) -> bool:
+        """Whether a signal asked to stop; with several processes, all agree at log times."""
+        asked = stop_requested() is not None
+        if not self.run.ctx.enabled:
+            return asked
+        if not log_time:
+            return False
+        flag = torch.tensor(float(asked), device=self.run.device)
+        return all_reduce_mean(flag, self.run.ctx).item() > 0
+
+    def _save_and_stop(self) -> None:
+        self.save()
+        self.bar.close()
+        self.record(event="interrupted", step=self.state.step, signal=stop_requested())
+        raise RunInterrupted(
+            f"stopped by {stop_requested() or 'a signal'} at step {self.state.step}; "
+            f"checkpoint saved in {self.run.checkpointer.folder}; run the same command to resume"
+        )
+
+    def _log(self, lr: float) -> None:
+        state = self.state
         grad_norm = self.run.guard.read_grad_norm()
         self._sync()
         self._halt_if_too_many()
@@ -222,6 +259,7 @@ class Bookkeeper:
             grad_norm=grad_norm,
             nonfinite_skipped=state.nonfinite,
             corrupt_skipped=state.corrupt,
+            **self._skip_reasons(),
         )
         self.bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{lr:.2e}")
         self._window_start, self._window_imgs = time.perf_counter(), 0
@@ -245,11 +283,18 @@ class Bookkeeper:
             loss=self.last_loss,
             nonfinite_skipped=state.nonfinite,
             corrupt_skipped=state.corrupt,
+            **self._skip_reasons(),
         )
         if self.metrics is not None:
             self.metrics.close()
         if state.corrupt and self.run.ctx.is_main:
             log.warning("%d corrupt image(s) were skipped during training", state.corrupt)
+        reasons = self._skip_reasons()["skipped_items"]
+        if reasons and self.run.ctx.is_main:
+            log.warning(
+                "skipped items by reason: %s",
+                ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())),
+            )
 
     def _sync(self) -> None:
         """Read back the device-side counters and sum the corrupt counts of every rank."""
@@ -268,9 +313,15 @@ class Bookkeeper:
     def _halt_if_too_many(self) -> None:
         if self.state.nonfinite >= self.run.cfg.train.max_nonfinite:
             self.bar.close()
+            good = self.run.checkpointer.last_good()
+            kept = (
+                f"the last good checkpoint is in {good}"
+                if good is not None
+                else "no checkpoint without non-finite steps was saved before the halt"
+            )
             raise TrainingHalted(
                 f"halted after {self.state.nonfinite} non-finite losses (train.max_nonfinite); "
-                f"the last good checkpoint is in {self.run.checkpointer.folder}"
+                + kept
             )
 
 
@@ -439,7 +490,9 @@ def pretrain(cfg: RunConfig, resume: bool = True, picture: Picture | None = None
     """
     ctx, device_name = init_distributed(cfg.train.device)
     try:
-        return _pretrain(cfg, resume, ctx, device_name, picture)
+        # one writer per out_dir; SIGINT/SIGTERM save a checkpoint, then stop cleanly
+        with run_lock(cfg.out_dir, ctx.is_main), stop_signals():
+            return _pretrain(cfg, resume, ctx, device_name, picture)
     finally:
         shutdown_distributed()
 
@@ -448,6 +501,7 @@ def _pretrain(
     cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str, picture: Picture | None
 ) -> PretrainResult:
     cfg = resolve_run_config(cfg)
+    check_pretraining(cfg)
     tc = cfg.train
     check_trackers(tc.loggers)  # before the data loads
     device = pick_device(device_name)
