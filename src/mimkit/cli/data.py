@@ -19,13 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=cmd_data_info)
     dsub.add_parser(
         "synth",
-        help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms",
+        help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms, shapes",
         configure=_synth_options,
     )
     _add_stats(dsub)
 
 
-SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms")  # cmd_data_synth's cases
+SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms", "shapes")  # cmd_data_synth's cases
 
 
 def _synth_options(p: argparse.ArgumentParser) -> None:
@@ -37,6 +37,7 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=64, help="moving-fmnist canvas / tile side")
     p.add_argument("--bands", type=int, default=6, help="tiles: number of bands")
     p.add_argument("--format", default="npy", choices=("npy", "tif"), help="tiles: file format")
+    p.add_argument("--points", type=int, default=1024, help="shapes: points per cloud")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator")
     p.set_defaults(func=cmd_data_synth)
 
@@ -86,6 +87,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         root = synthetic.make_tiles(
             args.out, bands=args.bands, size=args.size, fmt=args.format, seed=args.seed, **counts
         )
+    elif args.kind == "shapes":
+        from mimkit.data.shapes import make_shapes  # loaded when run, as synthetic above
+
+        root = make_shapes(args.out, points=args.points, seed=args.seed, **counts)
     else:
         root = synthetic.make_spectrograms(args.out, seed=args.seed, **counts)
     print(f"wrote {args.kind} to {root}")

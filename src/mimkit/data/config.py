@@ -14,6 +14,7 @@ class DataConfig:
     """Where images come from and how they are augmented on the device."""
 
     # fashion_mnist | idx | folder | video | volume | multiband | spectrogram (data.modalities)
+    # | points (data.points)
     source: str = "fashion_mnist"
     path: str | None = None  # folder of IDX files or images; None: look in the usual places
     download: bool = False  # fetch Fashion-MNIST (MD5-checked) when it is nowhere local
@@ -29,3 +30,9 @@ class DataConfig:
     num_workers: int = 0  # DataLoader processes decoding image folders (0: in the main process)
     frame_stride: int = 1  # video: keep every n-th frame
     max_frames: int | None = None  # video: decode at most this many (strided) frames per file
+    # point clouds (source: points): points per cloud and the device augmentation
+    points: int = 1024
+    point_scale: list[float] = field(default_factory=lambda: [0.8, 1.25])  # per-axis range
+    point_translate: float = 0.1  # shift per axis, uniform in [-t, t]
+    point_rotate: bool = True  # a random turn about the up (z) axis
+    point_jitter: float = 0.01  # Gaussian noise per point (clipped at 5 sigma)

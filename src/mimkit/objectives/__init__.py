@@ -22,6 +22,8 @@ from mimkit.objectives.mae import MAESettings, MaskedAutoencoder, build_mae
 from mimkit.objectives.maskalign import MaskAlign, MaskAlignSettings
 from mimkit.objectives.maskfeat import MaskFeat, MaskFeatSettings
 from mimkit.objectives.mfm import MaskedFrequencyModel, MFMSettings
+from mimkit.objectives.point_cmae import PointCMAE, PointCMAESettings
+from mimkit.objectives.point_mae import PointMAE, PointMAESettings
 from mimkit.objectives.simmim import SimMIM, SimMIMSettings
 
 # name -> (its settings section, the method); a method with a `teacher` setting takes the
@@ -34,6 +36,8 @@ METHODS: dict[str, tuple[type[MethodSettings], Callable[..., nn.Module]]] = {
     "maskalign": (MaskAlignSettings, MaskAlign),
     "mfm": (MFMSettings, MaskedFrequencyModel),
     "g2sd": (G2SDSettings, G2SD),
+    "point_mae": (PointMAESettings, PointMAE),
+    "point_cmae": (PointCMAESettings, PointCMAE),
 }
 
 TeacherLoader = Callable[[str], nn.Module]
