@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_stats(dsub)
 
 
-SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms", "shapes")  # cmd_data_synth's cases
+# cmd_data_synth's cases
+SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms", "shapes")
 
 
 def _synth_options(p: argparse.ArgumentParser) -> None:

@@ -60,7 +60,9 @@ def cloud_from_columns(data: np.ndarray, where: Path) -> Cloud:
 def _read_npz(path: Path) -> Cloud:
     with np.load(path, allow_pickle=False) as arrays:
         names = list(arrays.keys())
-        key = next((k for k in ("points", "xyz", "pos") if k in arrays), names[0] if names else None)
+        key = next(
+            (k for k in ("points", "xyz", "pos") if k in arrays), names[0] if names else None
+        )
         if key is None:
             raise DataError(f"{path}: the .npz holds no arrays")
         cloud = cloud_from_columns(arrays[key], path)
@@ -166,6 +168,13 @@ def sample_surface(triangles: np.ndarray, count: int, rng: np.random.Generator) 
 def read_cloud(path: str | Path, points: int = 2048, seed: int = 0) -> Cloud:
     """Read one cloud; meshes (.off with faces) are sampled with `points` points."""
     path = Path(path)
+    cloud = _read_any(path, points, seed)
+    if not np.isfinite(cloud.xyz).all():
+        raise DataError(f"{path}: the cloud holds non-finite coordinates")
+    return cloud
+
+
+def _read_any(path: Path, points: int, seed: int) -> Cloud:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -181,7 +190,9 @@ def read_cloud(path: str | Path, points: int = 2048, seed: int = 0) -> Cloud:
             return cloud_from_columns(np.loadtxt(text.splitlines(), ndmin=2), path)
     except (OSError, ValueError, UnicodeDecodeError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path}: unreadable point cloud ({type(e).__name__}: {e})") from None
-    raise DataError(f"{path}: unknown point-cloud extension; expected one of {sorted(POINT_EXTENSIONS)}")
+    raise DataError(
+        f"{path}: unknown point-cloud extension; expected one of {sorted(POINT_EXTENSIONS)}"
+    )
 
 
 def normalize_unit_sphere(xyz: np.ndarray) -> np.ndarray:
@@ -199,12 +210,9 @@ def sample_fixed(xyz: np.ndarray, count: int, rng: np.random.Generator) -> np.nd
     return xyz[np.concatenate([np.arange(n), rng.choice(n, size=count - n, replace=True)])]
 
 
-def prepare_cloud(cloud: Cloud, count: int, rng: np.random.Generator, where: Path) -> np.ndarray:
+def prepare_cloud(cloud: Cloud, count: int, rng: np.random.Generator) -> np.ndarray:
     """A cloud as the model takes it: (count, 3) float32 in the unit sphere."""
-    xyz = cloud.xyz
-    if not np.isfinite(xyz).all():
-        raise DataError(f"{where}: the cloud holds non-finite coordinates")
-    return normalize_unit_sphere(sample_fixed(xyz, count, rng)).astype(np.float32)
+    return normalize_unit_sphere(sample_fixed(cloud.xyz, count, rng)).astype(np.float32)
 
 
 def load_point_folder(
@@ -221,7 +229,7 @@ def load_point_folder(
     for i, (path, label) in enumerate(zip(files, labels, strict=True)):
         rng = np.random.default_rng([seed, i])
         try:
-            clouds.append(prepare_cloud(read_cloud(path, 4 * points, seed + i), points, rng, path))
+            clouds.append(prepare_cloud(read_cloud(path, 4 * points, seed + i), points, rng))
             kept.append(label)
         except DataError as e:
             skipped += 1
@@ -233,7 +241,9 @@ def load_point_folder(
     return torch.from_numpy(np.stack(clouds)), torch.tensor(kept, dtype=torch.int64), skipped
 
 
-def load_point_split(path: str | None, split: str, points: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_point_split(
+    path: str | None, split: str, points: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A split of a `points` data source: `path/train`, `path/test` (or `path` for train)."""
     if not path:
         raise DataError("data.path: the points source needs a folder of point clouds")
@@ -277,7 +287,11 @@ def augment_points(
     cos, sin = torch.cos(angle), torch.sin(angle)
     zero, one = torch.zeros_like(cos), torch.ones_like(cos)
     rot = torch.stack(
-        [torch.cat([cos, -sin, zero], 1), torch.cat([sin, cos, zero], 1), torch.cat([zero, zero, one], 1)],
+        [
+            torch.cat([cos, -sin, zero], 1),
+            torch.cat([sin, cos, zero], 1),
+            torch.cat([zero, zero, one], 1),
+        ],
         dim=1,
     )  # (B, 3, 3) about z
     x = x @ rot.transpose(1, 2) * s + t
@@ -285,3 +299,25 @@ def augment_points(
         noise = torch.randn(x.shape, device=dev, generator=generator) * jitter
         x = x + noise.clamp(-5 * jitter, 5 * jitter)
     return x
+
+
+# ---- a hand-made descriptor: the raw-input baseline of point-cloud evaluations -----------------
+
+
+def distance_histograms(clouds: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """(N, P, 3) unit-sphere clouds -> (N, 2 * bins) fixed-size descriptors: the histogram of
+    each point's distance to the centroid (on [0, 1]) beside the histogram of all pairwise
+    distances (Osada's D2 shape distribution, on [0, 2]), each summing to 1. Invariant to the
+    order of the points and to rotation; nothing is learned."""
+    centred = clouds.float() - clouds.float().mean(dim=1, keepdim=True)
+
+    def hist(values: torch.Tensor, top: float) -> torch.Tensor:
+        ids = (values / top * bins).long().clamp(0, bins - 1).flatten(1)
+        counts = torch.zeros(len(values), bins).scatter_add_(
+            1, ids, torch.ones_like(ids, dtype=torch.float)
+        )
+        return counts / counts.sum(dim=1, keepdim=True)
+
+    radial = hist(centred.norm(dim=-1), 1.0)
+    pairwise = torch.cat([hist(torch.cdist(c, c), 2.0) for c in centred.split(64)])
+    return torch.cat([radial, pairwise], dim=1)

@@ -142,7 +142,9 @@ def deform(points: np.ndarray, rng: Rng, noise: float, occlusion: float) -> np.n
     return p
 
 
-def make_shape_cloud(name: str, points: int, rng: Rng, noise: float = 0.01, occlusion: float = 0.3) -> np.ndarray:
+def make_shape_cloud(
+    name: str, points: int, rng: Rng, noise: float = 0.01, occlusion: float = 0.3
+) -> np.ndarray:
     """One deformed, noisy cloud of shape `name`, exactly `points` points, float32."""
     p = deform(SHAPES[name](2 * points, rng), rng, noise, occlusion)
     return p[rng.choice(len(p), size=points, replace=len(p) < points)].astype(np.float32)

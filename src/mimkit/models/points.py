@@ -157,7 +157,10 @@ class PointEncoder(nn.Module):
         return (out, hidden) if return_hidden else out
 
     def forward(
-        self, clouds: torch.Tensor, ids_keep: torch.Tensor | None = None, return_hidden: bool = False
+        self,
+        clouds: torch.Tensor,
+        ids_keep: torch.Tensor | None = None,
+        return_hidden: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         return self.encode_groups(*self.group(clouds), ids_keep, return_hidden)
 
