@@ -76,3 +76,12 @@ def test_bad_points_folder_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "Traceback" not in "\n".join(err)
     assert err[-1].startswith("mimkit: error: ") and "no readable point clouds" in err[-1]
+
+
+def test_data_synth_shapes_writes_a_split_benchmark(tmp_path, capsys):
+    out = tmp_path / "shapes"
+    args = ["data", "synth", "shapes", str(out), "--train", "2", "--test", "1", "--points", "32"]
+    assert main(args) == 0
+    assert "wrote shapes" in capsys.readouterr().out
+    assert len(list((out / "train").rglob("*.npy"))) == 2 * len(list((out / "test").rglob("*.npy")))
+    assert len(list((out / "test").iterdir())) >= 10

@@ -73,7 +73,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     # numpy and the generators load only when the command runs (a fast --help)
-    from mimkit.data import synthetic
+    from mimkit.data import shapes, synthetic
 
     counts = {k: v for k, v in (("train", args.train), ("test", args.test)) if v is not None}
     if any(v < 1 for v in counts.values()):
@@ -89,9 +89,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
             args.out, bands=args.bands, size=args.size, fmt=args.format, seed=args.seed, **counts
         )
     elif args.kind == "shapes":
-        from mimkit.data.shapes import make_shapes  # loaded when run, as synthetic above
-
-        root = make_shapes(args.out, points=args.points, seed=args.seed, **counts)
+        root = shapes.make_shapes(args.out, points=args.points, seed=args.seed, **counts)
     else:
         root = synthetic.make_spectrograms(args.out, seed=args.seed, **counts)
     print(f"wrote {args.kind} to {root}")
