@@ -297,3 +297,20 @@ def test_synthetic_shapes_are_seeded_and_split(tmp_path):
     assert not np.array_equal(
         np.load(a / "train/torus/00000.npy"), np.load(a / "test/torus/00000.npy")
     )
+
+
+def test_reconstructions_render_as_a_grid_of_3d_scatters(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mimkit.inspect.points import render_point_reconstructions
+
+    model = PointMAE(tiny_cfg(), MaskingConfig(ratio=0.6), PointMAESettings(groups=6, group_size=8))
+    clouds = torch.randn(2, 48, 3)
+    points = model.reconstruct_points(clouds, model.draw_mask(2, "cpu", None))
+    assert points["visible"].shape == (2, 2 * 8, 3)  # int(6 * 0.4) groups of 8
+    assert points["hidden"].shape == points["predicted"].shape == (2, 4 * 8, 3)
+    # the hidden and visible points are the cloud's own points, back in absolute coordinates
+    seen = torch.cat([points["visible"], points["hidden"]], 1)
+    gaps = ((seen[:, :, None] - clouds[:, None]) ** 2).sum(-1).min(dim=-1).values
+    assert gaps.max() < 1e-10
+    path = render_point_reconstructions(points, tmp_path / "r.png")
+    assert path.stat().st_size > 1000
