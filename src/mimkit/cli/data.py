@@ -17,13 +17,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=cmd_data_info)
     dsub.add_parser(
         "synth",
-        help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms",
+        help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms, shapes",
         configure=_synth_options,
     )
     _add_stats(dsub)
 
 
-SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms")  # cmd_data_synth's cases
+# cmd_data_synth's cases
+SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms", "shapes")
 
 
 def _synth_options(p: argparse.ArgumentParser) -> None:
@@ -35,6 +36,7 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=64, help="moving-fmnist canvas / tile side")
     p.add_argument("--bands", type=int, default=6, help="tiles: number of bands")
     p.add_argument("--format", default="npy", choices=("npy", "tif"), help="tiles: file format")
+    p.add_argument("--points", type=int, default=1024, help="shapes: points per cloud")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator")
     p.set_defaults(func=cmd_data_synth)
 
@@ -69,7 +71,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     # numpy and the generators load only when the command runs (a fast --help)
-    from mimkit.data import synthetic
+    from mimkit.data import shapes, synthetic
 
     counts = {k: v for k, v in (("train", args.train), ("test", args.test)) if v is not None}
     if any(v < 1 for v in counts.values()):
@@ -84,6 +86,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         root = synthetic.make_tiles(
             args.out, bands=args.bands, size=args.size, fmt=args.format, seed=args.seed, **counts
         )
+    elif args.kind == "shapes":
+        root = shapes.make_shapes(args.out, points=args.points, seed=args.seed, **counts)
     else:
         root = synthetic.make_spectrograms(args.out, seed=args.seed, **counts)
     print(f"wrote {args.kind} to {root}")

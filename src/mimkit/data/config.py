@@ -14,6 +14,8 @@ from mimkit.errors import ConfigError
 # sources whose items are 2-D images (H, W) and those with a third axis (T or D)
 FLAT_SOURCES = ("fashion_mnist", "idx", "folder", "multiband", "spectrogram")
 DEEP_SOURCES = ("video", "volume")
+POINT_SOURCES = ("points",)  # clouds (N, points, 3): no image size, no pixel statistics
+SOURCES = FLAT_SOURCES + DEEP_SOURCES + POINT_SOURCES
 BAD_ITEM_POLICIES = ("skip", "fail")
 
 
@@ -22,6 +24,7 @@ class DataConfig:
     """Where images come from and how they are augmented on the device."""
 
     # fashion_mnist | idx | folder | video | volume | multiband | spectrogram (data.modalities)
+    # | points (data.points)
     source: str = "fashion_mnist"
     path: str | None = None  # folder of IDX files or images; None: look in the usual places
     download: bool = False  # fetch Fashion-MNIST (MD5-checked) when it is nowhere local
@@ -38,14 +41,34 @@ class DataConfig:
     frame_stride: int = 1  # video: keep every n-th frame
     max_frames: int | None = None  # video: decode at most this many (strided) frames per file
     on_bad_item: str = "skip"  # an unreadable or unfitting file: skip (counted) | fail (stop)
+    # point clouds (source: points): points per cloud and the device augmentation
+    points: int = 1024
+    point_scale: list[float] = field(default_factory=lambda: [0.8, 1.25])  # per-axis range
+    point_translate: float = 0.1  # shift per axis, uniform in [-t, t]
+    point_rotate: bool = True  # a random turn about the up (z) axis
+    point_jitter: float = 0.01  # Gaussian noise per point (clipped at 5 sigma)
 
     def check(self, in_chans: int, spatial_dims: int) -> None:
         """Refuse values that cannot work with a model of `in_chans` and `spatial_dims` axes."""
-        if self.source not in FLAT_SOURCES + DEEP_SOURCES:
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source must be one of {list(SOURCES)}, got {self.source!r}")
+        if self.source not in POINT_SOURCES:  # clouds have no image size or pixel statistics
+            self._check_images(in_chans, spatial_dims)
+        if self.on_bad_item not in BAD_ITEM_POLICIES:
             raise ConfigError(
-                f"data.source must be one of {list(FLAT_SOURCES + DEEP_SOURCES)}, "
-                f"got {self.source!r}"
+                f"data.on_bad_item must be one of {list(BAD_ITEM_POLICIES)}, "
+                f"got {self.on_bad_item!r}"
             )
+        for name, low_ok in (("limit", 1), ("frame_stride", 1), ("max_frames", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low_ok:
+                raise ConfigError(f"data.{name} must be >= {low_ok}, got {value}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.channels is not None and self.channels not in (1, 3, 4):
+            raise ConfigError(f"data.channels must be 1, 3 or 4, got {self.channels}")
+
+    def _check_images(self, in_chans: int, spatial_dims: int) -> None:
         want = 3 if self.source in DEEP_SOURCES else 2
         if spatial_dims != want:
             shape = "[T or D, H, W]" if want == 3 else "[H, W] (or one number)"
@@ -71,16 +94,3 @@ class DataConfig:
             raise ConfigError(
                 f"data.crop_ratio must be [min, max] with 0 < min <= max, got {self.crop_ratio}"
             )
-        if self.on_bad_item not in BAD_ITEM_POLICIES:
-            raise ConfigError(
-                f"data.on_bad_item must be one of {list(BAD_ITEM_POLICIES)}, "
-                f"got {self.on_bad_item!r}"
-            )
-        for name, low_ok in (("limit", 1), ("frame_stride", 1), ("max_frames", 1)):
-            value = getattr(self, name)
-            if value is not None and value < low_ok:
-                raise ConfigError(f"data.{name} must be >= {low_ok}, got {value}")
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        if self.channels is not None and self.channels not in (1, 3, 4):
-            raise ConfigError(f"data.channels must be 1, 3 or 4, got {self.channels}")

@@ -28,6 +28,7 @@ from mimkit.data.folder import (
 )
 from mimkit.data.idx import load_fashion_mnist, read_idx
 from mimkit.data.modalities import MODAL_SOURCES, load_modal_split
+from mimkit.data.points import load_point_split
 from mimkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,11 @@ def load_split(
     """
     if cfg.source in MODAL_SOURCES:
         return load_modal_split(cfg, split, channels, size, skipped_by)
+    if cfg.source == "points":  # float32 clouds (N, points, 3), not images
+        return load_point_split(cfg.path, split, cfg.points)
     if cfg.source not in SOURCES:
         raise DataError(
-            f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES + MODAL_SOURCES)}"
+            f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES + MODAL_SOURCES) + ['points']}"
         )
     if cfg.source == "fashion_mnist":
         images, labels = load_fashion_mnist(split, cfg.path, cfg.download)

@@ -70,8 +70,9 @@ def extract_features(
             dynamic_ncols=True,
             mininterval=progress_interval(),
         ):
-            x = normalize(images[start : start + batch_size].to(device), mean, std)
-            x = fit_to_model(x, encoder.cfg.input_size)
+            x = images[start : start + batch_size].to(device)
+            if x.ndim != 3:  # point clouds (B, P, 3) are coordinates, not pixels
+                x = fit_to_model(normalize(x, mean, std), encoder.cfg.input_size)
             chunks.append(pooled_tokens(encoder, x, pool, block).float().cpu())
     finally:
         encoder.train(was_training)

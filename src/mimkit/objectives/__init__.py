@@ -28,6 +28,8 @@ from mimkit.objectives.maskalign import MaskAlign, MaskAlignSettings
 from mimkit.objectives.maskfeat import MaskFeat, MaskFeatSettings
 from mimkit.objectives.mfm import MaskedFrequencyModel, MFMSettings
 from mimkit.objectives.mrmae import MimicReconstructMAE, MRMAESettings
+from mimkit.objectives.point_cmae import PointCMAE, PointCMAESettings
+from mimkit.objectives.point_mae import PointMAE, PointMAESettings
 from mimkit.objectives.simmim import SimMIM, SimMIMSettings
 
 # name -> (its settings section, the method); a method with a `teacher` setting takes the
@@ -46,6 +48,8 @@ METHODS: dict[str, tuple[type[MethodSettings], Callable[..., nn.Module]]] = {
     "mrmae": (MRMAESettings, MimicReconstructMAE),
     "dmae": (DMAESettings, DistilledMAE),
     "droppos": (DropPosSettings, DropPos),
+    "point_mae": (PointMAESettings, PointMAE),
+    "point_cmae": (PointCMAESettings, PointCMAE),
 }
 
 TeacherLoader = Callable[[str], nn.Module]

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mimkit.config import RunConfig, check_pretraining, resolve_run_config
+from mimkit.data.points import augment_points
 from mimkit.data.sources import Batch, TrainSource
 from mimkit.data.transforms import augment_clips, crop_flip_theta, normalize, resample
 from mimkit.errors import ConfigError, RunInterrupted, TrainingHalted
@@ -421,6 +422,13 @@ def prepare_batch(
     augmented the same whatever the number of processes. (Clips and volumes are augmented per
     local batch: their split across processes is not yet invariant.)
     """
+    dc = cfg.data
+    if dc.source == "points":  # float clouds (B, P, 3): coordinates, augmented as clouds
+        clouds = to_device_async(images, device)
+        return augment_points(
+            clouds, generator, tuple(dc.point_scale), dc.point_translate, dc.point_rotate,
+            dc.point_jitter, rows, global_batch,
+        )  # fmt: skip
     x = normalize(to_device_async(images, device), cfg.data.mean, cfg.data.std)
     if x.ndim == 5:  # clips and volumes: temporal/depth crop + one spatial crop per sample
         return augment_clips(
