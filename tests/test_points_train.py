@@ -46,7 +46,7 @@ def test_point_preset_trains_reloads_and_evaluates(tmp_path, capsys, preset, kin
     model, cfg = load_model(out / "checkpoint")
     assert type(model) is kind and cfg.data.source == "points"
     assert main(["eval", "knn", str(out), "-k", "3", "--no-cache"]) == 0
-    record = json.loads((out / "checkpoint" / "eval_knn.json").read_text())
+    record = json.loads((out / "eval" / "eval_knn_k-3.json").read_text())  # named by -k 3
     assert record["test_items"] == 12 and 0.0 <= record["top1"] <= 1.0
 
 
