@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from mimkit.data.config import DataConfig
 from mimkit.data.points import distance_histograms, load_point_split
 from mimkit.eval.knn import knn_top1
 from mimkit.eval.linear import ProbeSettings, linear_probe
@@ -28,8 +29,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/points/raw_baseline.json")
     args = parser.parse_args()
     start = time.perf_counter()
-    x_train, y_train = load_point_split(args.data, "train", args.points)
-    x_test, y_test = load_point_split(args.data, "test", args.points)
+    data = DataConfig(source="points", path=args.data, points=args.points)
+    x_train, y_train = load_point_split(data, "train")
+    x_test, y_test = load_point_split(data, "test")
     f_train, f_test = distance_histograms(x_train), distance_histograms(x_test)
     result = {"descriptor": "distance_histograms (2 x 32 bins)", "points": args.points}
     result["knn_top1"] = knn_top1(f_train, y_train, f_test, y_test, k=20, temperature=0.07)

@@ -17,7 +17,7 @@ from mimkit.train.checkpoint import load_model
 def main(run: str, out: str, count: int = 4) -> None:
     model, cfg = load_model(run)
     model.eval()
-    clouds, labels = load_point_split(cfg.data.path, "test", cfg.data.points)
+    clouds, labels = load_point_split(cfg.data, "test")
     per_class = len(clouds) // (int(labels.max()) + 1)
     pick = clouds[torch.arange(count) * per_class * 3 % len(clouds)]  # a few different classes
     mask = model.draw_mask(count, "cpu", torch.Generator().manual_seed(0))

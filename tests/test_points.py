@@ -10,6 +10,7 @@ import torch
 
 from mimkit.data.points import (
     augment_points,
+    distance_histograms,
     load_point_folder,
     normalize_unit_sphere,
     read_cloud,
@@ -314,3 +315,19 @@ def test_reconstructions_render_as_a_grid_of_3d_scatters(tmp_path):
     assert gaps.max() < 1e-10
     path = render_point_reconstructions(points, tmp_path / "r.png")
     assert path.stat().st_size > 1000
+
+
+def test_distance_histograms_are_fixed_size_and_blind_to_order_and_rotation():
+    clouds = torch.from_numpy(
+        np.stack(
+            [normalize_unit_sphere(np.random.default_rng(i).normal(size=(80, 3))) for i in range(3)]
+        )
+    ).float()
+    f = distance_histograms(clouds, bins=16)
+    assert f.shape == (3, 32) and torch.allclose(f.view(3, 2, 16).sum(-1), torch.ones(3, 2))
+    turned = augment_points(clouds, torch.Generator().manual_seed(0), (1, 1), 0.0, True, 0.0)
+    shuffled = turned[:, torch.randperm(80)]
+    same = distance_histograms(shuffled, bins=16)
+    # a distance on a bin edge may move by rounding: allow one point (or pair) of difference
+    assert (f - same).abs().max() <= 2 / 80**2 + 1 / 80
+    assert not torch.allclose(f[0], f[1])

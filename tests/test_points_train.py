@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_points import one_thread  # noqa: F401 - the autouse fixture: one thread
 
 from mimkit.cli import main
 from mimkit.data.shapes import make_shapes
@@ -18,15 +19,6 @@ TINY = [
     "method.group_size=8", "method.tokenizer_width=8", "data.points=64", "train.batch_size=6",
     "train.epochs=1", "train.max_steps=2", "train.progress=false",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: on shared cores a second thread only spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +58,19 @@ def test_training_batches_are_augmented_clouds(tmp_path):
     assert torch.allclose(
         z, ref * slope[:, None] + (z[:, :1] - ref[:, :1] * slope[:, None]), atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("data.points=0", "data.points"), ("data.point_scale=[1.2,0.8]", "data.point_scale"),
+     ("data.point_jitter=-1", "data.point_jitter")],
+)  # fmt: skip
+def test_bad_point_settings_are_one_line_errors(tmp_path, capsys, override, field):
+    data = make_shapes(tmp_path / "shapes", train=1, test=1, points=16, seed=0)
+    code = main(["pretrain", "configs/shapes_point_mae_tiny.yaml", f"data.path={data}",
+                 f"out_dir={tmp_path / 'run'}", *TINY, override])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("mimkit: error: ") and field in err[-1]
 
 
 def test_bad_points_folder_is_one_line_error(tmp_path, capsys):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mimkit.data.config import DataConfig
 from mimkit.data.folder import list_images, split_folder
 from mimkit.errors import DataError
 
@@ -241,16 +242,27 @@ def load_point_folder(
     return torch.from_numpy(np.stack(clouds)), torch.tensor(kept, dtype=torch.int64), skipped
 
 
-def load_point_split(
-    path: str | None, split: str, points: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def load_point_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A split of a `points` data source: `path/train`, `path/test` (or `path` for train)."""
-    if not path:
-        raise DataError("data.path: the points source needs a folder of point clouds")
-    if points < 1:
-        raise DataError(f"data.points must be >= 1, got {points}")
-    clouds, labels, _ = load_point_folder(split_folder(Path(path), split), points)
+    check_point_settings(cfg)
+    clouds, labels, _ = load_point_folder(split_folder(Path(cfg.path), split), cfg.points)
     return clouds, labels
+
+
+def check_point_settings(cfg: DataConfig) -> None:
+    """Refuse point-cloud data settings that cannot work, naming the field."""
+    if not cfg.path:
+        raise DataError("data.path: the points source needs a folder of point clouds")
+    if cfg.points < 1:
+        raise DataError(f"data.points must be >= 1, got {cfg.points}")
+    scale = list(cfg.point_scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise DataError(f"data.point_scale must be [low, high] with 0 < low <= high, got {scale}")
+    if cfg.point_translate < 0 or cfg.point_jitter < 0:
+        raise DataError(
+            "data.point_translate and data.point_jitter must be >= 0, got "
+            f"{cfg.point_translate} and {cfg.point_jitter}"
+        )
 
 
 # ---- augmentation on the device ---------------------------------------------------------------

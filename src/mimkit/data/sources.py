@@ -119,7 +119,7 @@ def load_split(
     if cfg.source in MODAL_SOURCES:
         return load_modal_split(cfg, split, channels, size, skipped_by)
     if cfg.source == "points":  # float32 clouds (N, points, 3), not images
-        return load_point_split(cfg.path, split, cfg.points)
+        return load_point_split(cfg, split)
     if cfg.source not in SOURCES:
         raise DataError(
             f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES + MODAL_SOURCES) + ['points']}"
