@@ -14,7 +14,7 @@
 #
 # torch, when none is importable: with an NVIDIA GPU (nvidia-smi answers) the default build
 # from the package index; without one the CPU build: first a local wheel when pip is configured
-# with one (find-links; no network), else PyTorch's CPU wheel index ($TORCH_INDEX_URL, default
+# with one (find-links; its dependencies from the index), else PyTorch's CPU wheel index ($TORCH_INDEX_URL, default
 # https://download.pytorch.org/whl/cpu), never the multi-GB CUDA build. The line it prints says
 # which was chosen.
 set -euo pipefail
@@ -62,8 +62,11 @@ if "$PY" -c "import torch" >/dev/null 2>&1; then
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "setup: no torch found, NVIDIA GPU present: installing torch==$TORCH_VERSION (CUDA build, package index)"
     $PIP "torch==$TORCH_VERSION"
-elif $PIP --no-index "torch==$TORCH_VERSION" >/dev/null 2>&1; then
-    echo "setup: no torch found, no GPU: installed torch==$TORCH_VERSION from a local wheel (pip's find-links; $("$PY" -c 'import torch; print(torch.__version__)'))"
+elif $PIP --dry-run --no-deps --no-index "torch==$TORCH_VERSION" >/dev/null 2>&1; then
+    # a local wheel in pip's find-links (this workplace's CPU build): torch from it, and its
+    # dependencies (which that folder need not hold) from the package index
+    $PIP "torch==$TORCH_VERSION"
+    echo "setup: no torch found, no GPU: installed torch $("$PY" -c 'import torch; print(torch.__version__)') from a local wheel (pip's find-links)"
 else
     echo "setup: no torch found, no GPU: installing torch==$TORCH_VERSION (CPU build) from $TORCH_INDEX_URL"
     $PIP --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"
