@@ -16,7 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-resume", action="store_true", help="start over even if out_dir holds a checkpoint"
     )
     p.add_argument(
-        "--no-eval", action="store_true", help="skip the kNN report and reconstruction image"
+        "--no-eval",
+        action="store_true",
+        help="skip the kNN report and the reconstruction images (at the end and per epoch)",
     )
     p.set_defaults(func=cmd_pretrain)
 

@@ -134,6 +134,16 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, out: Path, title: str | None = None, fontsize: int = 10) -> Path:
+    """Title, lay out, write `out` at 100 dpi and free the figure."""
+    if title:
+        fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    pyplot().close(fig)
+    return out
+
+
 def image_figure(images: torch.Tensor, maps: AttentionMaps, out: Path, cell: float = 1.4) -> Path:
     """One row per 2-D image: the image, each head of the last block, then the rollout."""
     plt = pyplot()
@@ -149,15 +159,11 @@ def image_figure(images: torch.Tensor, maps: AttentionMaps, out: Path, cell: flo
         for k in range(h):
             _overlay(axes[row, k + 1], shown[row], heads[row, k], f"head {k + 1}" if top else None)
         _overlay(axes[row, h + 1], shown[row], rolled[row], "rollout" if top else None)
-    fig.suptitle(
+    title = (
         f"where the encoder looks: block {maps.depth} attention of the {maps.query}; "
-        f"rollout over {maps.depth} blocks",
-        fontsize=9,
+        f"rollout over {maps.depth} blocks"
     )
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, title, fontsize=9)
 
 
 def clip_figure(
@@ -185,14 +191,8 @@ def clip_figure(
             _overlay(ax, shown[f], None if heat is None else heat[f], f"t={f}" if r == 0 else None)
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
-    fig.suptitle(
-        f"item {item}: block {maps.depth} attention of the {maps.query}, per frame/slice",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    title = f"item {item}: block {maps.depth} attention of the {maps.query}, per frame/slice"
+    return save_figure(fig, out, title, fontsize=9)
 
 
 def save_attention_figures(

@@ -26,7 +26,7 @@ from mimkit.compress.importance import block_entropy
 from mimkit.data.transforms import fit_to_model, normalize
 from mimkit.errors import ConfigError, DataError
 from mimkit.eval.features import extract_features
-from mimkit.inspect.attention import pyplot
+from mimkit.inspect.attention import pyplot, save_figure
 from mimkit.models.vit import VisionTransformer
 
 PROJECTIONS = ("pca", "tsne", "umap")
@@ -112,11 +112,7 @@ def projection_figure(
     axes[0, -1].legend(
         loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=2.5, frameon=False
     )
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, title)
 
 
 def statistics_figure(stats: dict[str, Any], out: Path) -> Path:
@@ -138,10 +134,7 @@ def statistics_figure(stats: dict[str, Any], out: Path) -> Path:
         ax.set_xlabel("block")
         ax.set_xticks(blocks)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def save_embedding_figures(
