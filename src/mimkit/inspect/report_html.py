@@ -217,6 +217,27 @@ def build_report(run: str | Path, out: str | Path | None = None, attention_items
     out = Path(out) if out else run / "report.html"
     config_text = (checkpoint / CONFIG_FILE).read_text()
     records = read_metrics(run / "metrics.jsonl")
+    body = [_summary_section(run, config_text, records), _curves_section(records)]
+    used: set[Path] = set()
+    body += _reconstruction_section(run, used)
+    if attention_items > 0:
+        parts, drawn = _model_pictures(run, checkpoint, attention_items)
+        body += parts
+        used.update(drawn)
+    body += _results_section(run)
+    body += _other_pictures_section(run, used, out)
+    body.append(f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>")
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>mimkit run {html.escape(run.name)}</title><style>{STYLE}</style>"
+        f"<script>{CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    return out
+
+
+def _summary_section(run: Path, config_text: str, records: list[dict]) -> str:
     end = next((r for r in reversed(records) if r.get("event") == "end"), None)
     start = next((r for r in records if r.get("event") == "start"), None)
     cfg = yaml.safe_load(config_text) or {}
@@ -229,41 +250,42 @@ def build_report(run: str | Path, out: str | Path | None = None, attention_items
         summary += f"; {end.get('step')} steps, final loss {end.get('loss', float('nan')):.4f}"
     if start:
         summary += f"; trained on {start.get('device')} ({start.get('items')} items)"
-    body = [f"<h1>mimkit run: {html.escape(run.name)}</h1><p>{html.escape(summary)}</p>"]
+    return f"<h1>mimkit run: {html.escape(run.name)}</h1><p>{html.escape(summary)}</p>"
 
+
+def _curves_section(records: list[dict]) -> str:
     curves = curves_png(records)
-    body.append("<h2>Training curves</h2>")
-    body.append(
-        _figure(curves, "from metrics.jsonl, one point per logged window")
-        if curves
-        else '<p class="note">no training lines in metrics.jsonl</p>'
+    if not curves:
+        return '<h2>Training curves</h2><p class="note">no training lines in metrics.jsonl</p>'
+    return "<h2>Training curves</h2>" + _figure(
+        curves, "from metrics.jsonl, one point per logged window"
     )
 
-    used: set[Path] = set()
+
+def _reconstruction_section(run: Path, used: set[Path]) -> list[str]:
+    """Pictures drawn after each saved epoch and at the end; adds what it shows to `used`."""
     steps = sorted((run / "reconstructions").glob("step_*.png"))
     final = run / "reconstruction.png"
-    if steps or final.is_file():
-        body.append(
-            "<h2>Reconstructions</h2><p>columns: original | masked | reconstruction | "
-            "visible + reconstruction</p>"
-        )
-        row = []
-        for path in steps:
-            step = int(path.stem.split("_")[1])
-            row.append(_figure(path.read_bytes(), f"after step {step} (training images)"))
-            used.add(path)
-        if final.is_file():
-            row.append(_figure(final.read_bytes(), "at the end (test images)"))
-            used.add(final)
-        body.append(f'<div class="row">{"".join(row)}</div>')
+    if not steps and not final.is_file():
+        return []
+    row = []
+    for path in steps:
+        step = int(path.stem.split("_")[1])
+        row.append(_figure(path.read_bytes(), f"after step {step} (training images)"))
+        used.add(path)
+    if final.is_file():
+        row.append(_figure(final.read_bytes(), "at the end (test images)"))
+        used.add(final)
+    return [
+        "<h2>Reconstructions</h2><p>columns: original | masked | reconstruction | "
+        "visible + reconstruction</p>",
+        f'<div class="row">{"".join(row)}</div>',
+    ]
 
-    if attention_items > 0:
-        parts, drawn = _model_pictures(run, checkpoint, attention_items)
-        body += parts
-        used.update(drawn)
 
+def _results_section(run: Path) -> list[str]:
     tables = find_tables(run)
-    body.append("<h2>Results</h2>")
+    body = ["<h2>Results</h2>"]
     if not tables:
         body.append('<p class="note">no result files (*.json) in the run folder yet</p>')
     for path in tables:
@@ -274,19 +296,14 @@ def build_report(run: str | Path, out: str | Path | None = None, attention_items
             continue
         rel = path.relative_to(run)
         body.append(f"<h3>{html.escape(str(rel))}</h3>{table_html(data)}")
+    return body
 
+
+def _other_pictures_section(run: Path, used: set[Path], out: Path) -> list[str]:
     others = [p for p in sorted(run.rglob("*.png")) if p not in used and out.parent != p]
     others = [p for p in others if not {"wandb", "mlruns", "tensorboard"} & set(p.parts)]
-    if others:
-        body.append("<h2>Other pictures in the run folder</h2>")
-        body += [_figure(p.read_bytes(), str(p.relative_to(run))) for p in others]
-
-    body.append(f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>")
-    page = (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>mimkit run {html.escape(run.name)}</title><style>{STYLE}</style>"
-        f"<script>{CHECK_SCRIPT}</script></head><body>{''.join(body)}</body></html>"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    return out
+    if not others:
+        return []
+    return ["<h2>Other pictures in the run folder</h2>"] + [
+        _figure(p.read_bytes(), str(p.relative_to(run))) for p in others
+    ]
