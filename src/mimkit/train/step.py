@@ -92,7 +92,12 @@ class GuardedStep:
 
     def _grad_norm(self) -> torch.Tensor:
         """The total L2 norm of the gradients, clipped to `clip_grad` when set; the norm before
-        clipping is returned, on the device (no sync)."""
+        clipping is returned, on the device (no sync). Under FSDP the gradients are sharded
+        (DTensors) and so is their norm: it is gathered to a plain tensor."""
+        norm = self._sharded_grad_norm()
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def _sharded_grad_norm(self) -> torch.Tensor:
         if self.clip_grad is not None:
             return torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad)
         grads = [p.grad for p in self.params if p.grad is not None]
