@@ -39,26 +39,13 @@ class DataConfig:
     max_frames: int | None = None  # video: decode at most this many (strided) frames per file
     on_bad_item: str = "skip"  # an unreadable or unfitting file: skip (counted) | fail (stop)
 
-    def check(self, in_chans: int, spatial_dims: int) -> None:
-        """Refuse values that cannot work with a model of `in_chans` and `spatial_dims` axes."""
+    def check(self) -> None:
+        """Refuse values no run can use, naming the field."""
         if self.source not in FLAT_SOURCES + DEEP_SOURCES:
             raise ConfigError(
                 f"data.source must be one of {list(FLAT_SOURCES + DEEP_SOURCES)}, "
                 f"got {self.source!r}"
             )
-        want = 3 if self.source in DEEP_SOURCES else 2
-        if spatial_dims != want:
-            shape = "[T or D, H, W]" if want == 3 else "[H, W] (or one number)"
-            raise ConfigError(
-                f"model.img_size has {spatial_dims} entries but data.source {self.source!r} "
-                f"needs {want}: {shape}"
-            )
-        for name in ("mean", "std"):
-            values = getattr(self, name)
-            if len(values) not in (1, in_chans):
-                raise ConfigError(
-                    f"data.{name} has {len(values)} values; expected 1 or model.in_chans={in_chans}"
-                )
         if not all(s > 0 for s in self.std):
             raise ConfigError(f"data.std must be > 0 for every channel, got {self.std}")
         low, high = (self.crop_scale + [0.0, 0.0])[:2]
@@ -84,3 +71,20 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.channels is not None and self.channels not in (1, 3, 4):
             raise ConfigError(f"data.channels must be 1, 3 or 4, got {self.channels}")
+
+    def check_fits(self, in_chans: int, spatial_dims: int) -> None:
+        """Refuse a data section that cannot feed a model of `in_chans` and `spatial_dims` axes
+        (user configs at load; models built in code may carry a default data section)."""
+        want = 3 if self.source in DEEP_SOURCES else 2
+        if spatial_dims != want:
+            shape = "[T or D, H, W]" if want == 3 else "[H, W] (or one number)"
+            raise ConfigError(
+                f"model.img_size has {spatial_dims} entries but data.source {self.source!r} "
+                f"needs {want}: {shape}"
+            )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, in_chans):
+                raise ConfigError(
+                    f"data.{name} has {len(values)} values; expected 1 or model.in_chans={in_chans}"
+                )
