@@ -133,7 +133,7 @@ def check_ranges(cfg: RunConfig) -> None:
     """Every section's values in range, and the data section against the model's geometry."""
     cfg.train.check()
     cfg.eval.check()
-    cfg.data.check(cfg.model.in_chans, len(cfg.model.input_size))
+    cfg.data.check()
     out = Path(cfg.out_dir)
     if not cfg.out_dir or out.is_file():
         raise ConfigError(f"out_dir {cfg.out_dir!r}: is a file (or empty); expected a folder")
@@ -363,7 +363,12 @@ def load_config(
         tree["method"] = {}
     for key, value in pairs:
         _set_dotted(tree, key, value)
-    return resolve_run_config(build_run_config(tree, where), where)
+    cfg = resolve_run_config(build_run_config(tree, where), where)
+    try:  # a user's config: its data section must also feed its model
+        cfg.data.check_fits(cfg.model.in_chans, len(cfg.model.input_size))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return cfg
 
 
 def legacy_override_key(key: str) -> str:

@@ -48,12 +48,25 @@ class DataConfig:
     point_rotate: bool = True  # a random turn about the up (z) axis
     point_jitter: float = 0.01  # Gaussian noise per point (clipped at 5 sigma)
 
-    def check(self, in_chans: int, spatial_dims: int) -> None:
-        """Refuse values that cannot work with a model of `in_chans` and `spatial_dims` axes."""
+    def check(self) -> None:
+        """Refuse values no run can use, naming the field."""
         if self.source not in SOURCES:
             raise ConfigError(f"data.source must be one of {list(SOURCES)}, got {self.source!r}")
-        if self.source not in POINT_SOURCES:  # clouds have no image size or pixel statistics
-            self._check_images(in_chans, spatial_dims)
+        if not all(s > 0 for s in self.std):
+            raise ConfigError(f"data.std must be > 0 for every channel, got {self.std}")
+        low, high = (self.crop_scale + [0.0, 0.0])[:2]
+        if len(self.crop_scale) != 2 or not 0.0 < low <= high <= 1.0:
+            raise ConfigError(
+                f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}"
+            )
+        low, high = (self.crop_ratio + [0.0, 0.0])[:2]
+        if len(self.crop_ratio) != 2 or not 0.0 < low <= high or not math.isfinite(high):
+            raise ConfigError(
+                f"data.crop_ratio must be [min, max] with 0 < min <= max, got {self.crop_ratio}"
+            )
+        self._check_counts()
+
+    def _check_counts(self) -> None:
         if self.on_bad_item not in BAD_ITEM_POLICIES:
             raise ConfigError(
                 f"data.on_bad_item must be one of {list(BAD_ITEM_POLICIES)}, "
@@ -68,7 +81,12 @@ class DataConfig:
         if self.channels is not None and self.channels not in (1, 3, 4):
             raise ConfigError(f"data.channels must be 1, 3 or 4, got {self.channels}")
 
-    def _check_images(self, in_chans: int, spatial_dims: int) -> None:
+    def check_fits(self, in_chans: int, spatial_dims: int) -> None:
+        """Refuse a data section that cannot feed a model of `in_chans` and `spatial_dims` axes
+        (user configs at load; models built in code may carry a default data section). Point
+        clouds have no image size or pixel statistics to fit."""
+        if self.source in POINT_SOURCES:
+            return
         want = 3 if self.source in DEEP_SOURCES else 2
         if spatial_dims != want:
             shape = "[T or D, H, W]" if want == 3 else "[H, W] (or one number)"
@@ -82,15 +100,3 @@ class DataConfig:
                 raise ConfigError(
                     f"data.{name} has {len(values)} values; expected 1 or model.in_chans={in_chans}"
                 )
-        if not all(s > 0 for s in self.std):
-            raise ConfigError(f"data.std must be > 0 for every channel, got {self.std}")
-        low, high = (self.crop_scale + [0.0, 0.0])[:2]
-        if len(self.crop_scale) != 2 or not 0.0 < low <= high <= 1.0:
-            raise ConfigError(
-                f"data.crop_scale must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}"
-            )
-        low, high = (self.crop_ratio + [0.0, 0.0])[:2]
-        if len(self.crop_ratio) != 2 or not 0.0 < low <= high or not math.isfinite(high):
-            raise ConfigError(
-                f"data.crop_ratio must be [min, max] with 0 < min <= max, got {self.crop_ratio}"
-            )
