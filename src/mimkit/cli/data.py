@@ -19,13 +19,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=cmd_data_info)
     dsub.add_parser(
         "synth",
-        help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms",
+        help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms, "
+        "Fashion-MNIST segmentation scenes",
         configure=_synth_options,
     )
     _add_stats(dsub)
 
 
-SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms")  # cmd_data_synth's cases
+# cmd_data_synth's cases
+SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms", "fmnist-scenes")
 
 
 def _synth_options(p: argparse.ArgumentParser) -> None:
@@ -34,7 +36,9 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", type=int, help="training items (default per kind)")
     p.add_argument("--test", type=int, help="test items (default per kind)")
     p.add_argument("--frames", type=int, default=16, help="moving-fmnist: frames per clip")
-    p.add_argument("--size", type=int, default=64, help="moving-fmnist canvas / tile side")
+    p.add_argument(
+        "--size", type=int, default=64, help="moving-fmnist canvas / tile side / fmnist-scenes side"
+    )
     p.add_argument("--bands", type=int, default=6, help="tiles: number of bands")
     p.add_argument("--format", default="npy", choices=("npy", "tif"), help="tiles: file format")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator")
@@ -72,6 +76,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     # numpy and the generators load only when the command runs (a fast --help)
     from mimkit.data import synthetic
+    from mimkit.data.scenes import make_fmnist_scenes
 
     counts = {k: v for k, v in (("train", args.train), ("test", args.test)) if v is not None}
     if any(v < 1 for v in counts.values()):
@@ -86,6 +91,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         root = synthetic.make_tiles(
             args.out, bands=args.bands, size=args.size, fmt=args.format, seed=args.seed, **counts
         )
+    elif args.kind == "fmnist-scenes":
+        root = make_fmnist_scenes(args.out, size=args.size, seed=args.seed, **counts)
     else:
         root = synthetic.make_spectrograms(args.out, seed=args.seed, **counts)
     print(f"wrote {args.kind} to {root}")

@@ -1,0 +1,370 @@
+"""Semantic segmentation transfer: a pretrained encoder's patch tokens, labelled per pixel.
+
+Two heads, both predicting at the patch grid and upsampled (bilinear) to the label's pixels:
+- `linear`: BatchNorm + a 1x1 convolution on the frozen final patch tokens (the dense
+  counterpart of the linear probe);
+- `fpn`: a light feature-pyramid decoder over four blocks (ViTDet's simple pyramid, an FPN
+  top-down path, UperNet's fuse), with the encoder frozen, or fine-tuned with layer-wise lr
+  decay (`train.optim.layer_decay_param_groups`).
+
+The encoder is rebuilt at the scenes' resolution (a multiple of its patch, images resized to
+it when they are not one); its fixed position table is regenerated at the new grid
+(`eval.finetune.encoder_weights`). Frozen features are computed once and cached in memory.
+Scores are the confusion-matrix mIoU (over classes present in prediction or truth), pixel
+accuracy and per-class IoU on the validation split, at the label's own resolution; pixels at
+the ignore index count for nothing. Training uses no augmentation and sees no val data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mimkit.data.transforms import normalize
+from mimkit.eval.finetune import encoder_weights, resize_to
+from mimkit.models.config import ModelConfig, resolve_model_config
+from mimkit.models.vit import VisionTransformer
+from mimkit.train.checkpoint import load_state_into
+from mimkit.train.optim import layer_decay_param_groups, lr_at, set_lr
+
+#: RGB colour of each class index (background black), and of ignored pixels (white)
+PALETTE = np.random.default_rng(7).integers(40, 256, (256, 3)).astype(np.uint8)
+PALETTE[0] = 0
+IGNORE_COLOUR = (255, 255, 255)
+
+
+@dataclass
+class SegmentSettings:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3  # AdamW peak lr of the fpn head (and of the top block when fine-tuned)
+    linear_lr: float = 1e-2  # of the linear head: one layer on fixed features learns faster
+    weight_decay: float = 0.01
+    layer_decay: float = 0.75  # fine-tuning only
+    width: int = 64  # channels of the FPN decoder
+    seed: int = 0
+
+
+@dataclass
+class SegmentScores:
+    miou: float
+    pixel_acc: float
+    per_class_iou: list[float | None]  # None: class absent from truth and prediction
+
+
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int
+) -> torch.Tensor:
+    """(K, K) int64 counts, rows the true class, columns the predicted; ignored pixels left out."""
+    valid = target != ignore_index
+    index = target[valid].long() * num_classes + pred[valid].long()
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def scores_from_confusion(conf: torch.Tensor) -> SegmentScores:
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp(min=1), torch.zeros_like(tp))
+    per_class = [
+        float(v) if p else None for v, p in zip(iou.tolist(), present.tolist(), strict=True)
+    ]
+    miou = float(iou[present].mean()) if present.any() else 0.0
+    return SegmentScores(miou, float(tp.sum() / conf.sum().clamp(min=1)), per_class)
+
+
+def segment_model_config(base: ModelConfig, image_hw: tuple[int, int]) -> ModelConfig:
+    """The checkpoint's geometry at the scenes' size, rounded to a whole number of patches."""
+    p = base.patch_size
+    hw = [max(p, round(s / p) * p) for s in image_hw]
+    size = hw[0] if hw[0] == hw[1] else hw
+    return resolve_model_config(replace(base, img_size=size, drop_path_rate=0.0))
+
+
+def build_encoder(
+    base: ModelConfig, weights: dict[str, torch.Tensor], image_hw: tuple[int, int], where: str
+) -> VisionTransformer:
+    """An encoder at the scenes' resolution with the weights of a full checkpoint."""
+    cfg = segment_model_config(base, image_hw)
+    encoder = VisionTransformer(cfg)
+    load_state_into(encoder, encoder_weights(weights, base, cfg), where)
+    return encoder
+
+
+def pyramid_blocks(depth: int) -> list[int]:
+    """Four evenly spaced blocks (1-based, the last included), as ViTDet/UperNet take them."""
+    return sorted({max(1, round(depth * k / 4)) for k in range(1, 5)})
+
+
+def token_maps(
+    encoder: VisionTransformer, x: torch.Tensor, blocks: list[int] | None
+) -> list[torch.Tensor]:
+    """(B, D, gh, gw) patch-token maps: the final normalised tokens when `blocks` is None, else
+    the outputs of those blocks (1-based)."""
+    gh, gw = encoder.grid_hw
+    n = encoder.num_prefix_tokens
+    if blocks is None:
+        seqs = [encoder(x)]
+    else:
+        _, hidden = encoder(x, return_hidden=True)
+        seqs = [hidden[b] for b in blocks]
+    return [s[:, n:].transpose(1, 2).reshape(len(x), -1, gh, gw) for s in seqs]
+
+
+def prepare(images: torch.Tensor, encoder: VisionTransformer, mean, std) -> torch.Tensor:
+    return resize_to(normalize(images, mean, std), encoder.cfg.image_hw)
+
+
+@torch.no_grad()
+def frozen_maps(
+    encoder: VisionTransformer, images: torch.Tensor, mean, std, blocks, device, batch_size=64
+) -> list[torch.Tensor]:
+    """Token maps of every image, computed once with the encoder in eval mode (kept on CPU)."""
+    encoder.eval()
+    out: list[list[torch.Tensor]] = []
+    for start in range(0, len(images), batch_size):
+        x = prepare(images[start : start + batch_size].to(device), encoder, mean, std)
+        out.append([m.cpu() for m in token_maps(encoder, x, blocks)])
+    return [torch.cat(level) for level in zip(*out, strict=True)]
+
+
+class LinearSegHead(nn.Module):
+    """BatchNorm + 1x1 convolution on one token map: (B, D, gh, gw) -> (B, K, gh, gw)."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(dim)
+        self.classify = nn.Conv2d(dim, num_classes, 1)
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return self.classify(self.bn(maps[0]))
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
+
+
+class FPNSegHead(nn.Module):
+    """A light pyramid decoder over four token maps (B, D, gh, gw), all at the patch grid.
+
+    Level i is brought to stride 4, 2, 1 and 1/2 of the grid (ViTDet's simple pyramid), mapped
+    to `width` channels, merged top-down (FPN), smoothed, then all levels are upsampled to the
+    finest and fused (UperNet) before a 1x1 classifier: (B, K, 4 gh, 4 gw).
+    """
+
+    def __init__(self, dim: int, num_classes: int, levels: int, width: int = 64) -> None:
+        super().__init__()
+        scales = (4, 2, 1, 0.5)[-levels:] if levels < 4 else (4, 2, 1, 0.5)
+        self.scales = scales
+        self.resample = nn.ModuleList(self._resampler(dim, s) for s in scales)
+        self.lateral = nn.ModuleList(_conv(dim, width, 1) for _ in scales)
+        self.smooth = nn.ModuleList(_conv(width, width, 3) for _ in scales)
+        self.fuse = _conv(width * len(scales), width, 3)
+        self.classify = nn.Conv2d(width, num_classes, 1)
+
+    @staticmethod
+    def _resampler(dim: int, scale: float) -> nn.Module:
+        if scale == 4:
+            return nn.Sequential(
+                nn.ConvTranspose2d(dim, dim, 2, stride=2),
+                nn.BatchNorm2d(dim),
+                nn.GELU(),
+                nn.ConvTranspose2d(dim, dim, 2, stride=2),
+            )
+        if scale == 2:
+            return nn.ConvTranspose2d(dim, dim, 2, stride=2)
+        if scale == 0.5:
+            return nn.MaxPool2d(2, ceil_mode=True)
+        return nn.Identity()
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        feats = [lat(res(m)) for m, res, lat in zip(maps, self.resample, self.lateral, strict=True)]
+        for i in range(len(feats) - 2, -1, -1):  # top-down: coarse context into finer levels
+            feats[i] = feats[i] + F.interpolate(
+                feats[i + 1], size=feats[i].shape[-2:], mode="bilinear"
+            )
+        finest = feats[0].shape[-2:]
+        fused = [
+            F.interpolate(s(f), size=finest, mode="bilinear")
+            for f, s in zip(feats, self.smooth, strict=True)
+        ]
+        return self.classify(self.fuse(torch.cat(fused, 1)))
+
+
+def pixel_logits(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(logits, size=tuple(hw), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class SegmentResult:
+    scores: SegmentScores
+    predictions: torch.Tensor  # (N, H, W) int64 on the val split
+    train_seconds: float
+    steps: int
+
+
+def train_on_maps(
+    head: nn.Module,
+    maps: list[torch.Tensor],
+    labels: torch.Tensor,
+    ignore_index: int,
+    settings: SegmentSettings,
+    device: torch.device,
+) -> int:
+    """Train `head` on fixed token maps (frozen features) with pixel cross-entropy; the steps."""
+    gen = torch.Generator().manual_seed(settings.seed)
+    head.to(device).train()
+    opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    per_epoch = math.ceil(len(labels) / settings.batch_size)
+    total, step = per_epoch * settings.epochs, 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(labels), generator=gen)
+        for start in range(0, len(labels), settings.batch_size):
+            rows = order[start : start + settings.batch_size]
+            set_lr(opt, lr_at(step, total, max(1, total // 20), settings.lr))
+            y = labels[rows].to(device)
+            logits = pixel_logits(head([m[rows].to(device) for m in maps]), y.shape[-2:])
+            loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return step
+
+
+@torch.no_grad()
+def predict_maps(
+    head: nn.Module, maps: list[torch.Tensor], hw, device, batch_size=64
+) -> torch.Tensor:
+    head.to(device).eval()
+    preds = []
+    for start in range(0, len(maps[0]), batch_size):
+        logits = head([m[start : start + batch_size].to(device) for m in maps])
+        preds.append(pixel_logits(logits, hw).argmax(1).cpu())
+    return torch.cat(preds)
+
+
+class SegmentationModel(nn.Module):
+    """Encoder + head, images in, patch-grid logits out: what fine-tuning trains."""
+
+    def __init__(self, encoder: VisionTransformer, head: nn.Module, blocks: list[int]) -> None:
+        super().__init__()
+        self.encoder, self.head, self.blocks = encoder, head, blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(token_maps(self.encoder, x, self.blocks))
+
+
+def finetune_segmentation(
+    model: SegmentationModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean,
+    std,
+    ignore_index: int,
+    settings: SegmentSettings,
+    device: torch.device,
+) -> int:
+    """Train encoder and head together, lr decayed per block from the head down; the steps."""
+    gen = torch.Generator().manual_seed(settings.seed)
+    model.to(device).train()
+    groups = layer_decay_param_groups(model, settings.weight_decay, settings.layer_decay)
+    opt = torch.optim.AdamW(groups, lr=settings.lr)
+    per_epoch = math.ceil(len(labels) / settings.batch_size)
+    total, step = per_epoch * settings.epochs, 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(labels), generator=gen)
+        for start in range(0, len(labels), settings.batch_size):
+            rows = order[start : start + settings.batch_size]
+            set_lr(opt, lr_at(step, total, max(1, total // 20), settings.lr))
+            y = labels[rows].to(device)
+            x = prepare(images[rows].to(device), model.encoder, mean, std)
+            loss = F.cross_entropy(
+                pixel_logits(model(x), y.shape[-2:]), y, ignore_index=ignore_index
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return step
+
+
+def evaluate_head(
+    encoder: VisionTransformer,
+    head_kind: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    ignore_index: int,
+    mean,
+    std,
+    settings: SegmentSettings,
+    device: torch.device,
+    finetune: bool = False,
+) -> SegmentResult:
+    """Train one head (`linear` or `fpn`) on `train` (uint8 images, labels) and score it on `val`."""
+    start = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    dim, depth = encoder.cfg.embed_dim, len(encoder.blocks)
+    blocks = None if head_kind == "linear" else pyramid_blocks(depth)
+    if head_kind == "linear":
+        head: nn.Module = LinearSegHead(dim, num_classes)
+    else:
+        head = FPNSegHead(dim, num_classes, len(blocks), settings.width)
+    hw = tuple(val[1].shape[-2:])
+    if finetune:
+        model = SegmentationModel(encoder, head, blocks)
+        steps = finetune_segmentation(model, *train, mean, std, ignore_index, settings, device)
+        maps = frozen_maps(encoder, val[0], mean, std, blocks, device)
+    else:
+        encoder.requires_grad_(False)
+        maps = frozen_maps(encoder, train[0], mean, std, blocks, device)
+        if head_kind == "linear":
+            settings = replace(settings, lr=settings.linear_lr)
+        steps = train_on_maps(head, maps, train[1], ignore_index, settings, device)
+        maps = frozen_maps(encoder, val[0], mean, std, blocks, device)
+    seconds = time.perf_counter() - start
+    preds = predict_maps(head, maps, hw, device)
+    conf = confusion_matrix(preds, val[1], num_classes, ignore_index)
+    return SegmentResult(scores_from_confusion(conf), preds, seconds, steps)
+
+
+def colourise(labels: np.ndarray, ignore_index: int) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8, ignored pixels white."""
+    rgb = PALETTE[np.clip(labels, 0, 255)]
+    rgb[labels == ignore_index] = IGNORE_COLOUR
+    return rgb
+
+
+def prediction_panel(
+    images: torch.Tensor, truth: torch.Tensor, preds: torch.Tensor, ignore_index: int
+) -> np.ndarray:
+    """One row per item: the image (grey or RGB), its ground truth, the prediction; uint8 RGB."""
+    rows = []
+    for image, t, p in zip(images, truth, preds, strict=True):
+        img = image.permute(1, 2, 0).numpy()
+        img = np.repeat(img[..., :1], 3, -1) if img.shape[-1] != 3 else img
+        gap = np.full((img.shape[0], 2, 3), 128, np.uint8)
+        rows.append(
+            np.concatenate(
+                [
+                    img,
+                    gap,
+                    colourise(t.numpy(), ignore_index),
+                    gap,
+                    colourise(p.numpy(), ignore_index),
+                ],
+                axis=1,
+            )
+        )
+        rows.append(np.full((2, rows[-1].shape[1], 3), 128, np.uint8))
+    return np.concatenate(rows[:-1], axis=0)
