@@ -162,13 +162,14 @@ def test_finetuning_trains_the_encoder_with_layer_decay(scenes):
     train = load_segmentation_split(scenes, "train", 1)
     val = load_segmentation_split(scenes, "val", 1)
     settings = segment.SegmentSettings(epochs=1, batch_size=12, width=8)
-    result = segment.evaluate_head(
-        encoder, "fpn", (train.images, train.labels), (val.images, val.labels), 11, 255,
+    result = segment.evaluate_heads(
+        encoder, ("fpn",), (train.images, train.labels), (val.images, val.labels), 11, 255,
         [0.3], [0.3], settings, torch.device("cpu"), finetune=True,
-    )  # fmt: skip
+    )["fpn"]  # fmt: skip
     assert result.steps == 2 and result.predictions.shape == (8, 32, 32)
-    after = encoder.state_dict()
-    assert not torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])
+    tuned = result.encoder.state_dict()
+    assert not torch.equal(before["blocks.0.attn.qkv.weight"], tuned["blocks.0.attn.qkv.weight"])
+    assert torch.equal(before["blocks.0.attn.qkv.weight"], encoder.blocks[0].attn.qkv.weight)
 
 
 def test_cli_segment_pretrained_and_random_init(scenes, tmp_path, capsys):

@@ -426,16 +426,21 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
         "--head", choices=("linear", "fpn", "both"), default="both", help="which head(s) to train"
     )
     p.add_argument(
-        "--finetune", action="store_true", help="fpn: train the encoder too (layer-wise lr decay)"
+        "--finetune", action="store_true", help="train the encoder too (layer-wise lr decay)"
     )
     d = SegmentSettings()
     p.add_argument("--epochs", type=int, default=d.epochs, help="head training epochs")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="scenes per step")
-    p.add_argument("--lr", type=float, default=d.lr, help="fpn: AdamW peak lr (warmup + cosine)")
-    p.add_argument("--linear-lr", type=float, default=d.linear_lr, help="linear: AdamW peak lr")
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help="fpn, and any --finetune: AdamW peak lr (cosine)"
+    )
+    p.add_argument("--linear-lr", type=float, default=d.linear_lr, help="frozen linear: peak lr")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay")
     p.add_argument(
-        "--layer-decay", type=float, default=d.layer_decay, help="--finetune: lr factor per block"
+        "--layer-decay",
+        type=float,
+        default=d.layer_decay,
+        help="--finetune: lr factor per block from the head down",
     )
     p.add_argument("--width", type=int, default=d.width, help="channels of the fpn decoder")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the head and data order")
@@ -479,33 +484,30 @@ def cmd_eval_segment(args: argparse.Namespace) -> int:
     record.update(train_items=len(train.labels), val_items=len(val.labels))
     record["skipped"] = len(train.skipped) + len(val.skipped)
     record["settings"] = vars(settings)
-    for kind in heads:
-        tuned = args.finetune and kind == "fpn"
-        name = f"{kind}{'_finetune' if tuned else ''}"
-        encoder = segment.build_encoder(
-            cfg.model, weights, tuple(val.labels.shape[-2:]), str(folder)
-        )
-        result = segment.evaluate_head(
-            encoder.to(device),
-            kind,
-            (train.images, train.labels),
-            (val.images, val.labels),
-            val.num_classes,
-            val.ignore_index,
-            cfg.data.mean,
-            cfg.data.std,
-            settings,
-            device,
-            finetune=tuned,
-        )
+    encoder = segment.build_encoder(cfg.model, weights, tuple(val.labels.shape[-2:]), str(folder))
+    results = segment.evaluate_heads(
+        encoder.to(device),
+        heads,
+        (train.images, train.labels),
+        (val.images, val.labels),
+        val.num_classes,
+        val.ignore_index,
+        cfg.data.mean,
+        cfg.data.std,
+        settings,
+        device,
+        finetune=args.finetune,
+    )
+    for kind, result in results.items():
+        name = f"{kind}{'_finetune' if args.finetune else ''}"
         _print_segment(name, args, train, val, encoder, result)
         record[name] = {
             "miou": result.scores.miou,
             "pixel_acc": result.scores.pixel_acc,
             "per_class_iou": dict(zip(val.class_names, result.scores.per_class_iou, strict=True)),
-            "encoder": "fine-tuned" if tuned else "frozen",
+            "encoder": "fine-tuned" if args.finetune else "frozen",
             "steps": result.steps,
-            "seconds": round(result.train_seconds, 2),
+            "seconds": round(result.seconds, 2),
         }
         if args.predictions > 0:
             _save_predictions(pictures / f"{name}.png", val, result.predictions, args.predictions)
@@ -519,7 +521,7 @@ def _print_segment(name: str, args: argparse.Namespace, train, val, encoder, res
     print(
         f"segment {name} ({_name(args)}, encoder at {encoder.cfg.image_hw[0]} px / grid {grid}, "
         f"train {len(train.labels)}, val {len(val.labels)}, {result.steps} steps, "
-        f"{result.train_seconds:.0f} s): mIoU {100 * s.miou:.2f}%  pixel acc {100 * s.pixel_acc:.2f}%"
+        f"{result.seconds:.0f} s): mIoU {100 * s.miou:.2f}%  pixel acc {100 * s.pixel_acc:.2f}%"
     )
     print(
         "  "

@@ -17,6 +17,7 @@ the ignore index count for nothing. Training uses no augmentation and sees no va
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, replace
@@ -104,18 +105,20 @@ def pyramid_blocks(depth: int) -> list[int]:
 
 
 def token_maps(
-    encoder: VisionTransformer, x: torch.Tensor, blocks: list[int] | None
+    encoder: VisionTransformer, x: torch.Tensor, blocks: list[int]
 ) -> list[torch.Tensor]:
-    """(B, D, gh, gw) patch-token maps: the final normalised tokens when `blocks` is None, else
-    the outputs of those blocks (1-based)."""
+    """(B, D, gh, gw) patch-token maps: the final normalised tokens, then the outputs of
+    `blocks` (1-based), all from one forward pass."""
     gh, gw = encoder.grid_hw
     n = encoder.num_prefix_tokens
-    if blocks is None:
-        seqs = [encoder(x)]
-    else:
-        _, hidden = encoder(x, return_hidden=True)
-        seqs = [hidden[b] for b in blocks]
+    out, hidden = encoder(x, return_hidden=True)
+    seqs = [out] + [hidden[b] for b in blocks]
     return [s[:, n:].transpose(1, 2).reshape(len(x), -1, gh, gw) for s in seqs]
+
+
+def head_inputs(kind: str, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """What a head reads of `token_maps`: the linear head the final tokens, fpn the blocks."""
+    return maps[:1] if kind == "linear" else maps[1:]
 
 
 def prepare(images: torch.Tensor, encoder: VisionTransformer, mean, std) -> torch.Tensor:
@@ -156,46 +159,45 @@ def _conv(cin: int, cout: int, k: int) -> nn.Sequential:
 class FPNSegHead(nn.Module):
     """A light pyramid decoder over four token maps (B, D, gh, gw), all at the patch grid.
 
-    Level i is brought to stride 4, 2, 1 and 1/2 of the grid (ViTDet's simple pyramid), mapped
-    to `width` channels, merged top-down (FPN), smoothed, then all levels are upsampled to the
-    finest and fused (UperNet) before a 1x1 classifier: (B, K, 4 gh, 4 gw).
+    Each map is projected to `width` channels, then brought to stride 4, 2, 1 and 1/2 of the
+    grid (ViTDet's simple pyramid, here after the projection to keep it light), merged top-down
+    (FPN), smoothed, and all levels are upsampled to the finest and fused (UperNet) before a
+    1x1 classifier: (B, K, 4 gh, 4 gw).
     """
 
     def __init__(self, dim: int, num_classes: int, levels: int, width: int = 64) -> None:
         super().__init__()
-        scales = (4, 2, 1, 0.5)[-levels:] if levels < 4 else (4, 2, 1, 0.5)
-        self.scales = scales
-        self.resample = nn.ModuleList(self._resampler(dim, s) for s in scales)
+        scales = (4, 2, 1, 0.5)[:levels]
         self.lateral = nn.ModuleList(_conv(dim, width, 1) for _ in scales)
+        self.resample = nn.ModuleList(self._resampler(width, s) for s in scales)
         self.smooth = nn.ModuleList(_conv(width, width, 3) for _ in scales)
         self.fuse = _conv(width * len(scales), width, 3)
         self.classify = nn.Conv2d(width, num_classes, 1)
 
     @staticmethod
-    def _resampler(dim: int, scale: float) -> nn.Module:
+    def _resampler(width: int, scale: float) -> nn.Module:
         if scale == 4:
             return nn.Sequential(
-                nn.ConvTranspose2d(dim, dim, 2, stride=2),
-                nn.BatchNorm2d(dim),
+                nn.ConvTranspose2d(width, width, 2, stride=2),
+                nn.BatchNorm2d(width),
                 nn.GELU(),
-                nn.ConvTranspose2d(dim, dim, 2, stride=2),
+                nn.ConvTranspose2d(width, width, 2, stride=2),
             )
         if scale == 2:
-            return nn.ConvTranspose2d(dim, dim, 2, stride=2)
+            return nn.ConvTranspose2d(width, width, 2, stride=2)
         if scale == 0.5:
             return nn.MaxPool2d(2, ceil_mode=True)
         return nn.Identity()
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        feats = [lat(res(m)) for m, res, lat in zip(maps, self.resample, self.lateral, strict=True)]
+        feats = [res(lat(m)) for m, lat, res in zip(maps, self.lateral, self.resample, strict=True)]
         for i in range(len(feats) - 2, -1, -1):  # top-down: coarse context into finer levels
-            feats[i] = feats[i] + F.interpolate(
-                feats[i + 1], size=feats[i].shape[-2:], mode="bilinear"
-            )
+            up = F.interpolate(feats[i + 1], size=feats[i].shape[-2:], mode="bilinear")
+            feats[i] = feats[i] + up
         finest = feats[0].shape[-2:]
         fused = [
-            F.interpolate(s(f), size=finest, mode="bilinear")
-            for f, s in zip(feats, self.smooth, strict=True)
+            F.interpolate(smooth(f), size=finest, mode="bilinear")
+            for f, smooth in zip(feats, self.smooth, strict=True)
         ]
         return self.classify(self.fuse(torch.cat(fused, 1)))
 
@@ -208,8 +210,9 @@ def pixel_logits(logits: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 class SegmentResult:
     scores: SegmentScores
     predictions: torch.Tensor  # (N, H, W) int64 on the val split
-    train_seconds: float
+    seconds: float  # features (shared by frozen heads, counted in each) and training
     steps: int
+    encoder: VisionTransformer | None = None  # the fine-tuned copy, when fine-tuned
 
 
 def train_on_maps(
@@ -261,7 +264,8 @@ class SegmentationModel(nn.Module):
         self.encoder, self.head, self.blocks = encoder, head, blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(token_maps(self.encoder, x, self.blocks))
+        maps = token_maps(self.encoder, x, self.blocks)
+        return self.head(maps[1:] if self.blocks else maps[:1])
 
 
 def finetune_segmentation(
@@ -298,9 +302,15 @@ def finetune_segmentation(
     return step
 
 
-def evaluate_head(
+def make_head(kind: str, dim: int, num_classes: int, levels: int, width: int) -> nn.Module:
+    if kind == "linear":
+        return LinearSegHead(dim, num_classes)
+    return FPNSegHead(dim, num_classes, levels, width)
+
+
+def evaluate_heads(
     encoder: VisionTransformer,
-    head_kind: str,
+    kinds: tuple[str, ...],
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor],
     num_classes: int,
@@ -310,32 +320,42 @@ def evaluate_head(
     settings: SegmentSettings,
     device: torch.device,
     finetune: bool = False,
-) -> SegmentResult:
-    """Train one head (`linear` or `fpn`) on `train` (uint8 images, labels) and score it on `val`."""
-    start = time.perf_counter()
-    torch.manual_seed(settings.seed)
-    dim, depth = encoder.cfg.embed_dim, len(encoder.blocks)
-    blocks = None if head_kind == "linear" else pyramid_blocks(depth)
-    if head_kind == "linear":
-        head: nn.Module = LinearSegHead(dim, num_classes)
-    else:
-        head = FPNSegHead(dim, num_classes, len(blocks), settings.width)
+) -> dict[str, SegmentResult]:
+    """Train each head in `kinds` (`linear`, `fpn`) on `train` (uint8 images, labels) and score
+    it on `val`. Frozen: the token maps are computed once and shared by the heads. Fine-tuned:
+    each head trains its own copy of the encoder with layer-wise lr decay."""
+    dim = encoder.cfg.embed_dim
+    blocks = pyramid_blocks(len(encoder.blocks)) if "fpn" in kinds else []
     hw = tuple(val[1].shape[-2:])
-    if finetune:
-        model = SegmentationModel(encoder, head, blocks)
-        steps = finetune_segmentation(model, *train, mean, std, ignore_index, settings, device)
-        maps = frozen_maps(encoder, val[0], mean, std, blocks, device)
-    else:
+    results = {}
+    if not finetune:
+        start = time.perf_counter()
         encoder.requires_grad_(False)
-        maps = frozen_maps(encoder, train[0], mean, std, blocks, device)
-        if head_kind == "linear":
-            settings = replace(settings, lr=settings.linear_lr)
-        steps = train_on_maps(head, maps, train[1], ignore_index, settings, device)
-        maps = frozen_maps(encoder, val[0], mean, std, blocks, device)
-    seconds = time.perf_counter() - start
-    preds = predict_maps(head, maps, hw, device)
-    conf = confusion_matrix(preds, val[1], num_classes, ignore_index)
-    return SegmentResult(scores_from_confusion(conf), preds, seconds, steps)
+        train_maps = frozen_maps(encoder, train[0], mean, std, blocks, device)
+        val_maps = frozen_maps(encoder, val[0], mean, std, blocks, device)
+        shared = time.perf_counter() - start
+    for kind in kinds:
+        start = time.perf_counter()
+        torch.manual_seed(settings.seed)
+        head = make_head(kind, dim, num_classes, len(blocks), settings.width)
+        if finetune:
+            own = copy.deepcopy(encoder).requires_grad_(True)
+            model = SegmentationModel(own, head, blocks if kind == "fpn" else [])
+            steps = finetune_segmentation(model, *train, mean, std, ignore_index, settings, device)
+            maps = head_inputs(kind, frozen_maps(own, val[0], mean, std, blocks, device))
+        else:
+            lr = settings.linear_lr if kind == "linear" else settings.lr
+            own_settings = replace(settings, lr=lr)
+            steps = train_on_maps(
+                head, head_inputs(kind, train_maps), train[1], ignore_index, own_settings, device
+            )
+            maps = head_inputs(kind, val_maps)
+        preds = predict_maps(head, maps, hw, device)
+        seconds = time.perf_counter() - start + (0 if finetune else shared)
+        conf = confusion_matrix(preds, val[1], num_classes, ignore_index)
+        tuned = own if finetune else None
+        results[kind] = SegmentResult(scores_from_confusion(conf), preds, seconds, steps, tuned)
+    return results
 
 
 def colourise(labels: np.ndarray, ignore_index: int) -> np.ndarray:
