@@ -14,6 +14,7 @@ from mimkit.data.scenes import SCENE_CLASSES, make_fmnist_scenes
 from mimkit.data.segmentation import load_segmentation_split
 from mimkit.errors import DataError
 from mimkit.eval import segment
+from mimkit.eval.segment_settings import SegmentSettings
 from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.models.pos_embed import position_table
 from mimkit.models.vit import VisionTransformer
@@ -59,7 +60,7 @@ def test_head_on_ground_truth_features_reaches_the_ceiling():
     val_maps, val_labels = _truth_features(8, classes, side, seed=1)
     torch.manual_seed(0)
     head = segment.LinearSegHead(classes, classes)
-    settings = segment.SegmentSettings(epochs=10, batch_size=8, lr=0.1, weight_decay=0.0)
+    settings = SegmentSettings(epochs=10, batch_size=8, lr=0.1, weight_decay=0.0)
     segment.train_on_maps(head, train_maps, train_labels, 255, settings, torch.device("cpu"))
     preds = segment.predict_maps(head, val_maps, (side, side), torch.device("cpu"))
     scores = segment.scores_from_confusion(
@@ -161,7 +162,7 @@ def test_finetuning_trains_the_encoder_with_layer_decay(scenes):
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     train = load_segmentation_split(scenes, "train", 1)
     val = load_segmentation_split(scenes, "val", 1)
-    settings = segment.SegmentSettings(epochs=1, batch_size=12, width=8)
+    settings = SegmentSettings(epochs=1, batch_size=12, width=8)
     result = segment.evaluate_heads(
         encoder, ("fpn",), (train.images, train.labels), (val.images, val.labels), 11, 255,
         [0.3], [0.3], settings, torch.device("cpu"), finetune=True,

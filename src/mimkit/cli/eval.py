@@ -408,8 +408,8 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
 
 
 def _segment_options(p: argparse.ArgumentParser) -> None:
-    # deferred to first use, for a fast --help: the defaults live beside the torch code
-    from mimkit.eval.segment import SegmentSettings
+    # deferred to first use, for a fast --help (the settings module loads no torch)
+    from mimkit.eval.segment_settings import SegmentSettings
 
     p.add_argument("checkpoint", help="checkpoint folder (or the run folder holding it)")
     p.add_argument(
@@ -455,6 +455,7 @@ def cmd_eval_segment(args: argparse.Namespace) -> int:
 
     from mimkit.data.segmentation import load_segmentation_split
     from mimkit.eval import segment
+    from mimkit.eval.segment_settings import SegmentSettings
     from mimkit.train.checkpoint import load_model, method_from_config, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device
 
@@ -468,7 +469,7 @@ def cmd_eval_segment(args: argparse.Namespace) -> int:
     chans = cfg.model.in_chans
     train = load_segmentation_split(args.data, "train", chans, args.train_limit)
     val = load_segmentation_split(args.data, "val", chans, args.val_limit)
-    settings = segment.SegmentSettings(
+    settings = SegmentSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -535,7 +536,7 @@ def _print_segment(name: str, args: argparse.Namespace, train, val, encoder, res
 
 
 def _save_predictions(path: Path, val, predictions, count: int) -> None:
-    # torch/numpy/PIL are loaded by the caller's imports already; PIL only here
+    # deferred so that `mimkit --help` starts fast (PIL and the torch code load on use)
     from PIL import Image
 
     from mimkit.eval.segment import prediction_panel

@@ -29,6 +29,7 @@ from torch import nn
 
 from mimkit.data.transforms import normalize
 from mimkit.eval.finetune import encoder_weights, resize_to
+from mimkit.eval.segment_settings import SegmentSettings
 from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.models.vit import VisionTransformer
 from mimkit.train.checkpoint import load_state_into
@@ -38,18 +39,6 @@ from mimkit.train.optim import layer_decay_param_groups, lr_at, set_lr
 PALETTE = np.random.default_rng(7).integers(40, 256, (256, 3)).astype(np.uint8)
 PALETTE[0] = 0
 IGNORE_COLOUR = (255, 255, 255)
-
-
-@dataclass
-class SegmentSettings:
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3  # AdamW peak lr of the fpn head (and of the top block when fine-tuned)
-    linear_lr: float = 1e-2  # of the linear head: one layer on fixed features learns faster
-    weight_decay: float = 0.01
-    layer_decay: float = 0.75  # fine-tuning only
-    width: int = 64  # channels of the FPN decoder
-    seed: int = 0
 
 
 @dataclass
