@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -204,6 +205,35 @@ class SegmentResult:
     encoder: VisionTransformer | None = None  # the fine-tuned copy, when fine-tuned
 
 
+def train_pixels(
+    optimizer: torch.optim.Optimizer,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    ignore_index: int,
+    settings: SegmentSettings,
+    device: torch.device,
+) -> int:
+    """Pixel cross-entropy over `settings.epochs` of seeded batches; warm-up + cosine lr (the
+    optimiser's groups scaled by their `lr_scale`). `logits_of(rows)`: patch-grid logits of
+    those items. Returns the steps taken."""
+    gen = torch.Generator().manual_seed(settings.seed)
+    total = math.ceil(len(labels) / settings.batch_size) * settings.epochs
+    step = 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(labels), generator=gen)
+        for start in range(0, len(labels), settings.batch_size):
+            rows = order[start : start + settings.batch_size]
+            set_lr(optimizer, lr_at(step, total, max(1, total // 20), settings.lr))
+            y = labels[rows].to(device)
+            logits = pixel_logits(logits_of(rows), y.shape[-2:])
+            loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    return step
+
+
 def train_on_maps(
     head: nn.Module,
     maps: list[torch.Tensor],
@@ -212,25 +242,13 @@ def train_on_maps(
     settings: SegmentSettings,
     device: torch.device,
 ) -> int:
-    """Train `head` on fixed token maps (frozen features) with pixel cross-entropy; the steps."""
-    gen = torch.Generator().manual_seed(settings.seed)
+    """Train `head` on fixed token maps (frozen features); the steps taken."""
     head.to(device).train()
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    per_epoch = math.ceil(len(labels) / settings.batch_size)
-    total, step = per_epoch * settings.epochs, 0
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(labels), generator=gen)
-        for start in range(0, len(labels), settings.batch_size):
-            rows = order[start : start + settings.batch_size]
-            set_lr(opt, lr_at(step, total, max(1, total // 20), settings.lr))
-            y = labels[rows].to(device)
-            logits = pixel_logits(head([m[rows].to(device) for m in maps]), y.shape[-2:])
-            loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    return step
+    return train_pixels(
+        opt, lambda rows: head([m[rows].to(device) for m in maps]), labels, ignore_index,
+        settings, device,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -268,27 +286,14 @@ def finetune_segmentation(
     device: torch.device,
 ) -> int:
     """Train encoder and head together, lr decayed per block from the head down; the steps."""
-    gen = torch.Generator().manual_seed(settings.seed)
     model.to(device).train()
     groups = layer_decay_param_groups(model, settings.weight_decay, settings.layer_decay)
     opt = torch.optim.AdamW(groups, lr=settings.lr)
-    per_epoch = math.ceil(len(labels) / settings.batch_size)
-    total, step = per_epoch * settings.epochs, 0
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(labels), generator=gen)
-        for start in range(0, len(labels), settings.batch_size):
-            rows = order[start : start + settings.batch_size]
-            set_lr(opt, lr_at(step, total, max(1, total // 20), settings.lr))
-            y = labels[rows].to(device)
-            x = prepare(images[rows].to(device), model.encoder, mean, std)
-            loss = F.cross_entropy(
-                pixel_logits(model(x), y.shape[-2:]), y, ignore_index=ignore_index
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    return step
+
+    def logits_of(rows: torch.Tensor) -> torch.Tensor:
+        return model(prepare(images[rows].to(device), model.encoder, mean, std))
+
+    return train_pixels(opt, logits_of, labels, ignore_index, settings, device)
 
 
 def make_head(kind: str, dim: int, num_classes: int, levels: int, width: int) -> nn.Module:
