@@ -17,14 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(func=cmd_data_info)
     dsub.add_parser(
         "synth",
-        help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms, shapes",
+        help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms, "
+        "point-cloud shapes, Fashion-MNIST segmentation scenes",
         configure=_synth_options,
     )
     _add_stats(dsub)
 
 
 # cmd_data_synth's cases
-SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms", "shapes")
+SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms", "shapes", "fmnist-scenes")
 
 
 def _synth_options(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,9 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", type=int, help="training items (default per kind)")
     p.add_argument("--test", type=int, help="test items (default per kind)")
     p.add_argument("--frames", type=int, default=16, help="moving-fmnist: frames per clip")
-    p.add_argument("--size", type=int, default=64, help="moving-fmnist canvas / tile side")
+    p.add_argument(
+        "--size", type=int, default=64, help="moving-fmnist canvas / tile side / fmnist-scenes side"
+    )
     p.add_argument("--bands", type=int, default=6, help="tiles: number of bands")
     p.add_argument("--format", default="npy", choices=("npy", "tif"), help="tiles: file format")
     p.add_argument("--points", type=int, default=1024, help="shapes: points per cloud")
@@ -72,6 +75,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     # numpy and the generators load only when the command runs (a fast --help)
     from mimkit.data import shapes, synthetic
+    from mimkit.data.scenes import make_fmnist_scenes
 
     counts = {k: v for k, v in (("train", args.train), ("test", args.test)) if v is not None}
     if any(v < 1 for v in counts.values()):
@@ -88,6 +92,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         )
     elif args.kind == "shapes":
         root = shapes.make_shapes(args.out, points=args.points, seed=args.seed, **counts)
+    elif args.kind == "fmnist-scenes":
+        root = make_fmnist_scenes(args.out, size=args.size, seed=args.seed, **counts)
     else:
         root = synthetic.make_spectrograms(args.out, seed=args.seed, **counts)
     print(f"wrote {args.kind} to {root}")

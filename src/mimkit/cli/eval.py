@@ -79,6 +79,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fine-tune the whole encoder with a linear head",
         configure=_finetune_options,
     )
+    esub.add_parser(
+        "segment", help="semantic segmentation transfer (mIoU)", configure=_segment_options
+    )
 
 
 def add_common_args(
@@ -433,3 +436,145 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
     write_result(folder, "finetune", args.random_init, record, args)
     (out / "result.json").write_text(json.dumps(record, indent=1))  # this run's own copy
     return 0
+
+
+def _segment_options(p: argparse.ArgumentParser) -> None:
+    # deferred to first use, for a fast --help (the settings module loads no torch)
+    from mimkit.eval.segment_settings import SegmentSettings
+
+    p.add_argument("checkpoint", help="checkpoint folder (or the run folder holding it)")
+    p.add_argument(
+        "--data", required=True, help="images/{train,val}, annotations/{train,val}, classes.txt"
+    )
+    p.add_argument("--train-limit", type=int, help="use only the first N training scenes")
+    p.add_argument(
+        "--random-init", action="store_true", help="evaluate the same architecture untrained"
+    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_eval_segment)
+    p.add_argument("--val-limit", type=int, help="score only the first N validation scenes")
+    p.add_argument(
+        "--head", choices=("linear", "fpn", "both"), default="both", help="which head(s) to train"
+    )
+    p.add_argument(
+        "--finetune", action="store_true", help="train the encoder too (layer-wise lr decay)"
+    )
+    d = SegmentSettings()
+    p.add_argument("--epochs", type=int, default=d.epochs, help="head training epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="scenes per step")
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help="fpn, and any --finetune: AdamW peak lr (cosine)"
+    )
+    p.add_argument("--linear-lr", type=float, default=d.linear_lr, help="frozen linear: peak lr")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay")
+    p.add_argument(
+        "--layer-decay",
+        type=float,
+        default=d.layer_decay,
+        help="--finetune: lr factor per block from the head down",
+    )
+    p.add_argument("--width", type=int, default=d.width, help="channels of the fpn decoder")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the head and data order")
+    p.add_argument(
+        "--predictions", type=int, default=8, help="validation scenes drawn into prediction images"
+    )
+
+
+def cmd_eval_segment(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
+    import torch
+
+    from mimkit.data.segmentation import load_segmentation_split
+    from mimkit.eval import segment
+    from mimkit.eval.segment_settings import SegmentSettings
+    from mimkit.train.checkpoint import load_model, method_from_config, resolve_checkpoint_dir
+    from mimkit.train.runtime import pick_device
+
+    device = pick_device(args.device)
+    folder = resolve_checkpoint_dir(args.checkpoint)
+    model, cfg = load_model(folder, "cpu")
+    if args.random_init:
+        torch.manual_seed(cfg.train.seed)  # the initialisation pretraining started from
+        model = method_from_config(cfg)
+    weights = model.state_dict()
+    chans = cfg.model.in_chans
+    train = load_segmentation_split(args.data, "train", chans, args.train_limit)
+    val = load_segmentation_split(args.data, "val", chans, args.val_limit)
+    settings = SegmentSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        linear_lr=args.linear_lr,
+        weight_decay=args.weight_decay,
+        layer_decay=args.layer_decay,
+        width=args.width,
+        seed=args.seed,
+    )
+    heads = ("linear", "fpn") if args.head == "both" else (args.head,)
+    pictures = folder / f"segment{'_random_init' if args.random_init else ''}"
+    record: dict[str, Any] = {"data": str(args.data), "random_init": args.random_init}
+    record.update(train_items=len(train.labels), val_items=len(val.labels))
+    record["skipped"] = len(train.skipped) + len(val.skipped)
+    record["settings"] = vars(settings)
+    encoder = segment.build_encoder(cfg.model, weights, tuple(val.labels.shape[-2:]), str(folder))
+    results = segment.evaluate_heads(
+        encoder.to(device),
+        heads,
+        (train.images, train.labels),
+        (val.images, val.labels),
+        val.num_classes,
+        val.ignore_index,
+        cfg.data.mean,
+        cfg.data.std,
+        settings,
+        device,
+        finetune=args.finetune,
+    )
+    for kind, result in results.items():
+        name = f"{kind}{'_finetune' if args.finetune else ''}"
+        _print_segment(name, args, train, val, encoder, result)
+        record[name] = {
+            "miou": result.scores.miou,
+            "pixel_acc": result.scores.pixel_acc,
+            "per_class_iou": dict(zip(val.class_names, result.scores.per_class_iou, strict=True)),
+            "encoder": "fine-tuned" if args.finetune else "frozen",
+            "steps": result.steps,
+            "seconds": round(result.seconds, 2),
+        }
+        if args.predictions > 0:
+            _save_predictions(pictures / f"{name}.png", val, result.predictions, args.predictions)
+    write_result(folder, "segment", args.random_init, record)
+    return 0
+
+
+def _print_segment(name: str, args: argparse.Namespace, train, val, encoder, result) -> None:
+    s = result.scores
+    grid = "x".join(str(g) for g in encoder.grid_hw)
+    print(
+        f"segment {name} ({_name(args)}, encoder at {encoder.cfg.image_hw[0]} px / grid {grid}, "
+        f"train {len(train.labels)}, val {len(val.labels)}, {result.steps} steps, "
+        f"{result.seconds:.0f} s): mIoU {100 * s.miou:.2f}%  pixel acc {100 * s.pixel_acc:.2f}%"
+    )
+    print(
+        "  "
+        + "  ".join(
+            f"{c} {'-' if v is None else f'{100 * v:.1f}'}"
+            for c, v in zip(val.class_names, s.per_class_iou, strict=True)
+        )
+    )
+    if train.skipped or val.skipped:
+        print(f"  skipped pairs: {len(train.skipped)} train, {len(val.skipped)} val")
+
+
+def _save_predictions(path: Path, val, predictions, count: int) -> None:
+    # deferred so that `mimkit --help` starts fast (PIL and the torch code load on use)
+    from PIL import Image
+
+    from mimkit.eval.segment import prediction_panel
+
+    n = min(count, len(val.labels))
+    panel = prediction_panel(val.images[:n], val.labels[:n], predictions[:n], val.ignore_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(panel)
+    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(path)
+    print(f"  prediction images: {path} (image | truth | prediction; white: ignored)")
