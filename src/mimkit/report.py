@@ -57,7 +57,11 @@ def pretrain_report(
             lines.append(
                 f"kNN top-1 random init: {100 * rand.top1:.2f}%  (same architecture and seed, untrained)"
             )
-    images = splits[2][: ec.reconstruction_images] if splits is not None else train_samples
+    images = (
+        one_per_class(splits[2], splits[3], ec.reconstruction_images)
+        if splits is not None
+        else train_samples
+    )
     pictures = getattr(model, "reconstructs_pixels", False)  # HOG/feature targets: no images
     if pictures and ec.reconstruction_images > 0 and images is not None and len(images):
         path = save_reconstructions(
@@ -74,3 +78,15 @@ def pretrain_report(
         )
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return {"results": results, "lines": lines}
+
+
+def one_per_class(images: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Up to `count` images: the first of each class, then the second of each, and so on, so
+    a picture of a class-sorted split does not show one class only."""
+    if count <= 0 or len(labels) == 0:
+        return images[:0]
+    order = torch.argsort(labels, stable=True)  # grouped by class, file order within a class
+    grouped = labels[order]
+    rank = torch.arange(len(grouped)) - torch.searchsorted(grouped, grouped)  # place in class
+    key = rank * (len(labels) + 1) + (grouped - grouped.min())
+    return images[order[torch.argsort(key, stable=True)][:count]]
