@@ -308,3 +308,24 @@ def test_mfm_filters_in_pixel_space_and_clamps_to_the_pixel_range():
     assert len(high) > 0
     expected = torch.fft.ifft2(torch.fft.fft2(pixels[high]) * (1 - hidden[high])).real.clamp(0, 1)
     assert torch.allclose(seen[high], expected, atol=1e-5)
+
+
+def test_g2sd_distils_the_configured_teacher_decoder_block():
+    # the authors stop the teacher's decoder at `suplayer` (4 of 8), not at its last block
+    from dataclasses import replace
+
+    import torch.nn.functional as F
+
+    from mimkit.objectives.g2sd import G2SD
+
+    teacher = _teacher_mae()  # 2 decoder blocks
+    model_cfg, masking, settings = cfg(method="g2sd", teacher="t")
+    student = G2SD(model_cfg, masking, replace(settings, teacher_block=1), teacher)
+    images = torch.randn(2, 1, 16, 16)
+    mask = random_masking(2, 16, 0.75, generator=gen())
+    latent = teacher.encoder(images, mask.ids_keep)
+    first = teacher.decoder.hidden(latent, mask.ids_restore, 1)[:, 1:]
+    last = teacher.decoder.hidden(latent, mask.ids_restore)[:, 1:]
+    target = student.target(images, mask)
+    assert torch.allclose(target, F.layer_norm(first, (24,)), atol=1e-6)
+    assert not torch.allclose(target, F.layer_norm(last, (24,)), atol=1e-3)
