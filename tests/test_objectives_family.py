@@ -61,8 +61,8 @@ def test_crossmae_reconstructs_only_the_chosen_subset():
     torch.manual_seed(0)
     model = CrossMAE(*cfg(method="crossmae", predict_fraction=0.25))
     out = model(torch.randn(3, 1, 16, 16), generator=gen())
-    hidden = out.mask.ids_masked.shape[1]  # 12 of 16 hidden
-    assert out.pred.shape == (3, round(hidden * 0.25), 16)
+    assert out.mask.ids_masked.shape[1] == 12  # 12 of 16 hidden
+    assert out.pred.shape == (3, round(16 * 0.25), 16)  # a quarter of all patches
     for row, masked in zip(out.predicted, out.mask.ids_masked, strict=True):
         assert set(row.tolist()) <= set(masked.tolist())
     out.loss.backward()
@@ -329,3 +329,19 @@ def test_g2sd_distils_the_configured_teacher_decoder_block():
     target = student.target(images, mask)
     assert torch.allclose(target, F.layer_norm(first, (24,)), atol=1e-6)
     assert not torch.allclose(target, F.layer_norm(last, (24,)), atol=1e-3)
+
+
+def test_crossmae_layer_mix_is_a_free_linear_mix_with_a_norm_per_decoder_block():
+    torch.manual_seed(0)
+    model = CrossMAE(*cfg(method="crossmae", predict_fraction=1.0)).eval()
+    decoder = model.decoder
+    assert len(decoder.mix_norms) == len(decoder.blocks)
+    same = torch.randn(1, 5, 32)
+    ids = torch.tensor([[0, 1]])
+    with torch.no_grad():
+        decoder.layer_mix.copy_(torch.tensor([1.0, -1.0]).expand_as(decoder.layer_mix))
+    # weights 1 and -1 cancel two equal blocks (a softmax mix cannot): the memory is empty
+    cancelled = decoder([same, same], ids)
+    empty = decoder([torch.zeros(1, 5, 32), torch.zeros(1, 5, 32)], ids)
+    assert torch.allclose(cancelled, empty, atol=1e-5)
+    assert not torch.allclose(decoder([same, 2 * same], ids), empty, atol=1e-3)
