@@ -16,13 +16,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-Op = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, level in [0, 1]) -> images
-
-
-def _signed(level: torch.Tensor) -> torch.Tensor:
-    """A level with a random sign, as timm's `_randomly_negate`."""
-    sign = torch.where(torch.rand_like(level) < 0.5, -1.0, 1.0)
-    return level * sign
+# (images, level in [-1, 1]) -> images; the sign is timm's `_randomly_negate`, drawn by the
+# caller from its generator; operations without a direction read the level's size
+Op = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _per_image(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +39,7 @@ def _eye(x: torch.Tensor) -> torch.Tensor:
 
 
 def rotate(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-    angle = _signed(level) * math.radians(30.0)
+    angle = level * math.radians(30.0)
     theta = _eye(x)
     theta[:, 0, 0], theta[:, 0, 1] = angle.cos(), -angle.sin()
     theta[:, 1, 0], theta[:, 1, 1] = angle.sin(), angle.cos()
@@ -52,25 +48,25 @@ def rotate(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
 
 def shear_x(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     theta = _eye(x)
-    theta[:, 0, 1] = _signed(level) * 0.3
+    theta[:, 0, 1] = level * 0.3
     return _affine(x, theta)
 
 
 def shear_y(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     theta = _eye(x)
-    theta[:, 1, 0] = _signed(level) * 0.3
+    theta[:, 1, 0] = level * 0.3
     return _affine(x, theta)
 
 
 def translate_x(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     theta = _eye(x)
-    theta[:, 0, 2] = _signed(level) * 0.45 * 2  # fraction of the side, in [-1, 1] coordinates
+    theta[:, 0, 2] = level * 0.45 * 2  # fraction of the side, in [-1, 1] coordinates
     return _affine(x, theta)
 
 
 def translate_y(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     theta = _eye(x)
-    theta[:, 1, 2] = _signed(level) * 0.45 * 2
+    theta[:, 1, 2] = level * 0.45 * 2
     return _affine(x, theta)
 
 
@@ -99,23 +95,23 @@ def invert(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
 
 
 def posterize(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-    bits = 4 - (level * 4).long()  # increasing: stronger with level, 4 bits down to 0
+    bits = 4 - (level.abs() * 4).long()  # increasing: stronger with level, 4 bits down to 0
     step = _per_image(2.0 ** (8 - bits).float(), x)
     return torch.floor(x * 255 / step) * step / 255
 
 
 def solarize(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-    threshold = _per_image(1.0 - level, x)
+    threshold = _per_image(1.0 - level.abs(), x)
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
 def solarize_add(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-    add = _per_image(level * 110 / 255, x)
+    add = _per_image(level.abs() * 110 / 255, x)
     return torch.where(x < 128 / 255, (x + add).clamp(0, 1), x)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-    factor = _per_image(1.0 + _signed(level) * 0.9, x)
+    factor = _per_image(1.0 + level * 0.9, x)
     return (other + factor * (x - other)).clamp(0, 1)
 
 
@@ -182,7 +178,8 @@ def rand_augment(
         choice = torch.randint(len(ops), (b,), device=x.device, generator=generator)
         apply = torch.rand(b, device=x.device, generator=generator) < prob
         noise = torch.randn(b, device=x.device, generator=generator)
-        level = ((magnitude + magnitude_std * noise).clamp(0, 10) / 10).to(x.dtype)
+        sign = torch.where(torch.rand(b, device=x.device, generator=generator) < 0.5, -1.0, 1.0)
+        level = ((magnitude + magnitude_std * noise).clamp(0, 10) / 10 * sign).to(x.dtype)
         out = x.clone()
         for k, op in enumerate(ops):
             rows = ((choice == k) & apply).nonzero().flatten()

@@ -622,6 +622,7 @@ def _finetune(
     ft = resolve_recipe(ft, train, side, weights is not None, base_cfg.data.hflip)
     cfg = copy.deepcopy(base_cfg)  # the classifier's run config, saved with its checkpoint
     cfg.model = finetune_model_config(base, ft)
+    ft = replace(ft, head=classifier_head(cfg.model, ft))  # recorded as resolved
     cfg.data.limit = ft.train_limit
     # fine-tuning's own augmentation, not the pretraining crop the checkpoint carries
     cfg.data.crop_scale, cfg.data.crop_ratio = list(ft.crop_scale), list(ft.crop_ratio)
