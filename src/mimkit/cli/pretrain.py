@@ -69,6 +69,7 @@ def stats_given(config_path: str, overrides: list[str]) -> bool:
 def fill_folder_stats(cfg, config_path: str, overrides: list[str]) -> None:
     """An image folder whose YAML gives no data.mean/std is normalised by its own statistics
     (computed once, cached), never silently by Fashion-MNIST's defaults."""
+    # torch loads only when a command runs: --help stays fast
     from mimkit.plan import folder_stats
 
     if cfg.data.source != "folder" or stats_given(config_path, overrides):
@@ -84,6 +85,7 @@ def fill_folder_stats(cfg, config_path: str, overrides: list[str]) -> None:
 
 def pretrain_folder(args: argparse.Namespace) -> int:
     """Survey the folder, plan for the budget, pretrain, report kNN and linear probe."""
+    # torch loads only when a command runs: --help stays fast
     import json
     import time
 
@@ -97,6 +99,7 @@ def pretrain_folder(args: argparse.Namespace) -> int:
         parse_budget,
         plan_run,
         planned_config,
+        report_splits,
         survey_folder,
     )
     from mimkit.report import one_per_class
@@ -131,8 +134,6 @@ def pretrain_folder(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     if survey.classes and not args.no_eval:
-        from mimkit.plan import report_splits
-
         _, _, x_te, y_te = report_splits(result.cfg, survey, *plan.eval_items)
         path = save_reconstructions(
             result.model.eval(), one_per_class(x_te, y_te, 8), result.cfg.data.mean,
