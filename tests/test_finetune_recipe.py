@@ -127,3 +127,26 @@ def test_fine_tuning_uses_its_own_crop_not_the_checkpoints(tmp_path):
                       ft, tmp_path / "ft")  # fmt: skip
     assert load_config_file(result.checkpoint).data.crop_scale == [1.0, 1.0]
     assert 0.0 <= result.train_top1 <= 1.0 and result.settings["head"] == "fc_norm"
+
+
+def test_probe_batch_and_epochs_follow_the_dataset_size():
+    from mimkit.eval.linear import probe_settings_for
+
+    small = probe_settings_for(1_400)
+    assert small.batch_size == 128 and small.epochs * (1_400 // 128) >= 1000
+    big = probe_settings_for(60_000)
+    assert big.batch_size == 1024 and big.epochs == 40
+
+
+def test_probe_warns_when_the_chosen_lr_is_on_the_grid_edge(caplog):
+    import logging
+
+    from eval_helpers import clustered_features
+
+    from mimkit.eval.linear import ProbeSettings, linear_probe
+
+    train = clustered_features(seed=0)
+    test = clustered_features(seed=1)
+    with caplog.at_level(logging.WARNING, logger="mimkit"):
+        result = linear_probe(*train, *test, lrs=[1e-4, 2e-4], settings=ProbeSettings(epochs=2))
+    assert result.lr_at_grid_edge and "edge of the grid" in caplog.text

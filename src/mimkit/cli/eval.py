@@ -117,7 +117,7 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
 
 def _linear_options(p: argparse.ArgumentParser) -> None:
     # deferred to first use, for a fast --help: the defaults live beside the probe's torch code
-    from mimkit.eval.linear import DEFAULT_LRS, ProbeSettings
+    from mimkit.eval.linear import DEFAULT_LRS
 
     add_common_args(p)
     add_feature_args(p)
@@ -125,9 +125,13 @@ def _linear_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--val-fraction", type=float, default=0.1, help="part of train held out to pick the lr"
     )
-    p.add_argument("--epochs", type=int, default=ProbeSettings.epochs, help="probe epochs")
     p.add_argument(
-        "--batch-size", type=int, default=ProbeSettings.batch_size, help="features per step"
+        "--epochs", type=int, help="probe epochs (default: >= 40, for at least 1000 steps)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="features per step (default: from the training items, 128-4096)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the probe")
     p.set_defaults(func=cmd_eval_linear)
@@ -301,11 +305,17 @@ def _name(args: argparse.Namespace) -> str:
 
 def cmd_eval_linear(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
-    from mimkit.eval.linear import ProbeSettings, linear_probe
+    from dataclasses import replace
+
+    from mimkit.eval.linear import linear_probe, probe_settings_for
 
     start = time.perf_counter()
     feats = load_features(args)
-    settings = ProbeSettings(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    settings = probe_settings_for(len(feats["train"][1]), args.seed)
+    if args.batch_size:
+        settings = replace(settings, batch_size=args.batch_size)
+    if args.epochs:
+        settings = replace(settings, epochs=args.epochs)
     result = linear_probe(
         *feats["train"], *feats["test"], args.lrs, args.val_fraction, settings, progress=True
     )
@@ -319,6 +329,9 @@ def cmd_eval_linear(args: argparse.Namespace) -> int:
     for lr, acc in sorted(result.val_top1.items()):
         mark = "  <- chosen" if lr == result.lr else ""
         print(f"  {lr:<9g} {100 * acc:6.2f}%{mark}")
+    if result.lr_at_grid_edge:
+        print(f"  warning: lr {result.lr:g} is at the edge of the grid; widen --lrs")
+    print(f"  (cached-feature probe: batch {settings.batch_size}, {settings.epochs} epochs)")
     seconds = time.perf_counter() - start
     print(
         f"time: {seconds:.1f} s (features {feats['seconds']:.1f} s, probe {result.seconds:.1f} s)"
