@@ -52,7 +52,10 @@ def test_pretrained_weights_load_and_pos_embed_is_resampled(ckpt, caplog):
         same.encoder.blocks[0].attn.qkv.weight, weights["encoder.blocks.0.attn.qkv.weight"]
     )
     with caplog.at_level(logging.WARNING, logger="mimkit"):
-        bigger = build_classifier(cfg.model, weights, 4, settings(img_size=42, drop_path=0.1)[1])
+        # head "norm" keeps the encoder's final norm (the fc_norm head drops it, as MAE's)
+        bigger = build_classifier(
+            cfg.model, weights, 4, settings(img_size=42, drop_path=0.1, head="norm")[1]
+        )
     assert "resampled" not in caplog.text  # the fixed sin-cos table is regenerated, exactly
     expected = position_table("sincos", 32, (6, 6), cls_token=True)
     assert bigger.encoder.pos_embed.shape == (1, 37, 32)

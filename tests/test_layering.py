@@ -59,6 +59,7 @@ LAYERS = {
     "mimkit.inspect": 6,
     "mimkit.bench": 6,
     "mimkit.report": 6,
+    "mimkit.plan": 6,
     "mimkit.cli": 7,
 }
 CLI_LAYER = 7

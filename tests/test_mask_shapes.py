@@ -106,10 +106,11 @@ def test_colormae_masks_do_not_depend_on_data():
 def test_partial_reconstruction_picks_a_subset_of_hidden_patches():
     mask = STRATEGIES["random"](4, (8, 8), 0.75, generator=gen())
     chosen = partial_reconstruction(mask, 0.25, generator=gen(1))
-    assert chosen.shape == (4, 12)
+    assert chosen.shape == (4, 16)  # a quarter of all 64 patches (the reference), not of 48 hidden
     for row, hidden in zip(chosen, mask.ids_masked, strict=True):
         assert set(row.tolist()) <= set(hidden.tolist())
-        assert len(set(row.tolist())) == 12
+        assert len(set(row.tolist())) == 16
+    assert partial_reconstruction(mask, 1.0, generator=gen(1)).shape == (4, 48)  # at most hidden
 
 
 def test_mask_gallery_command_writes_one_tile_per_strategy(tmp_path, capsys):

@@ -51,8 +51,8 @@ def test_crossmae_reads_predict_fraction_from_the_config():
         cfg = tiny(PRESETS["crossmae"], override)
         model = method_from_config(cfg)
         out = model(torch.randn(2, 1, 28, 28), generator=torch.Generator().manual_seed(0))
-        hidden = out.mask.ids_masked.shape[1]
-        assert out.predicted.shape == (2, round(hidden * 0.5))
+        patches = out.mask.ids_masked.shape[1] + out.mask.ids_keep.shape[1]
+        assert out.predicted.shape == (2, round(patches * 0.5))  # of all patches, as the reference
 
 
 def test_simmim_without_a_cls_token_trains():

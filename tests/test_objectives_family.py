@@ -61,8 +61,8 @@ def test_crossmae_reconstructs_only_the_chosen_subset():
     torch.manual_seed(0)
     model = CrossMAE(*cfg(method="crossmae", predict_fraction=0.25))
     out = model(torch.randn(3, 1, 16, 16), generator=gen())
-    hidden = out.mask.ids_masked.shape[1]  # 12 of 16 hidden
-    assert out.pred.shape == (3, round(hidden * 0.25), 16)
+    assert out.mask.ids_masked.shape[1] == 12  # 12 of 16 hidden
+    assert out.pred.shape == (3, round(16 * 0.25), 16)  # a quarter of all patches
     for row, masked in zip(out.predicted, out.mask.ids_masked, strict=True):
         assert set(row.tolist()) <= set(masked.tolist())
     out.loss.backward()
@@ -140,7 +140,10 @@ def test_mfm_input_lacks_exactly_the_hidden_frequencies():
 
 
 def test_mfm_loss_ignores_errors_at_frequencies_the_input_kept():
-    from mimkit.objectives.mfm import FrequencyMask, focal_frequency_loss, hidden_frequencies
+    from mimkit.objectives.mfm import FrequencyMask, hidden_frequencies
+    from mimkit.objectives.mfm import (
+        spectrum_loss as focal_frequency_loss,
+    )  # renamed: plain |error|
 
     torch.manual_seed(0)
     target = torch.randn(2, 1, 16, 16)
@@ -259,3 +262,86 @@ def test_mfm_pictures_complete_the_inputs_spectrum_with_the_prediction():
     pred = torch.fft.fft2(out["reconstruction"], norm="ortho")
     assert torch.allclose(pasted[hidden], pred[hidden], atol=1e-4)
     assert out["masked"].shape == images.shape
+
+
+def test_mfm_lowpass_disc_at_28_holds_the_references_9_frequencies():
+    # the reference hides d**2 >= r**2 in a low-pass input; r = 16/224 * 28 = 2 keeps 9, not 13
+    from mimkit.objectives.mfm import centred_disc
+
+    assert int(centred_disc((28, 28), 16 / 224 * 28, "cpu").sum()) == 9
+
+
+def test_mfm_loss_is_the_plain_absolute_spectrum_error():
+    from mimkit.objectives.mfm import FrequencyMask, hidden_frequencies, spectrum_loss
+
+    torch.manual_seed(0)
+    target, pred = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16)
+    hidden = hidden_frequencies(FrequencyMask(torch.tensor([True, False])), (16, 16), 3.0)
+    diff = (torch.fft.fft2(pred, norm="ortho") - torch.fft.fft2(target, norm="ortho")).abs()
+    expected = (diff * hidden).sum() / hidden.sum()
+    assert torch.allclose(spectrum_loss(pred, target, hidden), expected)
+    # doubling the error doubles the loss (no focal weights, no squaring)
+    double = target + 2 * (pred - target)
+    assert torch.allclose(spectrum_loss(double, target, hidden), 2 * expected, rtol=1e-5)
+
+
+def test_mfm_filters_in_pixel_space_and_clamps_to_the_pixel_range():
+    from mimkit.objectives.mfm import MaskedFrequencyModel
+
+    mean, std = [0.3], [0.4]
+    from mimkit.objectives.mfm import MFMSettings
+
+    model_cfg, masking, _ = cfg(method="mfm")
+    model = MaskedFrequencyModel(
+        model_cfg, masking, MFMSettings(freq_radius=0.2, pixel_mean=mean, pixel_std=std)
+    )
+    pixels = torch.rand(4, 1, 16, 16)
+    images = (pixels - 0.3) / 0.4
+    mask = model.draw_mask(4, "cpu", gen())
+    from mimkit.objectives.mfm import hidden_frequencies
+
+    hidden = hidden_frequencies(mask, (16, 16), model.radius)
+    seen = model.corrupt(images, hidden) * 0.4 + 0.3  # back in pixel units
+    assert seen.min() >= -1e-6 and seen.max() <= 1 + 1e-6
+    # a high-pass input loses the mean of the pixels, not of the normalised values
+    high = (~mask.lowpass).nonzero().flatten()
+    assert len(high) > 0
+    expected = torch.fft.ifft2(torch.fft.fft2(pixels[high]) * (1 - hidden[high])).real.clamp(0, 1)
+    assert torch.allclose(seen[high], expected, atol=1e-5)
+
+
+def test_g2sd_distils_the_configured_teacher_decoder_block():
+    # the authors stop the teacher's decoder at `suplayer` (4 of 8), not at its last block
+    from dataclasses import replace
+
+    import torch.nn.functional as F
+
+    from mimkit.objectives.g2sd import G2SD
+
+    teacher = _teacher_mae()  # 2 decoder blocks
+    model_cfg, masking, settings = cfg(method="g2sd", teacher="t")
+    student = G2SD(model_cfg, masking, replace(settings, teacher_block=1), teacher)
+    images = torch.randn(2, 1, 16, 16)
+    mask = random_masking(2, 16, 0.75, generator=gen())
+    latent = teacher.encoder(images, mask.ids_keep)
+    first = teacher.decoder.hidden(latent, mask.ids_restore, 1)[:, 1:]
+    last = teacher.decoder.hidden(latent, mask.ids_restore)[:, 1:]
+    target = student.target(images, mask)
+    assert torch.allclose(target, F.layer_norm(first, (24,)), atol=1e-6)
+    assert not torch.allclose(target, F.layer_norm(last, (24,)), atol=1e-3)
+
+
+def test_crossmae_layer_mix_is_a_free_linear_mix_with_a_norm_per_decoder_block():
+    torch.manual_seed(0)
+    model = CrossMAE(*cfg(method="crossmae", predict_fraction=1.0)).eval()
+    decoder = model.decoder
+    assert len(decoder.mix_norms) == len(decoder.blocks)
+    same = torch.randn(1, 5, 32)
+    ids = torch.tensor([[0, 1]])
+    with torch.no_grad():
+        decoder.layer_mix.copy_(torch.tensor([1.0, -1.0]).expand_as(decoder.layer_mix))
+    # weights 1 and -1 cancel two equal blocks (a softmax mix cannot): the memory is empty
+    cancelled = decoder([same, same], ids)
+    empty = decoder([torch.zeros(1, 5, 32), torch.zeros(1, 5, 32)], ids)
+    assert torch.allclose(cancelled, empty, atol=1e-5)
+    assert not torch.allclose(decoder([same, 2 * same], ids), empty, atol=1e-3)

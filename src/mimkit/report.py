@@ -110,7 +110,11 @@ def pretrain_report(
         flags = "" if whole else f" --train-limit {bank} --test-limit {test}"
         lines.append(f"features cached in {cache}: `mimkit eval knn {out}{flags}` reads them back")
         results["knn_bank"], results["knn_test"] = bank, test
-    images = splits[2][: ec.reconstruction_images] if splits is not None else train_samples
+    images = (
+        one_per_class(splits[2], splits[3], ec.reconstruction_images)
+        if splits is not None
+        else train_samples
+    )
     pictures = getattr(model, "reconstructs_pixels", False)  # HOG/feature targets: no images
     if pictures and ec.reconstruction_images > 0 and images is not None and len(images):
         path = save_reconstructions(
@@ -127,3 +131,15 @@ def pretrain_report(
         )
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return {"results": results, "lines": lines}
+
+
+def one_per_class(images: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Up to `count` images: the first of each class, then the second of each, and so on, so
+    a picture of a class-sorted split does not show one class only."""
+    if count <= 0 or len(labels) == 0:
+        return images[:0]
+    order = torch.argsort(labels, stable=True)  # grouped by class, file order within a class
+    grouped = labels[order]
+    rank = torch.arange(len(grouped)) - torch.searchsorted(grouped, grouped)  # place in class
+    key = rank * (len(labels) + 1) + (grouped - grouped.min())
+    return images[order[torch.argsort(key, stable=True)][:count]]

@@ -23,14 +23,31 @@ KNN_K, KNN_T = 20, 0.07  # `eval knn` defaults, also the names of its default re
 # --help of `eval finetune`'s options, which are made from the fine-tuning settings
 FINETUNE_HELP = {
     "epochs": "training epochs",
-    "batch_size": "images per step",
-    "base_lr": "peak lr = base_lr * batch_size / 256",
+    "recipe": "auto: settings sized to the images, the data and the run length; mae: MAE's "
+    "main_finetune.py defaults (50 epochs, batch 64, RandAugment, random erasing, crop 0.08-1, "
+    "test centre-crop 224/256); flags given still win",
+    "batch_size": "images per step (default: from the number of training items, 16-128)",
+    "base_lr": "peak lr = base_lr * batch_size / 256 (default: 4e-3 for runs under 20 epochs, "
+    "else 1e-3)",
     "min_lr": "lr at the end of the cosine schedule",
     "warmup_epochs": "epochs of linear lr warm-up",
     "weight_decay": "AdamW weight decay",
     "betas": "AdamW betas",
-    "layer_decay": "lr factor per block from the head down (1: the same lr everywhere)",
-    "drop_path": "stochastic depth rate",
+    "layer_decay": "lr factor per block from the head down (1: the same lr everywhere; "
+    "default 0.75 pretrained, 1.0 with --random-init)",
+    "drop_path": "stochastic depth rate (default: 0.1 for runs of 20+ epochs, else 0)",
+    "crop_scale": "train random-resized-crop area range (default: none up to 32 px, 0.5-1 up "
+    "to 96 px, 0.08-1 above)",
+    "crop_ratio": "train crop aspect range (default 0.75 1.333)",
+    "hflip": "random horizontal flip (default: the checkpoint's data.hflip)",
+    "randaug_ops": "RandAugment operations per image, 0 off (default: 2 for 20+ epochs, else 0)",
+    "randaug_magnitude": "RandAugment magnitude, 0-10",
+    "erase_prob": "random-erasing probability (default: 0.25 for 20+ epochs, else 0)",
+    "test_crop": "test: resize to side/test_crop, then centre-crop (default: 1 without a train "
+    "crop, else 224/256)",
+    "head": "fc_norm: MAE's head, a new LayerNorm on the mean of pre-norm tokens (default for "
+    "pool avg); norm: pool the encoder's normalised tokens",
+    "learn_pos": "train the position table (MAE does)",
     "label_smoothing": "label smoothing of the cross-entropy",
     "mixup": "mixup Beta(alpha, alpha); 0 turns it off (MAE: 0.8 for 100 epochs)",
     "cutmix": "cutmix alpha; 0 turns it off (MAE: 1.0 for 100 epochs)",
@@ -108,7 +125,7 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
 
 def _linear_options(p: argparse.ArgumentParser) -> None:
     # deferred to first use, for a fast --help: the defaults live beside the probe's torch code
-    from mimkit.eval.linear import DEFAULT_LRS, ProbeSettings
+    from mimkit.eval.linear import DEFAULT_LRS
 
     add_common_args(p)
     add_feature_args(p)
@@ -116,9 +133,13 @@ def _linear_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--val-fraction", type=float, default=0.1, help="part of train held out to pick the lr"
     )
-    p.add_argument("--epochs", type=int, default=ProbeSettings.epochs, help="probe epochs")
     p.add_argument(
-        "--batch-size", type=int, default=ProbeSettings.batch_size, help="features per step"
+        "--epochs", type=int, help="probe epochs (default: >= 40, for at least 1000 steps)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="features per step (default: from the training items, 128-4096)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the probe")
     p.set_defaults(func=cmd_eval_linear)
@@ -137,19 +158,29 @@ def _finetune_options(p: argparse.ArgumentParser) -> None:
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
         help_text = FINETUNE_HELP.get(f.name, f"fine-tuning setting {f.name}")
-        if f.name == "betas":
-            p.add_argument(flag, type=float, nargs=2, default=list(default), help=help_text)
-        elif f.name == "pool":
-            p.add_argument(flag, choices=("cls", "avg"), default=None, help=help_text)
+        if f.default is not None and "default" not in help_text:
+            help_text += f" (default: {f.default})"
+        # only the flags given reach the settings: the rest come from the recipe
+        kw: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_text)
+        if f.name in ("betas", "crop_scale", "crop_ratio"):
+            p.add_argument(flag, type=float, nargs=2, **kw)
+        elif f.name in ("pool", "head", "recipe"):
+            choices = {
+                "pool": ("cls", "avg"),
+                "head": ("fc_norm", "norm"),
+                "recipe": ("auto", "mae"),
+            }
+            p.add_argument(flag, choices=choices[f.name], **kw)
+        elif f.name in ("hflip", "learn_pos"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name == "teacher":
-            p.add_argument(flag, help=help_text)
+            p.add_argument(flag, **kw)
         else:
-            kind = {int: int, float: float, str: str}.get(type(default), float)
-            if f.name in ("img_size", "max_steps"):
+            kind = {int: int, float: float, str: str}.get(type(f.default), float)
+            if f.name in ("img_size", "max_steps", "batch_size", "randaug_ops", "epochs"):
                 kind = int
-            p.add_argument(flag, type=kind, default=default, help=help_text)
+            p.add_argument(flag, type=kind, **kw)
     p.set_defaults(func=cmd_eval_finetune)
 
 
@@ -306,11 +337,17 @@ def _name(args: argparse.Namespace) -> str:
 
 def cmd_eval_linear(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
-    from mimkit.eval.linear import ProbeSettings, linear_probe
+    from dataclasses import replace
+
+    from mimkit.eval.linear import linear_probe, probe_settings_for
 
     start = time.perf_counter()
     feats = load_features(args)
-    settings = ProbeSettings(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    settings = probe_settings_for(len(feats["train"][1]), args.seed)
+    if args.batch_size:
+        settings = replace(settings, batch_size=args.batch_size)
+    if args.epochs:
+        settings = replace(settings, epochs=args.epochs)
     result = linear_probe(
         *feats["train"], *feats["test"], args.lrs, args.val_fraction, settings, progress=True
     )
@@ -324,6 +361,9 @@ def cmd_eval_linear(args: argparse.Namespace) -> int:
     for lr, acc in sorted(result.val_top1.items()):
         mark = "  <- chosen" if lr == result.lr else ""
         print(f"  {lr:<9g} {100 * acc:6.2f}%{mark}")
+    if result.lr_at_grid_edge:
+        print(f"  warning: lr {result.lr:g} is at the edge of the grid; widen --lrs")
+    print(f"  (cached-feature probe: batch {settings.batch_size}, {settings.epochs} epochs)")
     seconds = time.perf_counter() - start
     print(
         f"time: {seconds:.1f} s (features {feats['seconds']:.1f} s, probe {result.seconds:.1f} s)"
@@ -395,7 +435,7 @@ def cmd_eval_fewshot(args: argparse.Namespace) -> int:
 
 def cmd_eval_finetune(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
-    from mimkit.eval.finetune import finetune, finetune_flags, settings_record, split_settings
+    from mimkit.eval.finetune import finetune, finetune_flags, split_settings
     from mimkit.train.checkpoint import (
         MODEL_FILE,
         load_config_file,
@@ -408,7 +448,6 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
     cfg = load_config_file(folder)
     use_data_args(cfg, args)
     values = {f.name: getattr(args, f.name) for f in finetune_flags() if hasattr(args, f.name)}
-    values["betas"] = tuple(values["betas"])
     train, ft = split_settings(values)  # train_limit and device come from the common args
     weights = None if args.random_init else read_weights(folder / MODEL_FILE)
     default_out = folder.parent / ("finetune_random_init" if args.random_init else "finetune")
@@ -419,11 +458,13 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
     print(
         f"fine-tune top-1 ({_name(args)}, {result.epochs} epoch(s), {result.steps} steps, "
         f"train {result.train_items}, test {result.test_items}): {100 * result.top1:.2f}%  "
-        f"(final train loss {result.final_loss:.4f}; {result.seconds:.0f} s; run folder {out})"
+        f"(train items, un-augmented: {100 * result.train_top1:.2f}%; final train loss "
+        f"{result.final_loss:.4f}; {result.seconds:.0f} s; run folder {out})"
     )
     record = dict(
-        settings_record(train, ft), top1=result.top1, steps=result.steps, epochs_done=result.epochs
-    )
+        result.settings or {}, top1=result.top1, train_top1=result.train_top1,
+        steps=result.steps, epochs_done=result.epochs,
+    )  # fmt: skip
     record.update(
         train_items=result.train_items,
         test_items=result.test_items,

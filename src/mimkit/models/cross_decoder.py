@@ -2,7 +2,8 @@
 
 There is no self-attention among the queries, so each hidden patch is predicted independently
 of the others, and only the patches one chooses to reconstruct need to be queried. Each decoder
-block can read a learned softmax mix of the encoder's block outputs instead of only the last.
+block can read a free learned linear mix of the encoder's block outputs (normalised per decoder
+block) instead of only the last.
 """
 
 from __future__ import annotations
@@ -67,8 +68,13 @@ class CrossMAEDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.pred = nn.Linear(dim, out_dim)
-        # one weight per (decoder block, encoder block output); zeros = an even mix at start
-        self.layer_mix = nn.Parameter(torch.zeros(depth, encoder_depth)) if mix_layers else None
+        # a free linear mix (no softmax, as the reference's 1x1 convolution) of the encoder's
+        # block outputs per decoder block, each mixed memory with its own LayerNorm
+        self.layer_mix = None
+        self.mix_norms = None
+        if mix_layers:
+            self.layer_mix = nn.Parameter(torch.full((depth, encoder_depth), 1.0 / encoder_depth))
+            self.mix_norms = nn.ModuleList(nn.LayerNorm(dim, eps=eps) for _ in range(depth))
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_vit_weights)
 
@@ -91,9 +97,11 @@ class CrossMAEDecoder(nn.Module):
             memories = [self.embed(encoder_layers[-1])] * len(self.blocks)
         else:
             stacked = torch.stack(encoder_layers)  # (L, B, prefix + K, D)
-            weights = self.layer_mix.softmax(dim=-1)  # (depth, L)
-            mixed = torch.einsum("dl,lbnc->dbnc", weights.to(stacked.dtype), stacked)
-            memories = list(self.embed(mixed).unbind(0))
+            mixed = torch.einsum("dl,lbnc->dbnc", self.layer_mix.to(stacked.dtype), stacked)
+            memories = [
+                norm(memory)
+                for norm, memory in zip(self.mix_norms, self.embed(mixed).unbind(0), strict=True)
+            ]
         for block, memory in zip(self.blocks, memories, strict=True):
             x = block(x, memory)
         return self.pred(self.norm(x))

@@ -56,8 +56,11 @@ class MAEDecoder(nn.Module):
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         return self.pred(self.norm(self.hidden(latent, ids_restore)))[:, self.num_prefix_tokens :]
 
-    def hidden(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """The decoder's tokens after its blocks, before its norm: (B, prefix + N, dim).
+    def hidden(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, blocks: int | None = None
+    ) -> torch.Tensor:
+        """The decoder's tokens after its first `blocks` blocks (None: all), before its norm:
+        (B, prefix + N, dim).
 
         G2SD distils these: they are the decoder's own picture of every patch, hidden or not.
         """
@@ -69,7 +72,7 @@ class MAEDecoder(nn.Module):
         tokens = torch.cat([visible, masks], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
         x = torch.cat([x[:, :k], tokens], dim=1) + self.pos_embed
-        for block in self.blocks:
+        for block in self.blocks[:blocks]:
             x = block(x)
         return x
 

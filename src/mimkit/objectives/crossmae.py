@@ -1,10 +1,11 @@
 """CrossMAE (Fu et al., 2024): MAE whose decoder only cross-attends, and reconstructs a part.
 
 1. Mask as MAE does and encode the visible patches.
-2. Choose a random `predict_fraction` of the hidden patches to reconstruct (partial
-   reconstruction); only those become decoder queries.
+2. Choose `predict_fraction` of all patches (as the reference counts it), drawn among the hidden
+   ones, to reconstruct (partial reconstruction); only those become decoder queries.
 3. Each query (mask token + its position) cross-attends to the encoder tokens, optionally a
-   learned mix of several encoder blocks' outputs; queries never attend to each other.
+   free linear mix of the encoder blocks' outputs with a LayerNorm per decoder block (the
+   reference's weighted feature maps); queries never attend to each other.
 4. The loss is MAE's (norm-pix) MSE, on the reconstructed subset only.
 """
 
@@ -29,7 +30,7 @@ from mimkit.patches import patchify
 class CrossMAESettings(MethodSettings):
     name = "crossmae"
     norm_pix_loss: bool = True
-    predict_fraction: float = 0.25  # share of hidden patches reconstructed
+    predict_fraction: float = 0.25  # share of all patches reconstructed (among the hidden ones)
     mix_layers: bool = True  # decoder blocks read a learned mix of encoder blocks
 
     def check(self, model: ModelConfig) -> None:
@@ -42,9 +43,12 @@ class CrossMAESettings(MethodSettings):
 def partial_reconstruction(
     mask: Mask, fraction: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """The ids of a random `fraction` of each sample's hidden patches to decode: (B, M)."""
+    """The ids of `fraction` of all patches, drawn among each sample's hidden ones: (B, M).
+
+    The reference counts its prediction ratio over all patches (at most the hidden ones)."""
     hidden = mask.ids_masked
-    count = max(1, round(hidden.shape[1] * fraction))
+    total = mask.ids_keep.shape[1] + hidden.shape[1]
+    count = min(hidden.shape[1], max(1, round(total * fraction)))
     order = torch.rand(hidden.shape, device=hidden.device, generator=generator).argsort(dim=1)
     return hidden.gather(1, order[:, :count])
 

@@ -3,8 +3,9 @@
 1. A large MAE (encoder and decoder), pretrained and frozen, is the teacher.
 2. The student is a small MAE. Both see the same image with the same hidden patches; each
    encodes its visible patches and runs its decoder over the whole grid.
-3. The teacher's decoder tokens after its last block (before its norm), layer-normalised without
-   affine terms, are the target for every patch, hidden and visible alike. A two-layer MLP on the
+3. The teacher's decoder tokens after its block `teacher_block` (the authors' `suplayer`, 4 of
+   their teacher's 8; a teacher with fewer decoder blocks gives its last), before its norm,
+   layer-normalised without affine terms, are the target for every patch, hidden and visible alike. A two-layer MLP on the
    student's decoder tokens predicts them; the loss is the smooth L1 distance (beta 2.0).
 4. What is transferred is task-agnostic: what the large model believes each patch contains,
    including the patches it could not see. The specific stage (fine-tuning against the
@@ -38,10 +39,13 @@ class G2SDSettings(MethodSettings):
     name = "g2sd"
     teacher: str | None = None  # checkpoint of the frozen teacher MAE (encoder and decoder)
     teacher_dim: int | None = None  # width of the teacher's decoder, read from the teacher
+    teacher_block: int = 4  # the teacher decoder block (1-based) whose tokens are the target
 
     def check(self, model: ModelConfig) -> None:
         if not self.teacher:
             raise ConfigError("method.teacher: method 'g2sd' needs the checkpoint of a teacher")
+        if self.teacher_block < 1:
+            raise ConfigError(f"method.teacher_block must be >= 1, got {self.teacher_block}")
 
 
 def check_teacher(teacher: nn.Module, cfg: ModelConfig, path: str | None) -> None:
@@ -126,7 +130,7 @@ class G2SD(nn.Module):
             raise teacher_missing(self.settings)
         teacher = self.teacher.model
         latent = teacher.encoder(images, mask.ids_keep)
-        hidden = teacher.decoder.hidden(latent, mask.ids_restore)
+        hidden = teacher.decoder.hidden(latent, mask.ids_restore, self.settings.teacher_block)
         hidden = hidden[:, teacher.decoder.num_prefix_tokens :]
         return F.layer_norm(hidden.float(), hidden.shape[-1:])
 
