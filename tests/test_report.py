@@ -62,7 +62,7 @@ def test_report_holds_every_section_and_embeds_its_pictures(run):
     ):
         assert f"<h2>{heading}</h2>" in page
     assert "after step 2" in page and "after step 4" in page  # one reconstruction per epoch
-    assert "checkpoint/eval_knn.json" in page and "top1" in page
+    assert "eval/eval_knn_k-3.json" in page and "top1" in page  # RUN/eval/, named by -k 3
     assert "model:" in page and "embed_dim: 32" in page  # the config as saved
     assert re.search(r'src="(?!data:)', page) is None  # self-contained: no file or web links
     assert page.count("<img ") >= 5

@@ -183,13 +183,14 @@ def test_cli_segment_pretrained_and_random_init(scenes, tmp_path, capsys):
     for name in ("linear (pretrained", "fpn (pretrained", "linear (random-init"):
         assert f"segment {name}, encoder at 35 px / grid 5x5, train 24, val 8" in out
     assert out.count("mIoU ") == 3
-    record = json.loads((folder / "eval_segment.json").read_text())
+    results = folder.parent / "eval"  # evaluation outputs live beside the checkpoint
+    record = json.loads((results / "eval_segment.json").read_text())
     assert 0 <= record["fpn"]["miou"] <= 1 and len(record["linear"]["per_class_iou"]) == 11
-    assert json.loads((folder / "eval_segment_random_init.json").read_text())["random_init"]
-    for path in (folder / "segment" / "fpn.png", folder / "segment_random_init" / "linear.png"):
+    assert json.loads((results / "eval_segment_random_init.json").read_text())["random_init"]
+    for path in (results / "segment" / "fpn.png", results / "segment_random_init" / "linear.png"):
         with Image.open(path) as im:
             assert im.mode == "RGB" and im.width > 3 * 32
-    with Image.open(folder / "segment" / "linear.png") as im:
+    with Image.open(results / "segment" / "linear.png") as im:
         assert im.height == 2 * (3 * 32 + 2 * 2)  # three scenes, 2 px gaps, drawn twice as large
 
 

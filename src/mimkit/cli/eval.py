@@ -527,6 +527,7 @@ def cmd_eval_segment(args: argparse.Namespace) -> int:
 
     from mimkit.data.segmentation import load_segmentation_split
     from mimkit.eval import segment
+    from mimkit.eval.cache import eval_dir
     from mimkit.eval.segment_settings import SegmentSettings
     from mimkit.train.checkpoint import load_model, method_from_config, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device
@@ -552,7 +553,8 @@ def cmd_eval_segment(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     heads = ("linear", "fpn") if args.head == "both" else (args.head,)
-    pictures = folder / f"segment{'_random_init' if args.random_init else ''}"
+    # beside the other evaluation outputs, outside the checkpoint folder training replaces
+    pictures = eval_dir(folder) / f"segment{'_random_init' if args.random_init else ''}"
     record: dict[str, Any] = {"data": str(args.data), "random_init": args.random_init}
     record.update(train_items=len(train.labels), val_items=len(val.labels))
     record["skipped"] = len(train.skipped) + len(val.skipped)
