@@ -52,3 +52,19 @@ def test_override_values_are_yaml():
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert parse_override("a=null") == ("a", None)
     assert parse_override("a=true") == ("a", True)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.num_heads=0", "model.num_heads must be >= 1"),
+        ("model.depth=0", "model.depth must be >= 1"),
+        ("model.decoder_num_heads=0", "model.decoder_num_heads must be >= 1"),
+        ("model.img_size=[0,28]", "model.img_size must be >= 1"),
+        ("model.drop_path_rate=1.5", "model.drop_path_rate must be in"),
+    ],
+)
+def test_model_sizes_are_refused_by_name_before_any_division(override, message):
+    """The config fuzzer found model.num_heads=0 reaching `embed_dim % num_heads`."""
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/fmnist_mae_tiny.yaml", [override])

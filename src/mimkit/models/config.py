@@ -92,6 +92,7 @@ class ModelConfig:
 def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     """Fill preset values into unset fields and check that the shapes fit together."""
     cfg = _with_preset(cfg)
+    _check_sizes(cfg)
     _check_patches(cfg)
     _check_widths(cfg)
     if cfg.pos_embed not in ("sincos", "sincos_index"):
@@ -124,6 +125,24 @@ def _with_preset(cfg: ModelConfig) -> ModelConfig:
             )
         cfg = replace(cfg, img_size=[int(s) for s in cfg.img_size])
     return cfg
+
+
+def _check_sizes(cfg: ModelConfig) -> None:
+    """Counts and widths at least 1, rates in range: before any of them divides another."""
+    for name in ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_num_heads"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"model.{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.decoder_depth < 0:
+        raise ConfigError(f"model.decoder_depth must be >= 0, got {cfg.decoder_depth}")
+    if any(s < 1 for s in cfg.input_size):
+        raise ConfigError(f"model.img_size must be >= 1 on every axis, got {cfg.img_size}")
+    if not (cfg.mlp_ratio > 0 and cfg.layer_norm_eps > 0):
+        raise ConfigError(
+            f"model.mlp_ratio and model.layer_norm_eps must be > 0, got {cfg.mlp_ratio}, "
+            f"{cfg.layer_norm_eps}"
+        )
+    if not 0.0 <= cfg.drop_path_rate < 1.0:
+        raise ConfigError(f"model.drop_path_rate must be in [0, 1), got {cfg.drop_path_rate}")
 
 
 def _check_patches(cfg: ModelConfig) -> None:
