@@ -113,3 +113,15 @@ def test_grid_trained_together_equals_each_rate_alone():
         assert torch.allclose(alone.head.weight, probe.head.weight, atol=1e-6)
         assert torch.allclose(alone.bn.running_mean, probe.bn.running_mean)
     assert not torch.allclose(together[0].head.weight, together[1].head.weight)
+
+
+def test_fewshot_shows_progress_per_probe(capsys):
+    """Few-shot fits shots x seeds probes: it says how far it is (on stderr), unless asked not."""
+    from mimkit.eval.fewshot import fewshot_evaluate
+
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(40, 8, generator=g), torch.arange(4).repeat(10)
+    fewshot_evaluate(feats, labels, feats, labels, shots=(1, 2), seeds=(0, 1))
+    assert "few-shot probes" in capsys.readouterr().err
+    fewshot_evaluate(feats, labels, feats, labels, shots=(1,), seeds=(0,), progress=False)
+    assert "few-shot probes" not in capsys.readouterr().err

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from mimkit.errors import DataError
 from mimkit.eval.linear import LinearProbe, num_classes_of, probe_accuracy
+from mimkit.progress import progress_interval
 
 DEFAULT_SHOTS = (1, 5, 10)
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -81,14 +83,23 @@ def fewshot_evaluate(
     shots: tuple[int, ...] | list[int] = DEFAULT_SHOTS,
     seeds: tuple[int, ...] | list[int] = DEFAULT_SEEDS,
     l2: float = 1e-2,
+    progress: bool = True,
 ) -> tuple[list[FewShotResult], float]:
     """Mean and sample std of test top-1 over seeds, per shot count; and the seconds taken."""
     start = time.perf_counter()
     num_classes = num_classes_of(train_labels, test_labels)
     results = []
+    bar = tqdm(
+        total=len(shots) * len(seeds),
+        desc="few-shot probes",
+        unit="probe",
+        disable=not progress,
+        mininterval=progress_interval(),
+    )
     for n in shots:
         accs = []
         for seed in seeds:
+            bar.update(1)
             idx = sample_per_class(train_labels, n, seed)
             probe = fit_fewshot_probe(
                 train_features, train_features[idx], train_labels[idx], num_classes, l2
@@ -96,4 +107,5 @@ def fewshot_evaluate(
             accs.append(probe_accuracy(probe, test_features, test_labels))
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         results.append(FewShotResult(n, statistics.fmean(accs), std, accs))
+    bar.close()
     return results, time.perf_counter() - start
