@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from mimkit.errors import ConfigError
 from mimkit.models.config import ModelConfig
 from mimkit.models.vit import VisionTransformer
 
@@ -106,6 +107,31 @@ class FrozenTeacher(nn.Module):
 def _keep_teacher_weights(teacher: FrozenTeacher, state_dict: dict, prefix: str, *args) -> None:
     """Loading a student's weights keeps the teacher it has: its keys are filled with its own."""
     state_dict.update(teacher.model.state_dict(prefix=f"{prefix}model."))
+
+
+def check_teacher_fits(teacher_cfg: ModelConfig, cfg: ModelConfig, same_prefix: bool = True) -> None:
+    """A teacher must see the student's patches (the same patch grid) and, where the method
+    compares whole token sequences (`same_prefix`), the same prefix tokens."""
+    if tuple(teacher_cfg.grid_shape) != tuple(cfg.grid_shape):
+        raise ConfigError(
+            f"method.teacher: its patch grid {teacher_cfg.grid_shape} differs from the "
+            f"student's {cfg.grid_shape}; use the same img_size and patch_size"
+        )
+    if same_prefix and teacher_cfg.cls_token != cfg.cls_token:
+        raise ConfigError("method.teacher: teacher and student must agree on cls_token")
+
+
+def require_teacher_width(settings: Any) -> None:
+    """Without its teacher a student rebuilds from the recorded width (`method.teacher_dim`)."""
+    if settings.teacher_dim is None:
+        raise ConfigError(
+            f"method.teacher {settings.teacher}: not found, and method.teacher_dim is not set"
+        )
+
+
+def frozen(model: nn.Module | None) -> FrozenTeacher | None:
+    """The teacher a method holds: frozen, or None when it was not found (rebuilt alone)."""
+    return FrozenTeacher(model) if model is not None else None
 
 
 class EMATeacher(nn.Module):

@@ -29,7 +29,13 @@ from mimkit.errors import ConfigError
 from mimkit.masking import Mask, MaskingConfig
 from mimkit.models.config import ModelConfig
 from mimkit.models.vit import VisionTransformer
-from mimkit.objectives.base import FrozenTeacher, MethodOutput, MethodSettings
+from mimkit.objectives.base import (
+    MethodOutput,
+    MethodSettings,
+    check_teacher_fits,
+    frozen,
+    require_teacher_width,
+)
 from mimkit.objectives.mae import mae_decoder
 from mimkit.objectives.maskalign import teacher_missing
 from mimkit.objectives.targets import masked_mse, pixel_target
@@ -70,16 +76,6 @@ def settings_from_teacher(settings: DMAESettings, teacher: VisionTransformer) ->
     return replace(settings, teacher_dim=teacher.cfg.embed_dim, teacher_block=block)
 
 
-def check_teacher(teacher: VisionTransformer, cfg: ModelConfig) -> None:
-    if tuple(teacher.cfg.grid_shape) != tuple(cfg.grid_shape):
-        raise ConfigError(
-            f"method.teacher: its patch grid {teacher.cfg.grid_shape} differs from the "
-            f"student's {cfg.grid_shape}; use the same img_size and patch_size"
-        )
-    if teacher.cfg.cls_token != cfg.cls_token:
-        raise ConfigError("method.teacher: teacher and student must agree on cls_token")
-
-
 class DistilledMAE(nn.Module):
     reconstructs_pixels = False
 
@@ -94,12 +90,9 @@ class DistilledMAE(nn.Module):
         settings = settings or DMAESettings()
         teacher_encoder = getattr(teacher, "encoder", teacher)
         if teacher_encoder is not None:
-            check_teacher(teacher_encoder, cfg)
+            check_teacher_fits(teacher_encoder.cfg, cfg)
             settings = settings_from_teacher(settings, teacher_encoder)
-        if settings.teacher_dim is None:
-            raise ConfigError(
-                f"method.teacher {settings.teacher}: not found, and method.teacher_dim is not set"
-            )
+        require_teacher_width(settings)
         self.cfg = cfg
         self.masking = masking or MaskingConfig(ratio=0.95)
         self.settings = settings
@@ -107,7 +100,7 @@ class DistilledMAE(nn.Module):
         self.encoder = VisionTransformer(cfg)
         self.decoder = mae_decoder(cfg, cfg.patch_dim)
         self.projection = nn.Linear(cfg.embed_dim, settings.teacher_dim)
-        self.teacher = FrozenTeacher(teacher_encoder) if teacher_encoder is not None else None
+        self.teacher = frozen(teacher_encoder)
 
     def draw_mask(
         self, batch: int, device: torch.device | str, generator: torch.Generator | None = None

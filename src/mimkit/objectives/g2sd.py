@@ -28,7 +28,13 @@ from mimkit.masking import Mask, MaskingConfig
 from mimkit.models.config import ModelConfig
 from mimkit.models.decoders import MAEDecoder
 from mimkit.models.vit import VisionTransformer
-from mimkit.objectives.base import FrozenTeacher, MethodOutput, MethodSettings
+from mimkit.objectives.base import (
+    MethodOutput,
+    MethodSettings,
+    check_teacher_fits,
+    frozen,
+    require_teacher_width,
+)
 from mimkit.objectives.maskalign import teacher_missing
 
 SMOOTH_L1_BETA = 2.0  # the authors' setting
@@ -55,13 +61,7 @@ def check_teacher(teacher: nn.Module, cfg: ModelConfig, path: str | None) -> Non
             f"method.teacher {path}: G2SD needs a teacher with an MAE decoder "
             f"(method mae), got {type(teacher).__name__}"
         )
-    if tuple(teacher.cfg.grid_shape) != tuple(cfg.grid_shape):
-        raise ConfigError(
-            f"method.teacher: its patch grid {teacher.cfg.grid_shape} differs from the "
-            f"student's {cfg.grid_shape}; use the same img_size and patch_size"
-        )
-    if teacher.cfg.cls_token != cfg.cls_token:
-        raise ConfigError("method.teacher: teacher and student must agree on cls_token")
+    check_teacher_fits(teacher.cfg, cfg)
 
 
 class G2SD(nn.Module):
@@ -79,10 +79,7 @@ class G2SD(nn.Module):
         if teacher is not None:
             check_teacher(teacher, cfg, settings.teacher)
             settings = replace(settings, teacher_dim=teacher.cfg.decoder_embed_dim)
-        if settings.teacher_dim is None:
-            raise ConfigError(
-                f"method.teacher {settings.teacher}: not found, and method.teacher_dim is not set"
-            )
+        require_teacher_width(settings)
         self.cfg = cfg
         self.masking = masking or MaskingConfig()
         self.settings = settings
@@ -105,7 +102,7 @@ class G2SD(nn.Module):
             ),
             final_norm=False,
         )
-        self.teacher = FrozenTeacher(teacher) if teacher is not None else None
+        self.teacher = frozen(teacher)
 
     def draw_mask(
         self, batch: int, device: torch.device | str, generator: torch.Generator | None = None

@@ -21,7 +21,13 @@ from mimkit.errors import ConfigError
 from mimkit.masking import Mask, MaskingConfig, take_tokens
 from mimkit.models.config import ModelConfig
 from mimkit.models.vit import VisionTransformer
-from mimkit.objectives.base import FrozenTeacher, MethodOutput, MethodSettings
+from mimkit.objectives.base import (
+    MethodOutput,
+    MethodSettings,
+    check_teacher_fits,
+    frozen,
+    require_teacher_width,
+)
 
 
 @dataclass
@@ -55,22 +61,15 @@ class MaskAlign(nn.Module):
         settings = settings or MaskAlignSettings()
         teacher_encoder = getattr(teacher, "encoder", teacher)
         if teacher_encoder is not None:
-            if tuple(teacher_encoder.cfg.grid_hw) != tuple(cfg.grid_hw):
-                raise ConfigError(
-                    f"method.teacher: its patch grid {teacher_encoder.cfg.grid_hw} differs "
-                    f"from the student's {cfg.grid_hw}"
-                )
+            check_teacher_fits(teacher_encoder.cfg, cfg, same_prefix=False)  # patch tokens only
             settings = replace(settings, teacher_dim=teacher_encoder.cfg.embed_dim)
-        if settings.teacher_dim is None:
-            raise ConfigError(
-                f"method.teacher {settings.teacher}: not found, and method.teacher_dim is not set"
-            )
+        require_teacher_width(settings)
         self.cfg = cfg
         self.masking = masking or MaskingConfig()
         self.settings = settings
         self.encoder = VisionTransformer(cfg)
         self.adapter = nn.Linear(cfg.embed_dim, settings.teacher_dim)
-        self.teacher = FrozenTeacher(teacher_encoder) if teacher_encoder is not None else None
+        self.teacher = frozen(teacher_encoder)
 
     def draw_mask(
         self, batch: int, device: torch.device | str, generator: torch.Generator | None = None

@@ -27,7 +27,13 @@ from mimkit.errors import ConfigError
 from mimkit.masking import Mask, MaskingConfig, take_tokens
 from mimkit.models.config import ModelConfig
 from mimkit.models.vit import VisionTransformer
-from mimkit.objectives.base import FrozenTeacher, MethodOutput, MethodSettings
+from mimkit.objectives.base import (
+    MethodOutput,
+    MethodSettings,
+    check_teacher_fits,
+    frozen,
+    require_teacher_width,
+)
 from mimkit.objectives.mae import mae_decoder
 from mimkit.objectives.maskalign import teacher_missing
 from mimkit.objectives.targets import masked_mse, pixel_target
@@ -63,23 +69,16 @@ class MimicReconstructMAE(nn.Module):
         settings = settings or MRMAESettings()
         teacher_encoder = getattr(teacher, "encoder", teacher)
         if teacher_encoder is not None:
-            if tuple(teacher_encoder.cfg.grid_shape) != tuple(cfg.grid_shape):
-                raise ConfigError(
-                    f"method.teacher: its patch grid {teacher_encoder.cfg.grid_shape} differs "
-                    f"from the student's {cfg.grid_shape}; use the same img_size and patch_size"
-                )
+            check_teacher_fits(teacher_encoder.cfg, cfg, same_prefix=False)  # patch tokens only
             settings = replace(settings, teacher_dim=teacher_encoder.cfg.embed_dim)
-        if settings.teacher_dim is None:
-            raise ConfigError(
-                f"method.teacher {settings.teacher}: not found, and method.teacher_dim is not set"
-            )
+        require_teacher_width(settings)
         self.cfg = cfg
         self.masking = masking or MaskingConfig()
         self.settings = settings
         self.encoder = VisionTransformer(cfg)
         self.decoder = mae_decoder(cfg, cfg.patch_dim)
         self.mimic_head = nn.Linear(cfg.embed_dim, settings.teacher_dim)
-        self.teacher = FrozenTeacher(teacher_encoder) if teacher_encoder is not None else None
+        self.teacher = frozen(teacher_encoder)
 
     def draw_mask(
         self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
