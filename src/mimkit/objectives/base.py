@@ -129,6 +129,13 @@ def require_teacher_width(settings: Any) -> None:
         )
 
 
+def teacher_missing(settings: Any) -> ConfigError:
+    """The error of a student asked to train without the teacher it was built without."""
+    return ConfigError(
+        f"method.teacher {settings.teacher}: the teacher is needed to train, not found"
+    )
+
+
 def frozen(model: nn.Module | None) -> FrozenTeacher | None:
     """The teacher a method holds: frozen, or None when it was not found (rebuilt alone)."""
     return FrozenTeacher(model) if model is not None else None

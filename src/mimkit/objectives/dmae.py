@@ -35,9 +35,9 @@ from mimkit.objectives.base import (
     check_teacher_fits,
     frozen,
     require_teacher_width,
+    teacher_missing,
 )
 from mimkit.objectives.mae import mae_decoder
-from mimkit.objectives.maskalign import teacher_missing
 from mimkit.objectives.targets import masked_mse, pixel_target
 from mimkit.patches import patchify
 

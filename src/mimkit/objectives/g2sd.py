@@ -34,8 +34,8 @@ from mimkit.objectives.base import (
     check_teacher_fits,
     frozen,
     require_teacher_width,
+    teacher_missing,
 )
-from mimkit.objectives.maskalign import teacher_missing
 
 SMOOTH_L1_BETA = 2.0  # the authors' setting
 

@@ -27,6 +27,7 @@ from mimkit.objectives.base import (
     check_teacher_fits,
     frozen,
     require_teacher_width,
+    teacher_missing,
 )
 
 
@@ -39,12 +40,6 @@ class MaskAlignSettings(MethodSettings):
     def check(self, model: ModelConfig) -> None:
         if not self.teacher:
             raise ConfigError("method.teacher: method 'maskalign' needs the checkpoint of a teacher")
-
-
-def teacher_missing(settings) -> ConfigError:
-    return ConfigError(
-        f"method.teacher {settings.teacher}: the teacher is needed to train, not found"
-    )
 
 
 class MaskAlign(nn.Module):
