@@ -247,6 +247,19 @@ class VisionTransformer(nn.Module):
         finally:
             self.train(was_training)
 
+    def forward_mask_tokens(
+        self, x: torch.Tensor, hidden: torch.Tensor, mask_token: torch.Tensor
+    ) -> torch.Tensor:
+        """Normalised tokens of every patch (SimMIM, iBOT's student): hidden ones (`hidden`
+        (B, N), 1 = hidden) enter as `mask_token` before the position embedding is added."""
+        tokens = self.patch_embed(x)
+        w = hidden[..., None].to(tokens.dtype)
+        tokens = tokens * (1 - w) + mask_token.to(tokens.dtype) * w
+        h = self.with_prefix(tokens + self.pos_embed[:, self.num_prefix_tokens :])
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h)
+
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """One vector per image from normalised tokens: the cls token or the patch average."""
         if self.cfg.pool == "avg":

@@ -67,14 +67,7 @@ class SimMIM(nn.Module):
 
     def encode_masked(self, images: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Encoder output for all tokens, hidden patches entering as the mask token."""
-        enc = self.encoder
-        tokens = enc.patch_embed(images)
-        w = hidden[..., None].to(tokens.dtype)
-        tokens = tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
-        h = enc.with_prefix(tokens + enc.pos_embed[:, enc.num_prefix_tokens :])
-        for block in enc.blocks:
-            h = block(h)
-        return enc.norm(h)
+        return self.encoder.forward_mask_tokens(images, hidden, self.mask_token)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder.features(images)
