@@ -159,14 +159,7 @@ def _describe_images(folder: Path) -> list[str]:
                     ] += 1
             except DECODE_ERRORS:
                 corrupt.append(file)
-        per_class = Counter(labels)
-        lines.append(f"{split}: {len(files)} images, {len(classes)} classes")
-        if classes:
-            lines.append(
-                "  per class: " + ", ".join(f"{c}={per_class[i]}" for i, c in enumerate(classes))
-            )
-        if per_class[-1]:
-            lines.append(f"  unlabelled (outside class folders): {per_class[-1]}")
+        _head(lines, split, files, labels, classes, "images")
         lines.append("  sizes (HxW): " + ", ".join(f"{s} x{n}" for s, n in sizes.most_common(5)))
         lines.append("  modes: " + ", ".join(f"{m} x{n}" for m, n in modes.most_common()))
         lines.append(
