@@ -27,6 +27,7 @@ from mimkit.config import RunConfig, load_config
 from mimkit.data.folder import decode_image, to_channels
 from mimkit.errors import ConfigError
 from mimkit.eval.features import extract_features
+from mimkit.interop.init_from import resolve_init_from
 from mimkit.objectives.base import MaskedMethod
 from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
 from mimkit.train.loop import pretrain as _pretrain_loop
@@ -99,13 +100,17 @@ def pretrain(
 ) -> Model:
     """Pretrain (or resume, when cfg.out_dir holds a checkpoint) and return the trained model.
 
-    `cfg` is a RunConfig (e.g. from `load_config`) or the path of a YAML preset; `overrides`
+    With `model.init_from` set, a new run starts from those weights (see
+    `mimkit.interop.init_from`). `cfg` is a RunConfig (e.g. from `load_config`) or the path of a YAML preset; `overrides`
     are dotted `key=value` strings applied to a path (use `load_config` for a RunConfig)."""
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg, list(overrides))
     elif overrides:
         raise ConfigError("overrides apply to a config file; pass load_config(path, overrides)")
-    result = _pretrain_loop(cfg, resume=resume)
+    init = None
+    if cfg.model.init_from is not None:
+        cfg, init = resolve_init_from(cfg)
+    result = _pretrain_loop(cfg, resume=resume, init=init)
     device = next(result.model.parameters()).device
     return Model(result.model.eval(), result.cfg, result.checkpoint, device)
 

@@ -318,8 +318,16 @@ def build_run_config(tree: dict[str, Any], where: str = "config") -> RunConfig:
 
 
 def resolve_run_config(cfg: RunConfig, where: str = "config") -> RunConfig:
-    """Fill presets and check that model, masking and method fit together, once, at load."""
+    """Fill presets and check that model, masking and method fit together, once, at load.
+
+    A config that starts from `model.init_from` and names no architecture of its own takes the
+    source's: its geometry is checked when the source is read (mimkit.interop.init_from)."""
     try:
+        if cfg.model.init_from is not None and not cfg.model.init_from.strip():
+            raise ConfigError("model.init_from is empty; give a checkpoint path or leave it unset")
+        if cfg.model.init_from is not None and cfg.model.patch_size is None:
+            check_ranges(cfg)
+            return cfg
         cfg.model = resolve_model_config(cfg.model)
         cfg.masking.check(cfg.model.grid_shape)
         if cfg.method.name != "mae" and len(cfg.model.input_size) != 2:

@@ -47,13 +47,24 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from mimkit.train.loop import pretrain
 
     cfg = load_config(args.config, args.overrides)
+    init = None
+    if cfg.model.init_from is not None:
+        from mimkit.interop.init_from import resolve_init_from  # torch loads only when run: --help
+
+        cfg, init = resolve_init_from(cfg)
+        record = init.record
+        print(
+            f"init_from: {record['source']} ({record['format']}): encoder imported, decoder "
+            f"{record['decoder']}; position tables {record['position_tables']}; "
+            f"{len(record['assumptions'])} note(s) in {cfg.out_dir}/source.json"
+        )
     fill_folder_stats(cfg, args.config, args.overrides)
     picture = None
     if not args.no_eval:  # a reconstruction figure after each saved epoch, in RUN/reconstructions/
         picture = functools.partial(
             training_picture, mean=cfg.data.mean, std=cfg.data.std, seed=cfg.train.seed
         )
-    result = pretrain(cfg, resume=not args.no_resume, picture=picture)
+    result = pretrain(cfg, resume=not args.no_resume, picture=picture, init=init)
     if not env_context().is_main:
         return 0  # under torchrun, rank 0 reports
     loss, note = result.final_loss, ""

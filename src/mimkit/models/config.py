@@ -49,6 +49,9 @@ class ModelConfig:
     decoder_embed_dim: int = 512
     decoder_depth: int = 8
     decoder_num_heads: int = 16
+    # a new run starts from these weights (a mimkit checkpoint, HF folder, official MAE .pth or
+    # timm file); its architecture is the source's. Read by mimkit.interop.init_from.
+    init_from: str | None = None
 
     @property
     def input_size(self) -> tuple[int, ...]:

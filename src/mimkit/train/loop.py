@@ -47,6 +47,7 @@ from mimkit.train.logging import MetricsWriter, progress_interval
 from mimkit.train.optim import param_groups, set_lr
 from mimkit.train.runtime import autocast, pick_amp_dtype, pick_device
 from mimkit.train.speed import checkpoint_blocks, to_device_async, tune_backends, want_compile
+from mimkit.train.start import InitialWeights, check_fresh_start, start_from
 from mimkit.train.state import Schedule, TrainerState
 from mimkit.train.step import GuardedStep
 from mimkit.train.trackers import Trackers, check_trackers
@@ -400,6 +401,7 @@ def checkpoint_dir(cfg: RunConfig) -> Path:
 
 
 def _check_resumable(saved: RunConfig, cfg: RunConfig, folder: Path) -> None:
+    check_fresh_start(saved.model.init_from, cfg.model.init_from, folder)
     if (saved.model, saved.masking, saved.method) != (cfg.model, cfg.masking, cfg.method):
         raise ConfigError(
             f"{folder}: the checkpoint there was trained with a different model config; "
@@ -488,8 +490,17 @@ def _picture_then_train(picture: Picture, model: MaskedMethod, images: torch.Ten
         model.train()  # pictures are drawn in eval mode
 
 
-def pretrain(cfg: RunConfig, resume: bool = True, picture: Picture | None = None) -> PretrainResult:
+def pretrain(
+    cfg: RunConfig,
+    resume: bool = True,
+    picture: Picture | None = None,
+    init: InitialWeights | None = None,
+) -> PretrainResult:
     """Train `cfg` from scratch, or resume from `out_dir/checkpoint` when one exists.
+
+    `init` holds the weights a new run starts from when `cfg.model.init_from` is set (read by
+    `mimkit.interop.init_from.resolve_init_from`, which also gives `cfg` the source's
+    architecture); a resumed run continues its own checkpoint instead.
 
     Launched by `torchrun` with several processes, each trains its share of every global batch
     (DDP, or FSDP with `train.parallel=fsdp`); the process group is closed on return.
@@ -500,14 +511,24 @@ def pretrain(cfg: RunConfig, resume: bool = True, picture: Picture | None = None
     try:
         # one writer per out_dir; SIGINT/SIGTERM save a checkpoint, then stop cleanly
         with run_lock(cfg.out_dir, ctx.is_main), stop_signals():
-            return _pretrain(cfg, resume, ctx, device_name, picture)
+            return _pretrain(cfg, resume, ctx, device_name, picture, init)
     finally:
         shutdown_distributed()
 
 
 def _pretrain(
-    cfg: RunConfig, resume: bool, ctx: DistContext, device_name: str, picture: Picture | None
+    cfg: RunConfig,
+    resume: bool,
+    ctx: DistContext,
+    device_name: str,
+    picture: Picture | None,
+    init: InitialWeights | None,
 ) -> PretrainResult:
+    if cfg.model.init_from is not None and init is None:
+        raise ConfigError(
+            f"model.init_from {cfg.model.init_from}: its weights were not read; start the run "
+            "with `mimkit pretrain` or mimkit.pretrain, which read them"
+        )
     cfg = resolve_run_config(cfg)
     check_pretraining(cfg)
     tc = cfg.train
@@ -524,6 +545,8 @@ def _pretrain(
     if checkpointer.found:
         _check_resumable(load_config_file(checkpointer.folder), cfg, checkpointer.folder)
         checkpointer.load_weights(model)
+    elif init is not None:
+        start_from(model, init, cfg.method.name, cfg.out_dir, ctx.is_main)
     groups = functools.partial(param_groups, weight_decay=tc.weight_decay)
     run, state = assemble(cfg, ctx, device, model, model, groups, source, checkpointer, "pretrain")
     loss = MaskedLoss(
