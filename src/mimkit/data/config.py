@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from mimkit.errors import ConfigError
 
 # sources whose items are 2-D images (H, W) and those with a third axis (T or D)
-FLAT_SOURCES = ("fashion_mnist", "idx", "folder", "multiband", "spectrogram")
-DEEP_SOURCES = ("video", "volume")
+FLAT_SOURCES = ("fashion_mnist", "idx", "folder", "multiband", "spectrogram", "dicom", "geotiff")
+DEEP_SOURCES = ("video", "volume", "dicom_volume")
 POINT_SOURCES = ("points",)  # clouds (N, points, 3): no image size, no pixel statistics
 SOURCES = FLAT_SOURCES + DEEP_SOURCES + POINT_SOURCES
 BAD_ITEM_POLICIES = ("skip", "fail")
@@ -24,7 +24,8 @@ class DataConfig:
     """Where images come from and how they are augmented on the device."""
 
     # fashion_mnist | idx | folder | video | volume | multiband | spectrogram (data.modalities)
-    # | points (data.points)
+    # | points (data.points) | dicom (frames as images), dicom_volume (a multi-frame file as a
+    # volume or clip: data.dicom) | geotiff (data.geotiff)
     source: str = "fashion_mnist"
     path: str | None = None  # folder of IDX files or images; None: look in the usual places
     download: bool = False  # fetch Fashion-MNIST (MD5-checked) when it is nowhere local
@@ -41,6 +42,9 @@ class DataConfig:
     frame_stride: int = 1  # video: keep every n-th frame
     max_frames: int | None = None  # video: decode at most this many (strided) frames per file
     on_bad_item: str = "skip"  # an unreadable or unfitting file: skip (counted) | fail (stop)
+    dicom_window: list[float] | None = None  # [centre, width]; None: each file's own window
+    bands: list[int | str] | None = None  # geotiff: bands by 0-based index or name; None: all
+    nodata: float | None = None  # geotiff: the nodata value; None: each file's GDAL_NODATA
     # point clouds (source: points): points per cloud and the device augmentation
     points: int = 1024
     point_scale: list[float] = field(default_factory=lambda: [0.8, 1.25])  # per-axis range
@@ -65,6 +69,18 @@ class DataConfig:
                 f"data.crop_ratio must be [min, max] with 0 < min <= max, got {self.crop_ratio}"
             )
         self._check_counts()
+        if self.dicom_window is not None and (
+            len(self.dicom_window) != 2 or not self.dicom_window[1] >= 1
+        ):
+            raise ConfigError(
+                f"data.dicom_window must be [centre, width] with width >= 1, got {self.dicom_window}"
+            )
+        if self.bands is not None and (
+            not self.bands or any(isinstance(b, int) and b < 0 for b in self.bands)
+        ):
+            raise ConfigError(
+                f"data.bands must list band indices (>= 0) or names, got {self.bands}"
+            )
 
     def _check_counts(self) -> None:
         if self.on_bad_item not in BAD_ITEM_POLICIES:

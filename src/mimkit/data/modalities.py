@@ -15,11 +15,13 @@ import torch
 
 from mimkit.data.arrays import VOLUME_EXTENSIONS, load_array_folder, read_array
 from mimkit.data.config import DataConfig
+from mimkit.data.dicom import load_dicom_folder
 from mimkit.data.folder import split_folder
+from mimkit.data.geotiff import load_geotiff_folder
 from mimkit.data.video import load_video_folder
 from mimkit.errors import DataError
 
-MODAL_SOURCES = ("video", "volume", "multiband", "spectrogram")
+MODAL_SOURCES = ("video", "volume", "multiband", "spectrogram", "dicom", "dicom_volume", "geotiff")
 
 
 def load_modal_split(
@@ -44,6 +46,15 @@ def load_modal_split(
         return items, labels
     if cfg.source == "volume":
         return _load_volumes(folder, channels, size, skipped_by, cfg.on_bad_item)
+    if cfg.source in ("dicom", "dicom_volume"):
+        return load_dicom_folder(
+            folder, channels, size, cfg.dicom_window, cfg.source == "dicom_volume", skipped_by,
+            cfg.on_bad_item,
+        )  # fmt: skip
+    if cfg.source == "geotiff":
+        return load_geotiff_folder(
+            folder, channels, size, cfg.bands, cfg.nodata, skipped_by, cfg.on_bad_item
+        )
     items, labels, _ = load_array_folder(
         folder, cfg.source, channels, size, skipped_by=skipped_by, on_bad=cfg.on_bad_item
     )
