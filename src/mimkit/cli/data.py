@@ -52,7 +52,7 @@ def _add_stats(dsub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--source",
         required=True,
-        choices=("multiband", "spectrogram", "volume", "video", "folder"),
+        choices=("multiband", "spectrogram", "volume", "video", "folder", "dicom", "geotiff"),
         help="how to read the folder",
     )
     p.add_argument("--channels", type=int, required=True, help="channels (bands) per item")

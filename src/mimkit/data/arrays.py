@@ -181,10 +181,22 @@ def load_array_folder(
 def band_stats(items: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of (N, C, ...) items in the pipeline's units (value / 255)."""
     x = items.float().transpose(0, 1).reshape(items.shape[1], -1) / 255.0
-    if not torch.isfinite(x).all():
-        raise DataError("data stats: the items hold NaN or inf values; no statistics written")
-    if x.shape[1] < 2:  # one value per channel: no spread to measure
-        raise DataError(f"data stats: {x.shape[1]} value(s) per channel are too few for a std")
-    mean = x.mean(dim=1, dtype=torch.float64)
-    std = x.std(dim=1).double().clamp_min(1e-12)
+    if torch.isinf(x).any():
+        raise DataError("data stats: the items hold inf values; no statistics written")
+    nodata = torch.isnan(x)  # GeoTIFF nodata (data.geotiff): left out of the statistics
+    counts = (~nodata).sum(dim=1)
+    if (counts < 2).any():  # one value per channel: no spread to measure
+        band = int(counts.argmin())
+        raise DataError(
+            f"data stats: band {band} has {int(counts[band])} value(s) that are not nodata; too "
+            "few for a std"
+        )
+    if not nodata.any():
+        mean = x.mean(dim=1, dtype=torch.float64)
+        std = x.std(dim=1).double().clamp_min(1e-12)
+    else:
+        x = x.double()
+        mean = torch.nansum(x, dim=1) / counts
+        spread = torch.where(nodata, 0.0, x - mean[:, None])
+        std = (spread.square().sum(dim=1) / (counts - 1)).sqrt().clamp_min(1e-12)
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]

@@ -17,6 +17,7 @@ DEEP_SOURCES = ("video", "volume", "dicom_volume")
 POINT_SOURCES = ("points",)  # clouds (N, points, 3): no image size, no pixel statistics
 SOURCES = FLAT_SOURCES + DEEP_SOURCES + POINT_SOURCES
 BAD_ITEM_POLICIES = ("skip", "fail")
+DECODE_MODES = ("cpu", "gpu", "auto")  # image folders' JPEG decoding (data.decode)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class DataConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     hflip: bool = True
     num_workers: int = 0  # DataLoader processes decoding image folders (0: in the main process)
+    decode: str = "cpu"  # image folders' JPEGs: cpu (PIL) | gpu (nvJPEG via torchvision) | auto
     frame_stride: int = 1  # video: keep every n-th frame
     max_frames: int | None = None  # video: decode at most this many (strided) frames per file
     on_bad_item: str = "skip"  # an unreadable or unfitting file: skip (counted) | fail (stop)
@@ -83,6 +85,8 @@ class DataConfig:
             )
 
     def _check_counts(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ConfigError(f"data.decode must be one of {list(DECODE_MODES)}, got {self.decode!r}")
         if self.on_bad_item not in BAD_ITEM_POLICIES:
             raise ConfigError(
                 f"data.on_bad_item must be one of {list(BAD_ITEM_POLICIES)}, "

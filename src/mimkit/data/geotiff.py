@@ -33,6 +33,7 @@ from mimkit.progress import progress_interval
 log = logging.getLogger(__name__)
 GEOTIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 GDAL_METADATA, GDAL_NODATA = 42112, 42113  # the TIFF tags GDAL writes
+NODATA_SOURCES = ("geotiff",)  # sources whose items may hold NaN for nodata
 
 
 def _tifffile():
@@ -180,3 +181,12 @@ def load_geotiff_folder(
     if not items:
         raise DataError(f"{folder}: none of {len(files)} GeoTIFF files could be used")
     return torch.from_numpy(np.stack(items)), torch.tensor(kept, dtype=torch.int64)
+
+
+def fill_nodata(items: torch.Tensor, mean: list[float]) -> torch.Tensor:
+    """Items with nodata (NaN) set to the band mean (`data.mean`, in value/255 units)."""
+    if not items.is_floating_point():
+        return items
+    shape = (1, -1) + (1,) * (items.ndim - 2)
+    means = torch.tensor(mean, dtype=items.dtype).view(shape) * 255.0
+    return torch.where(torch.isnan(items), means.expand_as(items), items)

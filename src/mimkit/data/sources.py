@@ -182,6 +182,8 @@ class TrainSource:
         self.dataset: ImageFolderDataset | None = None
         self.images: torch.Tensor | None = None
         self.skipped: Counter[str] = Counter()  # items skipped when scanned, by reason
+        # how a folder's loader batches items, and what finishes a batch (data.decode=gpu)
+        self.collate, self.finish = collate_skip_corrupt, None
         if cfg.source == "folder":
             # streamed: decoded by DataLoader workers, so the folder may exceed memory
             if not cfg.path:
@@ -253,10 +255,12 @@ class TrainSource:
             self.dataset,
             batch_sampler=[idx.tolist() for idx in index_batches],
             num_workers=self.cfg.num_workers,
-            collate_fn=collate_skip_corrupt,
+            collate_fn=self.collate,
             pin_memory=torch.cuda.is_available(),
         )
         for images, labels, kept in loader:
+            if self.finish is not None:
+                images, labels, kept = self.finish(images, labels, kept)
             yield Batch(images, labels, kept)
 
     def sample(self, count: int) -> torch.Tensor:

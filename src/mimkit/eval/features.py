@@ -72,7 +72,8 @@ def extract_features(
         ):
             x = images[start : start + batch_size].to(device)
             if x.ndim != 3:  # point clouds (B, P, 3) are coordinates, not pixels
-                x = fit_to_model(normalize(x, mean, std), encoder.cfg.input_size)
+                # GeoTIFF nodata (NaN) reads as the band mean: 0 once normalised
+                x = fit_to_model(torch.nan_to_num(normalize(x, mean, std)), encoder.cfg.input_size)
             chunks.append(pooled_tokens(encoder, x, pool, block).float().cpu())
     finally:
         encoder.train(was_training)

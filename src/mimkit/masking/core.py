@@ -20,6 +20,8 @@ class Mask:
     ids_keep: torch.Tensor  # (B, K) visible patches, in shuffled order
     ids_masked: torch.Tensor  # (B, N-K) hidden patches
     ids_restore: torch.Tensor  # (B, N) puts [kept, masked] tokens back in patch order
+    # (B, N) float: 0 for patches no loss may be taken on (GeoTIFF nodata), else 1; None: all
+    loss_weight: torch.Tensor | None = None
 
     @property
     def num_patches(self) -> int:
@@ -27,7 +29,13 @@ class Mask:
 
     def select(self, rows: slice | torch.Tensor) -> Mask:
         """The masks of some samples (a rank's share of a global-batch draw)."""
-        return Mask(self.ids_keep[rows], self.ids_masked[rows], self.ids_restore[rows])
+        weight = None if self.loss_weight is None else self.loss_weight[rows]
+        return Mask(self.ids_keep[rows], self.ids_masked[rows], self.ids_restore[rows], weight)
+
+    @property
+    def hidden_weight(self) -> torch.Tensor:
+        """(B, N): `binary`, with the patches left out of the loss (`loss_weight` 0) at 0."""
+        return self.binary if self.loss_weight is None else self.binary * self.loss_weight
 
     @property
     def binary(self) -> torch.Tensor:

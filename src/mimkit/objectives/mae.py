@@ -114,10 +114,11 @@ class MaskedAutoencoder(nn.Module):
             predicted = self.decoder_targets(len(images), images.device, generator)
             pred = self.decoder.forward_subset(latent, mask.ids_keep, predicted)
             target = take_tokens(self.target(images), predicted)
-            loss = masked_mse(pred.float(), target.float(), torch.gather(mask.binary, 1, predicted))
+            hidden = torch.gather(mask.hidden_weight, 1, predicted)
+            loss = masked_mse(pred.float(), target.float(), hidden)
             return MethodOutput(loss, pred, mask, predicted)
         pred = self.decoder(latent, mask.ids_restore)
-        loss = masked_mse(pred.float(), self.target(images).float(), mask.binary)
+        loss = masked_mse(pred.float(), self.target(images).float(), mask.hidden_weight)
         return MethodOutput(loss, pred, mask)
 
     def target(self, images: torch.Tensor) -> torch.Tensor:

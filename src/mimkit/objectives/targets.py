@@ -57,9 +57,10 @@ def unnormalise_prediction(
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """Mean over hidden patches of each patch's mean squared error; visible patches cost nothing."""
+    """Mean over hidden patches of each patch's mean squared error; visible patches cost nothing
+    (nor hidden ones of weight 0: a batch with none left costs 0, not NaN)."""
     per_patch = ((pred - target) ** 2).mean(dim=-1)
-    return (per_patch * hidden).sum() / hidden.sum()
+    return (per_patch * hidden).sum() / hidden.sum().clamp_min(1e-12)
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:

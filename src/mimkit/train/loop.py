@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,11 +28,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mimkit.config import RunConfig, check_pretraining, resolve_run_config
+from mimkit.data.decode import decode_on
+from mimkit.data.geotiff import NODATA_SOURCES, fill_nodata
 from mimkit.data.points import augment_points
 from mimkit.data.sources import Batch, TrainSource
 from mimkit.data.transforms import augment_clips, crop_flip_theta, normalize, resample
 from mimkit.errors import ConfigError, RunInterrupted, TrainingHalted
+from mimkit.masking import Mask
 from mimkit.objectives.base import MaskedMethod, update_teachers
+from mimkit.patches import patchify
 from mimkit.train.checkpoint import Checkpointer, load_config_file, method_from_config
 from mimkit.train.distributed import (
     DistContext,
@@ -472,11 +476,24 @@ class MaskedLoss:
     global_batch: int
     device: torch.device
     amp_dtype: torch.dtype | None
+    nodata_patch: tuple[int, ...] | None = None  # the patch shape, when inputs may hold nodata
 
     def __call__(self, x: torch.Tensor, batch: Batch, rows: Rows, draw: int) -> torch.Tensor:
         mask = draw_mask(self.model, x, self.generator, rows, self.global_batch)
+        if self.nodata_patch is not None:
+            x, mask = without_nodata(x, mask, self.nodata_patch)
         with autocast(self.device, self.amp_dtype):
             return self.forward(x, mask=mask).loss
+
+
+def without_nodata(x: torch.Tensor, mask: Mask, patch: tuple[int, ...]) -> tuple[torch.Tensor, Mask]:
+    """Nodata (NaN, from GeoTIFF) shown to the model as the band mean (0 once normalised), and
+    every patch that touches it given loss weight 0 (no host sync: all on the device)."""
+    touched = patchify(torch.isnan(x).any(dim=1, keepdim=True).float(), patch).amax(dim=-1)
+    weight = 1.0 - touched
+    if mask.loss_weight is not None:
+        weight = weight * mask.loss_weight
+    return torch.nan_to_num(x, nan=0.0), replace(mask, loss_weight=weight)
 
 
 # (model, uint8 images) -> a PIL image, or None when the method has nothing to draw
@@ -549,10 +566,15 @@ def _pretrain(
         start_from(model, init, cfg.method.name, cfg.out_dir, ctx.is_main)
     groups = functools.partial(param_groups, weight_decay=tc.weight_decay)
     run, state = assemble(cfg, ctx, device, model, model, groups, source, checkpointer, "pretrain")
+    nodata = cfg.model.patch_shape if cfg.data.source in NODATA_SOURCES else None
     loss = MaskedLoss(
-        model, run.forward, run.generator, run.schedule.global_batch, device, run.amp_dtype
+        model, run.forward, run.generator, run.schedule.global_batch, device, run.amp_dtype, nodata
     )
     samples = source.sample(cfg.eval.reconstruction_images)
+    if nodata is not None:  # pictures show nodata as the band mean
+        samples = fill_nodata(samples, cfg.data.mean)
+    # JPEGs decoded on the GPU from here on when data.decode asks (after the CPU-decoded samples)
+    decode_on(source, cfg.data.decode, cfg.model.in_chans, cfg.model.image_hw, device)
     # rank 0 alone runs the model for it: not with FSDP, whose forward needs every rank
     if picture is not None and len(samples) and not (ctx.enabled and tc.parallel == "fsdp"):
         run.picture = functools.partial(_picture_then_train, picture, model, samples)

@@ -58,7 +58,7 @@ def to_device_async(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     A non-blocking copy is only asynchronous from pinned memory, so a pageable CUDA-bound batch
     is pinned first (DataLoader workers already pin theirs). On CPU this is a no-op.
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or images.is_cuda:  # already there (data.decode=gpu): no pinning
         return images.to(device)
     if not images.is_pinned():
         images = images.pin_memory()
