@@ -172,3 +172,18 @@ def test_bad_tiles_are_one_line_each_and_counted(tmp_path, caplog):
     write_geotiff(tmp_path / "only" / "z.tif", zeros, nodata=0, names=["a", "b"])
     with pytest.raises(DataError, match="none of 1 GeoTIFF files could be used"):
         load_split(DataConfig(source="geotiff", path=str(tmp_path / "only")), "train", 2, (16, 16))
+
+
+def test_data_stats_command_selects_bands_and_leaves_nodata_out(tmp_path, capsys):
+    from mimkit.cli import main
+
+    t = tile(bands=4)
+    t[:, 0] = -9999
+    write_geotiff(tmp_path / "d" / "x.tif", t, nodata=-9999)
+    code = main(["data", "stats", str(tmp_path / "d"), "--source", "geotiff", "--bands",
+                 "B08,0", "--channels", "2", "--size", "16", "16"])  # fmt: skip
+    assert code == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for i, band in enumerate((3, 0)):
+        valid = t[band, 1:] / 255.0
+        assert stats["mean"][i] == pytest.approx(valid.mean(), rel=1e-5)

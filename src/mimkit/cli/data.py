@@ -60,6 +60,9 @@ def _add_stats(dsub: argparse._SubParsersAction) -> None:
         "--size", type=int, nargs=2, required=True, metavar=("H", "W"), help="item size in pixels"
     )
     p.add_argument("--config", help="also write mean/std into this YAML config's data section")
+    p.add_argument(
+        "--bands", help="geotiff: the bands, by 0-based index or name, comma-separated (data.bands)"
+    )
     p.set_defaults(func=cmd_data_stats)
 
 
@@ -105,7 +108,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     from mimkit.config import DataConfig, load_config
     from mimkit.data.info import data_stats, set_data_stats
 
-    cfg = DataConfig(source=args.source, path=args.path)
+    bands = None
+    if args.bands:
+        bands = [int(b) if b.strip().isdigit() else b.strip() for b in args.bands.split(",")]
+    cfg = DataConfig(source=args.source, path=args.path, bands=bands)
     stats = data_stats(cfg, args.channels, tuple(args.size))
     print(json.dumps(stats))
     if args.config:
