@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -142,23 +143,46 @@ def load_array_folder(
         raise DataError(f"data.source: unknown array kind {kind!r}; expected one of {ARRAY_KINDS}")
     extensions = VOLUME_EXTENSIONS if kind == "volume" else ARRAY_EXTENSIONS
     files, labels, _ = list_images(folder, extensions)
-    items, kept, skipped = [], [], 0
-    bar = tqdm(
-        files,
-        desc=f"read {kind}s",
-        unit="file",
-        disable=not progress,
-        mininterval=progress_interval(),
+
+    def read(path: Path) -> list[np.ndarray]:
+        item = to_item(check_values(read_array(path), path), channels, len(size), path)
+        if kind == "volume" and item.shape[1] > size[0]:
+            item = center_crop_first(item, size[0])
+        if tuple(item.shape[1:]) != tuple(size):
+            raise BadItem(
+                "size", f"{path}: size {item.shape[1:]} but the model expects {tuple(size)}"
+            )
+        return [normalize_intensity(item) if kind == "volume" else item.astype(np.float32)]
+
+    items, kept, skipped = read_each(
+        files, labels, read, f"read {kind}s", on_bad, skipped_by, progress
     )
+    if skipped:
+        log.warning(
+            "%s: skipped %d unreadable or unfitting array(s) of %d", folder, skipped, len(files)
+        )
+    if not items:
+        raise DataError(f"{folder}: none of {len(files)} arrays could be used")
+    return torch.from_numpy(np.stack(items)), torch.tensor(kept, dtype=torch.int64), skipped
+
+
+def read_each(
+    files: list[Path],
+    labels: list[int],
+    read: Callable[[Path], list[np.ndarray]],
+    desc: str,
+    on_bad: str = "skip",
+    skipped_by: Counter[str] | None = None,
+    progress: bool = True,
+) -> tuple[list[np.ndarray], list[int], int]:
+    """(items, their labels, files skipped): `read` gives each file's items (or raises a
+    `DataError`); an unusable file is refused with `on_bad="fail"`, else logged in one line and
+    counted by its reason in `skipped_by`."""
+    items, kept, skipped = [], [], 0
+    bar = tqdm(files, desc=desc, unit="file", disable=not progress, mininterval=progress_interval())
     for path, label in zip(bar, labels, strict=True):
         try:
-            item = to_item(check_values(read_array(path), path), channels, len(size), path)
-            if kind == "volume" and item.shape[1] > size[0]:
-                item = center_crop_first(item, size[0])
-            if tuple(item.shape[1:]) != tuple(size):
-                raise BadItem(
-                    "size", f"{path}: size {item.shape[1:]} but the model expects {tuple(size)}"
-                )
+            found = read(path)
         except DataError as exc:
             if on_bad == "fail":
                 raise DataError(f"{exc} (data.on_bad_item=fail)") from None
@@ -167,15 +191,9 @@ def load_array_folder(
                 skipped_by[getattr(exc, "reason", "unreadable")] += 1
             log.warning("skipped %s", exc)
             continue
-        items.append(normalize_intensity(item) if kind == "volume" else item.astype(np.float32))
-        kept.append(label)
-    if skipped:
-        log.warning(
-            "%s: skipped %d unreadable or unfitting array(s) of %d", folder, skipped, len(files)
-        )
-    if not items:
-        raise DataError(f"{folder}: none of {len(files)} arrays could be used")
-    return torch.from_numpy(np.stack(items)), torch.tensor(kept, dtype=torch.int64), skipped
+        items += found
+        kept += [label] * len(found)
+    return items, kept, skipped
 
 
 def band_stats(items: torch.Tensor) -> tuple[list[float], list[float]]:

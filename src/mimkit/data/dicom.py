@@ -27,12 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from mimkit.data.arrays import BadItem
+from mimkit.data.arrays import BadItem, read_each
 from mimkit.data.folder import list_images
 from mimkit.errors import DataError
-from mimkit.progress import progress_interval
 
 log = logging.getLogger(__name__)
 
@@ -182,27 +180,16 @@ def load_dicom_folder(
     Unusable files are skipped and counted by reason, or refused with `on_bad="fail"`."""
     _pydicom()  # a missing pydicom is one line, before any file is tried
     files, labels, _ = list_images(folder, DICOM_EXTENSIONS)
-    items, kept, skipped = [], [], 0
-    bar = tqdm(
-        files, desc="read DICOM", unit="file", disable=not progress, mininterval=progress_interval()
-    )
-    for path, label in zip(bar, labels, strict=True):
-        try:
-            found = dicom_items(path, window, channels, frames_as_items=not as_volumes)
-            if tuple(found[0].shape[-2:]) != tuple(size):
-                raise BadItem(
-                    "size", f"{path}: frames of {found[0].shape[-2:]} but the model expects {size}"
-                )
-        except DataError as exc:
-            if on_bad == "fail":
-                raise DataError(f"{exc} (data.on_bad_item=fail)") from None
-            skipped += 1
-            if skipped_by is not None:
-                skipped_by[getattr(exc, "reason", "unreadable")] += 1
-            log.warning("skipped %s", exc)
-            continue
-        items += found
-        kept += [label] * len(found)
+
+    def read(path: Path) -> list[np.ndarray]:
+        found = dicom_items(path, window, channels, frames_as_items=not as_volumes)
+        if tuple(found[0].shape[-2:]) != tuple(size):
+            raise BadItem(
+                "size", f"{path}: frames of {found[0].shape[-2:]} but the model expects {size}"
+            )
+        return found
+
+    items, kept, skipped = read_each(files, labels, read, "read DICOM", on_bad, skipped_by, progress)
     if skipped:
         log.warning("%s: skipped %d unusable DICOM file(s) of %d", folder, skipped, len(files))
     if not items:

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from mimkit.data.arrays import BadItem
+from mimkit.data.arrays import BadItem, read_each
 from mimkit.data.folder import list_images
 from mimkit.errors import DataError
-from mimkit.progress import progress_interval
 
 log = logging.getLogger(__name__)
 GEOTIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
@@ -157,25 +155,14 @@ def load_geotiff_folder(
     unusable tiles skipped and counted by reason, or refused with `on_bad="fail"`."""
     _tifffile()
     files, labels, _ = list_images(folder, GEOTIFF_EXTENSIONS)
-    items, kept, skipped = [], [], 0
-    bar = tqdm(
-        files, desc="read GeoTIFF", unit="file", disable=not progress, mininterval=progress_interval()
-    )
-    for path, label in zip(bar, labels, strict=True):
-        try:
-            item = geotiff_item(path, wanted, nodata, channels)
-            if tuple(item.shape[1:]) != tuple(size):
-                raise BadItem("size", f"{path}: {item.shape[1:]} but the model expects {size}")
-        except DataError as exc:
-            if on_bad == "fail":
-                raise DataError(f"{exc} (data.on_bad_item=fail)") from None
-            skipped += 1
-            if skipped_by is not None:
-                skipped_by[getattr(exc, "reason", "unreadable")] += 1
-            log.warning("skipped %s", exc)
-            continue
-        items.append(item)
-        kept.append(label)
+
+    def read(path: Path) -> list[np.ndarray]:
+        item = geotiff_item(path, wanted, nodata, channels)
+        if tuple(item.shape[1:]) != tuple(size):
+            raise BadItem("size", f"{path}: {item.shape[1:]} but the model expects {size}")
+        return [item]
+
+    items, kept, skipped = read_each(files, labels, read, "read GeoTIFF", on_bad, skipped_by, progress)
     if skipped:
         log.warning("%s: skipped %d unusable GeoTIFF file(s) of %d", folder, skipped, len(files))
     if not items:
