@@ -11,6 +11,7 @@ import torch
 tifffile = pytest.importorskip("tifffile")
 
 import mimkit  # noqa: E402
+from mimkit.cli import main  # noqa: E402
 from mimkit.config import load_config  # noqa: E402
 from mimkit.data.config import DataConfig  # noqa: E402
 from mimkit.data.info import data_stats  # noqa: E402
@@ -19,6 +20,7 @@ from mimkit.errors import DataError  # noqa: E402
 from mimkit.eval.features import extract_features  # noqa: E402
 from mimkit.masking import mask_from_noise  # noqa: E402
 from mimkit.objectives.mae import build_mae  # noqa: E402
+from mimkit.objectives.targets import masked_mse  # noqa: E402
 from mimkit.train.loop import without_nodata  # noqa: E402
 
 NAMES = ["B02", "B03", "B04", "B08"]
@@ -114,8 +116,6 @@ def test_patches_touching_nodata_are_left_out_of_the_loss():
     moved = target.clone()
     moved[0, 0] += 100.0
     moved[1, 7] -= 100.0
-    from mimkit.objectives.targets import masked_mse
-
     same = masked_mse(out.pred, moved, weighted.hidden_weight)
     torch.testing.assert_close(same, masked_mse(out.pred, target, weighted.hidden_weight))
     assert masked_mse(out.pred, moved, mask.binary) > masked_mse(out.pred, target, mask.binary) + 1
@@ -175,8 +175,6 @@ def test_bad_tiles_are_one_line_each_and_counted(tmp_path, caplog):
 
 
 def test_data_stats_command_selects_bands_and_leaves_nodata_out(tmp_path, capsys):
-    from mimkit.cli import main
-
     t = tile(bands=4)
     t[:, 0] = -9999
     write_geotiff(tmp_path / "d" / "x.tif", t, nodata=-9999)

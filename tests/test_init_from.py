@@ -13,6 +13,7 @@ from mimkit.cli import main
 from mimkit.config import load_config
 from mimkit.errors import ConfigError
 from mimkit.interop.convert import export_checkpoint
+from mimkit.interop.hf import hf_state_to_mimkit
 from mimkit.train import loop
 from mimkit.train.checkpoint import load_model
 
@@ -94,9 +95,6 @@ def test_vit_mae_base_shaped_hf_folder_starts_a_run_with_the_same_first_loss(tmp
     )  # fmt: skip
     model = mimkit.pretrain(cfg)
     calls, first_state = recorded
-
-    from mimkit.interop.hf import hf_state_to_mimkit
-
     source = hf_state_to_mimkit(hf_model.state_dict(), "test")
     assert set(first_state) == set(source)  # every weight, encoder and decoder
     for key, value in source.items():
