@@ -4,6 +4,8 @@
 memory as (items, labels): uint8 clips (N, C, T, H, W) for `video`, uint8 volumes
 (N, C, D, H, W) for `volume`, float32 (N, C, H, W) for `multiband` and `spectrogram`. Clips and
 volumes may be longer than the model's first axis (T or D); they are cropped to it on the device.
+DICOM (`dicom`: frames as uint8 images, `dicom_volume`: files as volumes or clips) is read by
+`data.dicom`, GeoTIFF (`geotiff`: float32 tiles, NaN at nodata) by `data.geotiff`.
 """
 
 from __future__ import annotations
