@@ -14,6 +14,7 @@ from mimkit.config import load_config
 from mimkit.errors import ConfigError
 from mimkit.interop.convert import export_checkpoint
 from mimkit.interop.hf import hf_state_to_mimkit
+from mimkit.interop.official_mae import mimkit_to_official
 from mimkit.train import loop
 from mimkit.train.checkpoint import load_model
 
@@ -190,3 +191,22 @@ def test_init_from_needs_its_weights_read_and_a_readable_source(tmp_path):
                                                         f"model.init_from={tmp_path / 'nope'}")))  # fmt: skip
     with pytest.raises(ConfigError, match="model.init_from is empty"):
         load_config(None, ["model.init_from=''"])
+
+
+def test_an_official_mae_pth_starts_a_run_with_every_weight_and_its_assumptions(
+    tmp_path, recorded
+):
+    source = tiny_source(tmp_path / "ck", embed_dim=192, num_heads=3, decoder_embed_dim=32)
+    torch.save({"model": mimkit_to_official(source.state_dict())}, tmp_path / "mae_visualize.pth")
+    data = image_folder(tmp_path / "images", 2, 16)
+    cfg = load_config(None, run_overrides(data, tmp_path / "run", "model.img_size=16",
+                                          f"model.init_from={tmp_path / 'mae_visualize.pth'}",
+                                          "train.max_steps=1"))  # fmt: skip
+    mimkit.pretrain(cfg)
+    _, first_state = recorded
+    assert set(first_state) == set(source.state_dict())
+    for key, value in source.state_dict().items():
+        assert torch.equal(first_state[key], value), key
+    record = json.loads((tmp_path / "run" / "source.json").read_text())
+    assert record["format"] == "mae" and record["decoder"] == "imported"
+    assert any("heads assumed" in note for note in record["assumptions"])
