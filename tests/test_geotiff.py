@@ -120,6 +120,9 @@ def test_patches_touching_nodata_are_left_out_of_the_loss():
     torch.testing.assert_close(same, masked_mse(out.pred, target, weighted.hidden_weight))
     assert masked_mse(out.pred, moved, mask.binary) > masked_mse(out.pred, target, mask.binary) + 1
     torch.testing.assert_close(out.loss, masked_mse(out.pred.float(), target, weighted.hidden_weight))
+    # a batch whose hidden patches are all nodata costs 0, not NaN (NaN would count as a
+    # non-finite step and could halt the run)
+    assert masked_mse(out.pred, target, torch.zeros(2, 16)) == 0
 
 
 def test_a_pretraining_run_on_tiles_with_nodata_stays_finite(tmp_path):
