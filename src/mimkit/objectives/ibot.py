@@ -22,12 +22,15 @@ and knows nothing of views; it draws everything random through the method's `dra
 its own seeded generator, for the whole global batch, and cuts the draw to each process's rows.
 So iBOT's draw is its crops and masks together (`GlobalCrops`: an affine map and a mask per
 crop), and `forward` cuts the crops out of the image it was given, on the device, by one
-resampling. This keeps the loop and the contract as they are, and keeps what the loop promises
-of its draws: the same seed gives the same crops, a resumed run draws what the straight run
-drew (the generator is in the checkpoint), and the crops of a sample do not depend on the number
-of processes. The crops are cut from the loop's view, so the preset turns the loop's crop off
-(`data.crop_scale: [1, 1]`, `data.crop_ratio: [1, 1]`, `data.hflip: false`) and both crops are
-of the whole image, as in iBOT; with the loop's crop on, both crops lie inside one shared crop.
+resampling. The contract's other road, a dict of views the loop would augment, needs the
+loop to know how many views, of which scale, each method wants; a method's draw already
+carries what is random about it. This keeps the loop and the contract as they are, and what
+the loop promises of its draws: the same seed gives the same crops, a resumed run draws what
+the straight run drew (the generator is in the checkpoint), and the crops of a sample do not
+depend on the number of processes. The crops are cut from the loop's view, so the preset
+turns the loop's crop off (`data.crop_scale: [1, 1]`, `data.crop_ratio: [1, 1]`,
+`data.hflip: false`) and both crops are of the whole image, as in iBOT; with the loop's crop
+on, both crops lie inside one shared crop.
 
 `method.global_crops: 1` is the single-view form: one crop, its cls token against the
 teacher's cls token of the same crop unmasked (what is lost is the invariance across crops);
