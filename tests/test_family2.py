@@ -14,7 +14,7 @@ from mimkit.objectives.base import EMATeacher, MethodOutput, update_teachers
 from mimkit.objectives.cae import ContextAutoencoder
 from mimkit.objectives.droppos import DropPos, smoothing_map
 from mimkit.objectives.hpm import HardPatchesMining, hardest_hidden, ranking_loss
-from mimkit.objectives.ibot import IBOT, distillation_ce, masked_patch_loss
+from mimkit.objectives.ibot import IBOT, crossed_cls_loss, distillation_ce, masked_patch_loss
 from mimkit.objectives.mrmae import MimicReconstructMAE
 from mimkit.train.checkpoint import load_model, method_from_config
 
@@ -151,9 +151,11 @@ def test_ibot_patch_loss_covers_exactly_the_masked_tokens():
     model.head.register_forward_hook(lambda m, i, o: scores.setdefault("student", o))
     fixed = model.draw_mask(4, "cpu", torch.Generator().manual_seed(1))
     out = model(images(), mask=fixed)
-    grad = torch.autograd.grad(out.loss, scores["student"])[0]
+    grad = torch.autograd.grad(out.loss, scores["student"])[0]  # both crops, (2 * 4, 1 + N, K)
     per_patch = grad[:, 1:].abs().sum(-1)
-    assert (per_patch[fixed.binary == 0] == 0).all() and (per_patch[fixed.binary == 1] > 0).all()
+    hidden = fixed.hidden  # each crop's own mask
+    assert hidden.shape == per_patch.shape and not torch.equal(hidden[:4], hidden[4:])
+    assert (per_patch[hidden == 0] == 0).all() and (per_patch[hidden == 1] > 0).all()
     assert (grad[:, 0] == 0).all()  # cls weight 0
 
 
@@ -167,6 +169,126 @@ def test_ibot_centres_follow_the_teacher_in_training_only():
     assert torch.equal(model.cls_center, before)
     with pytest.raises(ConfigError, match="cls_token"):
         tiny("ibot", "model.cls_token=false")
+
+
+def test_ibot_crossed_cls_loss_pairs_each_students_crop_with_the_teachers_other_crop():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    center = torch.randn(1, 8, generator=g)
+
+    def ce(s, t):
+        return distillation_ce(s, t, center, 0.04, 0.1).mean()
+
+    crossed = crossed_cls_loss(student, teacher, center, 0.04, 0.1)
+    torch.testing.assert_close(
+        crossed, (ce(student[0], teacher[1]) + ce(student[1], teacher[0])) / 2
+    )
+    same_crop = (ce(student[0], teacher[0]) + ce(student[1], teacher[1])) / 2
+    assert not torch.allclose(crossed, same_crop)
+    # three crops: the six ordered pairs of different crops; one crop: the same-view loss
+    three = torch.randn(3, 5, 8, generator=g), torch.randn(3, 5, 8, generator=g)
+    pairs = [ce(three[0][v], three[1][q]) for v in range(3) for q in range(3) if v != q]
+    torch.testing.assert_close(crossed_cls_loss(*three, center, 0.04, 0.1), sum(pairs) / 6)
+    one = crossed_cls_loss(student[:1], teacher[:1], center, 0.04, 0.1)
+    torch.testing.assert_close(one, ce(student[0], teacher[0]))
+
+
+def test_ibot_cls_target_of_each_crop_is_the_teachers_output_on_the_other_crop():
+    model = build("ibot", "method.patch_weight=0").eval()  # eval: the centre stays put
+    x = images()
+    crops = model.draw_mask(4, "cpu", torch.Generator().manual_seed(2))
+    seen = {}
+    model.ema_encoder.register_forward_hook(lambda m, i, o: seen.update(teacher_in=i[0]))
+    model.ema_head.register_forward_hook(lambda m, i, o: seen.update(teacher=o))
+    model.head.register_forward_hook(lambda m, i, o: seen.update(student=o))
+    center, temp = model.cls_center.clone(), model.teacher_temp()
+    loss = model(x, mask=crops).loss
+    views = model.global_views(x, crops)
+    assert torch.equal(seen["teacher_in"], views)  # the teacher sees the crops, unmasked
+    student, teacher = seen["student"][:, 0], seen["teacher"][:, 0]  # crop-major: A then B
+
+    def ce(s, t):
+        return distillation_ce(s, t, center, temp, model.settings.student_temp).mean()
+
+    a, b = slice(0, 4), slice(4, 8)
+    crossed = (ce(student[a], teacher[b]) + ce(student[b], teacher[a])) / 2
+    torch.testing.assert_close(loss, crossed)
+    uncrossed = (ce(student[a], teacher[a]) + ce(student[b], teacher[b])) / 2
+    assert (loss - uncrossed).abs() > 1e-4
+    # and the student's cls of crop A learns only from the teacher's output on crop B
+    model.ema_head.register_forward_hook(lambda m, i, o: o.index_fill(0, torch.arange(4), 0.0))
+    moved_a = model(x, mask=crops).loss  # the teacher's scores of crop A replaced
+    torch.testing.assert_close(
+        moved_a, (ce(student[a], teacher[b]) + ce(student[b], torch.zeros_like(teacher[a]))) / 2
+    )
+
+
+def test_ibot_crops_differ_and_are_cut_from_the_image():
+    model = build("ibot")
+    x = images()
+    crops = model.draw_mask(4, "cpu", torch.Generator().manual_seed(0))
+    assert crops.theta.shape == (2, 4, 2, 3) and len(crops.masks) == 2
+    views = model.global_views(x, crops)
+    assert views.shape == (8, 1, 28, 28)
+    for i in range(4):  # each image's two crops: different places, different pixels and masks
+        assert not torch.allclose(crops.theta[0, i], crops.theta[1, i])
+        assert (views[i] - views[4 + i]).abs().mean() > 0.05
+    assert not torch.equal(crops.masks[0].binary, crops.masks[1].binary)
+    rows = crops.select(slice(1, 3))  # a process's rows: the same crops and masks of its items
+    assert torch.equal(rows.theta, crops.theta[:, 1:3])
+    assert torch.equal(rows.hidden, torch.cat([m.binary[1:3] for m in crops.masks]))
+    # whole-image "crops" give the image back: the views are of the image handed in
+    whole = build(
+        "ibot", "method.global_crops_scale=[1,1]", "method.global_crops_ratio=[1,1]",
+        "method.global_crops_hflip=false",
+    )  # fmt: skip
+    same = whole.global_views(x, whole.draw_mask(4, "cpu", torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(same, torch.cat([x, x]), atol=1e-5, rtol=0)
+
+
+def test_ibot_one_global_crop_is_the_single_view_loss():
+    model = build(
+        "ibot", "method.global_crops=1", "method.global_crops_scale=[1,1]",
+        "method.global_crops_ratio=[1,1]", "method.global_crops_hflip=false",
+    )  # fmt: skip
+    x = images()
+    crops = model.draw_mask(4, "cpu", torch.Generator().manual_seed(3))
+    assert crops.theta.shape == (1, 4, 2, 3)
+    hidden = crops.hidden
+    s = model.settings
+    # the former single-view loss, spelled out: masked view vs the same view whole
+    student = model.head(model.encode_masked(x, hidden))
+    teacher = model.ema_head(model.ema_encoder(x))
+    tt = model.teacher_temp()
+    cls = distillation_ce(student[:, 0], teacher[:, 0], model.cls_center, tt, s.student_temp)
+    patches = distillation_ce(student[:, 1:], teacher[:, 1:], model.patch_center, tt, 0.1)
+    expected = cls.mean() + masked_patch_loss(patches, hidden)
+    torch.testing.assert_close(model(x, mask=crops).loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ibot_preset_resumes_bit_exact_with_two_crops(tmp_path):
+    small = ("method.out_dim=64", "method.head_hidden_dim=32", "method.head_bottleneck_dim=16")
+    straight = short_run(tmp_path, PRESETS["ibot"][0], "straight", *small)
+    short_run(tmp_path, PRESETS["ibot"][0], "resumed", *small, "train.max_steps=1")
+    resumed = short_run(tmp_path, PRESETS["ibot"][0], "resumed", *small)
+    assert straight.steps == resumed.steps == 2 and straight.cfg.method.global_crops == 2
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("method.global_crops=0", "global_crops"),
+        ("method.global_crops_scale=[0,1]", "global_crops_scale"),
+        ("method.global_crops_scale=[0.5]", "global_crops_scale"),
+        ("method.global_crops_ratio=[2,1]", "global_crops_ratio"),
+        ("model.img_size=[4,28,28]", "img_size"),
+    ],
+)
+def test_ibot_refuses_crop_settings_that_cannot_work(override, field):
+    with pytest.raises(ConfigError, match=field):
+        tiny("ibot", override)
 
 
 # --- HPM -------------------------------------------------------------------------------------
@@ -305,7 +427,9 @@ def test_mrmae_mimic_covers_exactly_the_visible_tokens_and_pixels_the_hidden():
 
     model.teacher.model.forward = hidden_changed
     torch.testing.assert_close(model(x, mask=mask).loss, base)
-    model.teacher.model.forward = lambda images: real(images) + torch.randn(4, 17, 32)  # ... visible do
+    model.teacher.model.forward = lambda images: (
+        real(images) + torch.randn(4, 17, 32)
+    )  # ... visible do
     assert not torch.allclose(model(x, mask=mask).loss, base)
     model.teacher.model.forward = real
     # the pixel loss covers hidden patches only: predictions at visible ones get no gradient

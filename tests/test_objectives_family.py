@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from mimkit.masking import random_masking
 from mimkit.models.vit import VisionTransformer
 from mimkit.objectives.crossmae import CrossMAE
+from mimkit.objectives.hog import PatchHOG
 from mimkit.objectives.maskalign import MaskAlign
 from mimkit.objectives.maskfeat import MaskFeat
 from mimkit.objectives.simmim import SimMIM
-from mimkit.objectives.targets import HOGTarget
 
 
 def cfg(**kw):
@@ -83,15 +83,17 @@ def test_crossmae_queries_are_independent_of_each_other():
 
 
 def test_hog_of_a_vertical_edge_votes_into_the_horizontal_gradient_bin():
-    hog = HOGTarget(patch_size=8, channels=1, bins=9)
+    hog = PatchHOG(patch_size=8, channels=1, bins=9)
     image = torch.zeros(1, 1, 8, 16)
-    image[..., 8:] = 1.0  # a vertical edge at the patch boundary: gradient along x (angle 0)
+    image[..., 8:] = 1.0  # a vertical edge at the patch boundary: gradient along x
     feats = hog(image)
     assert feats.shape == (1, 2, 9)
-    assert feats[0, 0].argmax() == 0 and feats[0, 1].argmax() == 0
+    # orientations are measured from the vertical axis as the reference's (atan2(gx, gy)):
+    # a gradient along x is at pi/2, the middle bin
+    assert feats[0, 0].argmax() == 4 and feats[0, 1].argmax() == 4
     assert torch.allclose(feats.norm(dim=-1), torch.ones(1, 2))
-    rotated = hog(image.transpose(-1, -2).contiguous())  # horizontal edge: angle pi/2
-    assert rotated[0, 0].argmax() == int(math.pi / 2 / math.pi * 9)
+    rotated = hog(image.transpose(-1, -2).contiguous())  # horizontal edge: angle 0
+    assert rotated[0, 0].argmax() == int(0 / math.pi * 9)
 
 
 def test_maskfeat_predicts_hog_for_hidden_patches():

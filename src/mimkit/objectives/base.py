@@ -17,7 +17,9 @@ mask=None, generator=None)` returning a `MethodOutput`, `encode(images)` for fea
 
 What the next methods need, and where it lives:
 - several inputs per sample (two views, several modalities): `images` may be a dict of
-  tensors; the method names its inputs, the loop only moves and augments them;
+  tensors; the method names its inputs, the loop only moves and augments them; views a method
+  cuts from the one image it is given (iBOT's crops) are drawn in `draw_mask` with the loop's
+  generator, like a mask, and cut in `forward`;
 - a frozen teacher (`FrozenTeacher`) or an EMA teacher (`EMATeacher`, moved by the loop's
   visible `update_teachers(method, progress)` after each optimiser step, through the method's
   `ema_pairs(progress)`); teachers move with the method (`.to()`) and never train under the

@@ -1,8 +1,11 @@
 """MaskFeat (Wei et al., 2022): predict HOG features of the hidden patches.
 
 Masking, encoder on visible tokens and the light decoder are MAE's; the target is each hidden
-patch's histogram of oriented gradients instead of its pixels, which ignores absolute intensity
-and fine texture noise. The loss is the MSE on hidden patches only.
+patch's histograms of oriented gradients instead of its pixels, which ignores absolute intensity
+and fine texture noise: Sobel gradients, a Gaussian window per patch, 9 unsigned orientation
+bins, cells of `method.hog_cell` pixels each L2-normalised, the patch's cells side by side
+(`mimkit.objectives.hog`, which says how the reference's 8-pixel cells map to our patch sizes).
+The loss is the MSE on hidden patches only.
 """
 
 from __future__ import annotations
@@ -17,18 +20,30 @@ from mimkit.masking import Mask, MaskingConfig
 from mimkit.models.config import ModelConfig
 from mimkit.models.vit import VisionTransformer
 from mimkit.objectives.base import MethodOutput, MethodSettings
+from mimkit.objectives.hog import PatchHOG, default_cell
 from mimkit.objectives.mae import mae_decoder
-from mimkit.objectives.targets import HOGTarget, masked_mse
+from mimkit.objectives.targets import masked_mse
 
 
 @dataclass
 class MaskFeatSettings(MethodSettings):
     name = "maskfeat"
     hog_bins: int = 9  # orientation bins of the HOG target
+    hog_cell: int | None = None  # pixels; None: the largest divisor of the patch size <= 8
 
     def check(self, model: ModelConfig) -> None:
         if self.hog_bins < 2:
             raise ConfigError(f"method.hog_bins must be >= 2, got {self.hog_bins}")
+        if len(model.input_size) != 2:
+            raise ConfigError(
+                f"model.img_size {model.img_size}: method 'maskfeat' computes HOG of 2-D images; "
+                "clips and volumes are not offered"
+            )
+        cell = default_cell(model.patch_size) if self.hog_cell is None else self.hog_cell
+        if cell < 1 or model.patch_size % cell:
+            raise ConfigError(
+                f"method.hog_cell {cell} must divide model.patch_size {model.patch_size}"
+            )
 
 
 class MaskFeat(nn.Module):
@@ -45,7 +60,8 @@ class MaskFeat(nn.Module):
         self.masking = masking or MaskingConfig()
         self.settings = settings or MaskFeatSettings()
         self.encoder = VisionTransformer(cfg)
-        self.hog = HOGTarget(cfg.patch_size, cfg.in_chans, self.settings.hog_bins)
+        s = self.settings
+        self.hog = PatchHOG(cfg.patch_size, cfg.in_chans, s.hog_bins, s.hog_cell)
         self.decoder = mae_decoder(cfg, self.hog.dim)
 
     def draw_mask(
