@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mimkit.cli.parsing import DEVICE_HELP
+from mimkit.errors import ConfigError
 
 KNN_K, KNN_T = 20, 0.07  # `eval knn` defaults, also the names of its default result file
 
@@ -142,6 +143,16 @@ def _linear_options(p: argparse.ArgumentParser) -> None:
         help="features per step (default: from the training items, 128-4096)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the probe")
+    p.add_argument(
+        "--protocol",
+        dest="linear_protocol",
+        choices=("cached", "mae"),
+        default="cached",
+        help="cached: SGD on features extracted once, lr picked on a validation split (seconds);"
+        " mae: MAE's protocol, a fresh crop + flip per step through the frozen encoder, cls"
+        " token, LARS at --blr x 16384 / 256 (MAE's lr), 90 epochs (minutes)",
+    )
+    p.add_argument("--blr", type=float, default=0.1, help="--protocol mae: base lr (MAE: 0.1)")
     p.set_defaults(func=cmd_eval_linear)
 
 
@@ -341,6 +352,8 @@ def cmd_eval_linear(args: argparse.Namespace) -> int:
 
     from mimkit.eval.linear import linear_probe, probe_settings_for
 
+    if getattr(args, "linear_protocol", "cached") == "mae":
+        return cmd_eval_linear_mae(args)
     start = time.perf_counter()
     feats = load_features(args)
     settings = probe_settings_for(len(feats["train"][1]), args.seed)
@@ -388,6 +401,51 @@ def cmd_eval_linear(args: argparse.Namespace) -> int:
         },
         args,
     )
+    return 0
+
+
+def cmd_eval_linear_mae(args: argparse.Namespace) -> int:
+    """MAE's linear protocol: augmented batches through the frozen encoder, LARS, cls token."""
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.data.sources import load_labelled_splits
+    from mimkit.eval.linear_mae import MAEProbeSettings, linear_probe_mae
+
+    if args.block is not None:
+        raise ConfigError("--block: --protocol mae probes the last block's output, as MAE does")
+    encoder, cfg, folder, device = load_target(args)
+    x_train, y_train, x_test, y_test = load_labelled_splits(
+        cfg.data, cfg.model.in_chans, cfg.model.image_hw, args.train_limit
+    )
+    if args.test_limit is not None:
+        x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
+    settings = MAEProbeSettings(base_lr=args.blr, batch_size=args.batch_size, seed=args.seed)
+    settings.pool = args.pool or settings.pool
+    if args.epochs:
+        settings.epochs = args.epochs
+        settings.warmup_epochs = min(settings.warmup_epochs, max(0, args.epochs // 9))
+    result = linear_probe_mae(
+        encoder, (x_train, y_train), (x_test, y_test), cfg.data.mean, cfg.data.std, settings,
+        device, progress=True,
+    )  # fmt: skip
+    print(
+        f"linear probe top-1 ({_name(args)}, MAE protocol, pool {result.pool}): "
+        f"{100 * result.top1:.2f}% test, {100 * result.train_top1:.2f}% train (un-augmented); "
+        f"LARS lr {result.lr:g} (blr {settings.base_lr:g} x MAE's batch 16384 / 256), batch "
+        f"{result.batch_size}, {result.epochs} epochs, {result.steps} steps; train {result.train_items}, "
+        f"test {result.test_items}"
+    )
+    print(f"time: {result.seconds:.1f} s")
+    record = {
+        key: getattr(result, key)
+        for key in ("top1", "train_top1", "lr", "batch_size", "epochs", "steps", "pool",
+                    "train_items", "test_items")
+    }  # fmt: skip
+    record.update(
+        protocol="mae", blr=settings.base_lr, warmup_epochs=settings.warmup_epochs,
+        crop_scale=list(settings.crop_scale), eval_crop=settings.eval_crop, seed=args.seed,
+        random_init=args.random_init, seconds=round(result.seconds, 2),
+    )  # fmt: skip
+    write_result(folder, "linear_mae", args.random_init, record, args)
     return 0
 
 
