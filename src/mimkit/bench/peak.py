@@ -96,8 +96,8 @@ def measure_matmul_peak(
         by_shape = [
             {
                 "shape": list(shape),
-                "gflops": round(statistics.median(rates[shape, name]), 1),
-                "gflops_per_cpu_s": round(statistics.median(cpu_rates[shape, name]), 1),
+                "gflops": _round(statistics.median(rates[shape, name])),
+                "gflops_per_cpu_s": _round(statistics.median(cpu_rates[shape, name])),
             }
             for shape in shapes
         ]
@@ -107,7 +107,16 @@ def measure_matmul_peak(
             "by_shape": by_shape,
         }
     if "fp32" in result and "bf16" in result:
-        result["bf16_over_fp32"] = round(
-            result["bf16"]["peak_gflops"] / result["fp32"]["peak_gflops"], 2
+        result["bf16_over_fp32"] = ratio(
+            result["bf16"]["peak_gflops"], result["fp32"]["peak_gflops"]
         )
     return result
+
+
+def _round(value: float) -> float:
+    """Four significant digits: tiny shapes on a busy machine can run below 0.1 GFLOP/s."""
+    return float(f"{value:.4g}")
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b else None

@@ -28,7 +28,7 @@ from .flops import mae_flops_per_image, mfu
 from .hf import build_hf_mae
 from .kernels import attention_kernels
 from .machine import machine_info
-from .peak import measure_matmul_peak, model_matmul_shapes
+from .peak import measure_matmul_peak, model_matmul_shapes, ratio
 from .pipeline import bench_pipeline
 from .step import hf_step, median, mimkit_step, peak_step_memory, time_interleaved
 
@@ -76,18 +76,18 @@ def _measured_mfu(result: dict, amp: str, batch: int, flops: float, peaks: dict 
     out = {}
     per_cpu_s = batch * flops / result["median_step_cpu_s"] if result["median_step_cpu_s"] else 0
     for label, dtype in (("", amp), ("_bf16", "bf16")):
-        peak = peaks.get(dtype)
-        if not peak:
-            out[f"mfu_vs_measured{label}_peak"] = out[f"mfu_cpu_time_vs_measured{label}_peak"] = (
-                None
-            )
-            continue
-        rate = result["img_per_s"]
-        out[f"mfu_vs_measured{label}_peak"] = round(mfu(rate, flops, peak["peak_gflops"] * 1e9), 4)
-        out[f"mfu_cpu_time_vs_measured{label}_peak"] = round(
-            per_cpu_s / (peak["peak_gflops_per_cpu_s"] * 1e9), 4
+        peak = peaks.get(dtype) or {}
+        wall_peak = peak.get("peak_gflops", 0) * 1e9
+        cpu_peak = peak.get("peak_gflops_per_cpu_s", 0) * 1e9
+        out[f"mfu_vs_measured{label}_peak"] = _round4(mfu(result["img_per_s"], flops, wall_peak))
+        out[f"mfu_cpu_time_vs_measured{label}_peak"] = _round4(
+            per_cpu_s / cpu_peak if cpu_peak else None
         )
     return out
+
+
+def _round4(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _merge_peaks(before: dict, after: dict) -> dict:
@@ -100,11 +100,11 @@ def _merge_peaks(before: dict, after: dict) -> dict:
                 for key in ("peak_gflops", "peak_gflops_per_cpu_s")
             }
     if "fp32" in merged and "bf16" in merged:
-        merged["bf16_over_fp32"] = round(
-            merged["bf16"]["peak_gflops"] / merged["fp32"]["peak_gflops"], 2
+        merged["bf16_over_fp32"] = ratio(
+            merged["bf16"]["peak_gflops"], merged["fp32"]["peak_gflops"]
         )
-        merged["bf16_over_fp32_cpu_time"] = round(
-            merged["bf16"]["peak_gflops_per_cpu_s"] / merged["fp32"]["peak_gflops_per_cpu_s"], 2
+        merged["bf16_over_fp32_cpu_time"] = ratio(
+            merged["bf16"]["peak_gflops_per_cpu_s"], merged["fp32"]["peak_gflops_per_cpu_s"]
         )
     return merged
 
@@ -119,6 +119,45 @@ def _build_ours(cfg: RunConfig, images: torch.Tensor, amp_dtype, compile_model: 
 def _build_theirs(cfg: RunConfig, images: torch.Tensor, amp_dtype, compile_model: bool):
     model = build_hf_mae(cfg.model, cfg.masking, cfg.method).to(images.device)
     return model, hf_step(model, images, amp_dtype, compile_model)
+
+
+def _speedup(results: dict, slow: str, fast: str, key: str) -> float | None:
+    """How many times faster `fast` ran than `slow` by `key` (wall or CPU seconds per step)."""
+    return ratio(results[slow][key], results[fast][key]) if results[fast][key] else None
+
+
+def _best_vs_best(results: dict, key: str) -> dict:
+    """Our fastest variant against transformers' fastest, each named, by `key`."""
+    best = {
+        who: min((n for n in results if n.startswith(who)), key=lambda n: results[n][key])
+        for who in ("mimkit", "transformers")
+    }
+    return best | {"speedup": _speedup(results, best["transformers"], best["mimkit"], key)}
+
+
+def _comparisons(results: dict, suffixes: list[str], named: bool, with_hf: bool) -> dict:
+    """Speed-ups by wall and CPU time: ours over transformers' per variant, best over best,
+    and each of our variants over our first (`named`: variants were asked for)."""
+    out: dict = {}
+    if with_hf:
+        for key, label in (("median_step_s", ""), ("median_step_cpu_s", "_cpu_time")):
+            ratios = {
+                suffix.strip(): _speedup(results, "transformers" + suffix, "mimkit" + suffix, key)
+                for suffix in suffixes
+            }
+            out["speedup_vs_transformers" + label] = ratios if named else ratios[""]
+            if named:
+                out["best_vs_best" + label] = _best_vs_best(results, key)
+    if named and len(suffixes) > 1:
+        first = "mimkit" + suffixes[0]
+        out["mimkit_vs_first_variant"] = {
+            suffix.strip(): {
+                key: _speedup(results, first, "mimkit" + suffix, key)
+                for key in ("median_step_s", "median_step_cpu_s")
+            }
+            for suffix in suffixes
+        }
+    return out
 
 
 def bench_step(
@@ -207,35 +246,7 @@ def bench_step(
         "matmul_shapes": [list(s) for s in shapes],
         "results": results,
     }
-    if with_hf:
-        ratios = {
-            suffix.strip(): round(
-                results["transformers" + suffix]["median_step_s"]
-                / results["mimkit" + suffix]["median_step_s"],
-                3,
-            )
-            for suffix in plan
-        }
-        if variants is None:
-            record["speedup_vs_transformers"] = ratios[""]
-        else:
-            record["speedup_vs_transformers"] = ratios
-            best = {
-                who: min(
-                    (n for n in results if n.startswith(who)),
-                    key=lambda n: results[n]["median_step_s"],
-                )
-                for who in ("mimkit", "transformers")
-            }
-            record["best_vs_best"] = {
-                "mimkit": best["mimkit"],
-                "transformers": best["transformers"],
-                "speedup": round(
-                    results[best["transformers"]]["median_step_s"]
-                    / results[best["mimkit"]]["median_step_s"],
-                    3,
-                ),
-            }
+    record.update(_comparisons(results, list(plan), variants is not None, with_hf))
     return record
 
 
@@ -299,6 +310,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def markdown(record: dict) -> str:
     """A short table of the record, for humans and the results folder."""
     s = record["step"]
@@ -333,20 +348,28 @@ def markdown(record: dict) -> str:
             f"{_pct(r.get('mfu_cpu_time_vs_measured_peak'))} | "
             f"{_pct(r.get('mfu_cpu_time_vs_measured_bf16_peak'))} | {_pct(r['mfu'])} |"
         )
-    ratio = s.get("speedup_vs_transformers")
-    if isinstance(ratio, dict):
-        lines += [
-            "",
-            "mimkit / transformers, same variant: "
-            + ", ".join(f"{k} **{v:.2f}x**" for k, v in ratio.items()),
-        ]
-        b = s["best_vs_best"]
-        lines.append(
-            f"best mimkit ({b['mimkit']}) / best transformers ({b['transformers']}): "
-            f"**{b['speedup']:.2f}x**"
+    speedup = s.get("speedup_vs_transformers")
+    if isinstance(speedup, dict):
+        for label, by in (("", "wall time"), ("_cpu_time", "CPU time")):
+            pairs = ", ".join(
+                f"{k} **{_times(v)}**" for k, v in s[f"speedup_vs_transformers{label}"].items()
+            )
+            b = s[f"best_vs_best{label}"]
+            lines += [
+                "",
+                f"By {by}: mimkit / transformers, same variant: {pairs}; best mimkit "
+                f"({b['mimkit']}) / best transformers ({b['transformers']}): "
+                f"**{_times(b['speedup'])}**",
+            ]
+    elif speedup is not None:
+        lines += ["", f"mimkit / transformers: **{speedup:.2f}x**"]
+    if "mimkit_vs_first_variant" in s:
+        first = next(iter(s["mimkit_vs_first_variant"]))
+        pairs = ", ".join(
+            f"{k} {_times(v['median_step_s'])} (CPU time {_times(v['median_step_cpu_s'])})"
+            for k, v in s["mimkit_vs_first_variant"].items()
         )
-    elif ratio is not None:
-        lines += ["", f"mimkit / transformers: **{ratio:.2f}x**"]
+        lines += ["", f"mimkit variants against mimkit {first}, by wall time: {pairs}"]
     peaks = s.get("matmul_peak")
     if peaks:
         shapes = ", ".join("x".join(map(str, shape)) for shape in s["matmul_shapes"])
@@ -355,10 +378,10 @@ def markdown(record: dict) -> str:
             f"Matmul peak measured in this run at the model's shapes ({shapes}; best of a "
             f"measurement before and after the steps): fp32 {peaks['fp32']['peak_gflops']:.0f} "
             f"GFLOP/s, bf16 {peaks['bf16']['peak_gflops']:.0f} GFLOP/s "
-            f"({peaks['bf16_over_fp32']:.2f}x); per CPU second of this process fp32 "
+            f"({_times(peaks['bf16_over_fp32'])}); per CPU second of this process fp32 "
             f"{peaks['fp32']['peak_gflops_per_cpu_s']:.0f}, bf16 "
             f"{peaks['bf16']['peak_gflops_per_cpu_s']:.0f} "
-            f"({peaks['bf16_over_fp32_cpu_time']:.2f}x). MFU (measured peak) divides by the peak "
+            f"({_times(peaks['bf16_over_fp32_cpu_time'])}). MFU (measured peak) divides by the peak "
             "of the step's own dtype; the CPU-time columns divide FLOPs per CPU second by the "
             "peak's, which other jobs on a shared machine distort far less than wall time.",
         ]
