@@ -62,7 +62,7 @@ def _summary(
     return {
         "median_step_s": round(step_s, 5),
         "median_step_cpu_s": round(median(cpu_seconds), 5),
-        "img_per_s": round(rate, 1),
+        "img_per_s": float(f"{rate:.4g}"),  # large ViTs on a busy CPU run below 1 img/s
         "model_tflops_per_s": round(rate * flops / 1e12, 4),
         "mfu": None if peak is None else round(mfu(rate, flops, peak), 4),
     }
@@ -341,7 +341,7 @@ def markdown(record: dict) -> str:
         mem = "-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
         lines.append(
             f"| {name} | {r.get('amp', s['amp'])} | {'yes' if r.get('compile') else 'no'} | "
-            f"{', '.join(r.get('attention', [])) or '-'} | {r['img_per_s']:.1f} | "
+            f"{', '.join(r.get('attention', [])) or '-'} | {r['img_per_s']:.4g} | "
             f"{1000 * r['median_step_s']:.1f} | {r.get('median_step_cpu_s', float('nan')):.3f} | "
             f"{mem} | {r['model_tflops_per_s']:.3g} | {_pct(r.get('mfu_vs_measured_peak'))} | "
             f"{_pct(r.get('mfu_vs_measured_bf16_peak'))} | "
