@@ -72,6 +72,11 @@ def test_attention_kernel_names_from_profiled_ops():
         ["aten::_scaled_dot_product_attention_math", "aten::_softmax"]
     ) == ["sdpa-math"]
     assert attention_kernels_from_ops(["cpp_fused__softmax_3", "aten::mm"]) == ["compiled-softmax"]
+    compiled = ["Torch-Compiled Region: 0/0", "CompiledFunction", "aten::mm"]
+    assert attention_kernels_from_ops(compiled) == ["compiled-fused"]
+    assert attention_kernels_from_ops(
+        [*compiled, "aten::_scaled_dot_product_flash_attention_for_cpu"]
+    ) == ["sdpa-flash-cpu"]
     assert attention_kernels_from_ops(["aten::mm", "aten::addmm"]) == []
 
 

@@ -29,7 +29,8 @@ def attention_kernels_from_ops(names: Iterable[str]) -> list[str]:
 
     An SDPA backend op names its kernel. Without one, a softmax op means attention ran as
     separate matmuls and softmax (`matmul-softmax`; the math backend's softmax does not count), and a compiled kernel whose name holds
-    `softmax` means inductor fused it (`compiled-softmax`). An empty list: no attention seen.
+    `softmax` means inductor fused it (`compiled-softmax`), as does a compiled region with no
+    attention op at all (`compiled-fused`). An empty list: no attention seen.
     """
     names = set(names)
     found = {kernel for op, kernel in SDPA_OPS.items() if op in names}
@@ -38,6 +39,10 @@ def attention_kernels_from_ops(names: Iterable[str]) -> list[str]:
         found.add("matmul-softmax")
     if any("softmax" in n and not n.startswith("aten::") for n in names):
         found.add("compiled-softmax")
+    if not found and any("Compiled" in n for n in names):
+        # inductor's CPU kernels are not profiled by name: a compiled region with no SDPA or
+        # softmax op ran attention inside its own generated kernels
+        found.add("compiled-fused")
     return sorted(found)
 
 

@@ -310,6 +310,15 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _variants(step: dict) -> str:
+    """The precisions (and compile) the timed steps ran in, in order."""
+    names = [
+        r.get("amp", step["amp"]) + ("+compile" if r.get("compile") else "")
+        for r in step["results"].values()
+    ]
+    return ", ".join(dict.fromkeys(names))
+
+
 def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -323,7 +332,7 @@ def markdown(record: dict) -> str:
     units = mach.get("cpu_bf16_units")
     lines = [
         f"# MAE {m['preset']} {m['img_size'][0]}x{m['img_size'][1]}/{m['patch_size']}, "
-        f"batch {s['batch']}, {s['amp']}",
+        f"batch {s['batch']}, {_variants(s)}",
         "",
         f"`{record['command']}`  ",
         f"{hw}; torch {mach['torch']}, transformers {mach.get('transformers', '-')}; {record['date']}",
