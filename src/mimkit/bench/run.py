@@ -196,9 +196,11 @@ def bench_step(
         if with_hf:
             builders["transformers" + suffix] = _build_theirs
         for name, build in builders.items():
+            # without variants transformers' model runs uncompiled, as it always has
+            compiled = compile_model and (variants is not None or build is _build_ours)
             resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
             torch.manual_seed(0)
-            model, step = build(cfg, images, amp_dtype, compile_model)
+            model, step = build(cfg, images, amp_dtype, compiled)
             start = time.perf_counter()
             for _ in range(warmup):  # compile and warm up before measuring memory
                 step()
@@ -207,7 +209,7 @@ def bench_step(
             params[name] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             settings[name] = {
                 "amp": amp_name(amp_dtype),
-                "compile": compile_model,
+                "compile": compiled,
                 "warmup_s": round(warm, 2),
             }
             steps_by_name[name] = step
