@@ -36,8 +36,9 @@ class DropPath(nn.Module):
 
 
 # Longest sequence for which bf16 attention on CPU runs as plain matmul-softmax instead of SDPA:
-# PyTorch 2.13's CPU flash-attention backward is 1.5-9x slower in bf16 than the three ops it
-# fuses at 5-577 tokens (fp32: SDPA as fast or faster, so fp32 keeps it). Measured to 577 tokens
+# PyTorch 2.13's CPU flash-attention (forward + backward) is 1.4-9x slower in bf16 than the three
+# ops it fuses at 5-577 tokens (fp32: SDPA as fast or faster, so fp32 keeps it; measured on a
+# 2-core AMD EPYC with AVX512-BF16, benchmarks/results/cpu_2026-12-02.md). Measured to 577 tokens
 # (a 24x24 grid); longer sequences keep SDPA, whose memory does not grow with the n x n matrix.
 CPU_BF16_MATMUL_MAX_TOKENS = 577
 
