@@ -10,10 +10,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mimkit.bench.flops import block_flops, mae_flops_per_image, mfu
 from mimkit.bench.machine import gpu_peak_tflops
+from mimkit.bench.run import amp_name
 from mimkit.cli import main
 from mimkit.masking import num_kept
 from mimkit.models import ModelConfig
 from mimkit.objectives.mae import build_mae
+from mimkit.train.runtime import pick_amp_dtype
 
 
 def test_flop_formula_matches_pytorchs_counter_on_our_forward():
@@ -94,7 +96,9 @@ def test_bench_command_writes_json_markdown_and_png(tmp_path, capsys):
     step = record["step"]
     assert set(step["results"]) == {"mimkit", "transformers"}
     assert step["results"]["mimkit"]["params"] == step["results"]["transformers"]["params"]
-    assert step["speedup_vs_transformers"] > 0 and step["amp"] == "fp32"
+    # train.amp=auto: fp32 on CPU, bf16 where the CPU has AMX (mimkit.train.runtime)
+    auto = pick_amp_dtype("auto", torch.device("cpu"))
+    assert step["speedup_vs_transformers"] > 0 and step["amp"] == amp_name(auto)
     assert record["pipeline"]["in_memory_uint8"]["images"] == 12  # 4 batches, first untimed
     assert record["pipeline"]["image_folder"]["img_per_s"] > 0
     assert record["command"].startswith("mimkit bench --preset vit_tiny --img-size 32")

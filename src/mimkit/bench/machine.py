@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from mimkit.train.runtime import cpu_bf16_units
+
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 GPU_PEAK_TFLOPS = {
     "H200": 989.4,
@@ -50,6 +52,9 @@ def machine_info(device: torch.device | None = None) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_avg_1m_before": round(os.getloadavg()[0], 2),  # other work on the machine
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # vector ISA torch uses
+        "cpu_bf16_units": cpu_bf16_units(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
     }
     try:
         import transformers  # optional dependency: mimkit[hf]; its version is reported if present

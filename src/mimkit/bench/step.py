@@ -76,26 +76,37 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_interleaved(
-    steps: dict[str, Step], device: torch.device, blocks: int, block: int, warmup: int
+    steps: dict[str, Step],
+    device: torch.device,
+    blocks: int,
+    block: int,
+    warmup: int,
+    cpu_times: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per step of each block of `block` steps, alternating between the named steps.
 
     On GPU one block is timed between two synchronisations, so the host runs ahead inside
-    it as it does in training; on CPU a block of 1 is a single step.
+    it as it does in training; on CPU a block of 1 is a single step. `cpu_times`, when given,
+    receives the process's CPU seconds per step of each block too: on a CPU shared with other
+    work, wall time counts their share as well, CPU time much less.
     """
     for _ in range(warmup):
         for step in steps.values():
             step()
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
     for _ in tqdm(range(blocks), desc="timing " + " vs ".join(steps), leave=False):
         for name, step in steps.items():
             synchronize(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(block):
                 step()
             synchronize(device)
             times[name].append((time.perf_counter() - start) / block)
+            cpu[name].append((time.process_time() - start_cpu) / block)
+    if cpu_times is not None:
+        cpu_times.update(cpu)
     return times
 
 

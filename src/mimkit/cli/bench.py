@@ -30,6 +30,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pipeline-items", type=int, help="images in the pipeline test")
     p.add_argument("--folder", help="time this image folder instead of synthetic JPEGs")
     p.add_argument("--peak-tflops", type=float, help="hardware peak for MFU (GPUs: looked up)")
+    p.add_argument(
+        "--variants",
+        help="comma-separated step variants to time side by side instead of the config's "
+        "amp/compile, each fp32, bf16 or fp16 optionally +compile (e.g. fp32,bf16,bf16+compile)",
+    )
+    p.add_argument(
+        "--no-peak",
+        action="store_true",
+        help="skip measuring the matmul peak (fp32, bf16 at the model's shapes) for MFU",
+    )
     p.add_argument("--out", help="result .json (default runs/bench/<model>_<device>.json)")
     p.set_defaults(func=cmd_bench)
 
@@ -48,16 +58,18 @@ def _command_line(args: argparse.Namespace) -> str:
         "--pipeline-items": args.pipeline_items,
         "--folder": args.folder,
         "--peak-tflops": args.peak_tflops,
+        "--variants": args.variants,
         "--out": args.out,
     }
     parts = [f"{k} {v}" for k, v in flags.items() if v is not None]
-    parts += [f for f, on in (("--no-hf", args.no_hf), ("--no-pipeline", args.no_pipeline)) if on]
+    switches = (("--no-hf", args.no_hf), ("--no-pipeline", args.no_pipeline))
+    parts += [f for f, on in (*switches, ("--no-peak", args.no_peak)) if on]
     return " ".join(["mimkit bench", *parts, *args.overrides])
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
-    from mimkit.bench.run import markdown, run_benchmark, write_results
+    from mimkit.bench.run import markdown, parse_variant, run_benchmark, write_results
     from mimkit.config import load_config
 
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
@@ -66,6 +78,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--workers: the image-folder test decodes in DataLoader workers; use >= 1"
         )
+    variants = None
+    if args.variants:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        for variant in variants:
+            parse_variant(variant)  # one clear line before any work
     base = []
     if args.preset or not args.config:
         base.append(f"model.preset={args.preset or 'vit_base'}")
@@ -85,6 +102,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         folder=args.folder,
         peak_tflops=args.peak_tflops,
         command=_command_line(args),
+        variants=variants,
+        measure_peak=not args.no_peak,
     )
     device = record["device"].split(":")[0]
     name = f"mae_{cfg.model.preset}_{cfg.model.image_hw[0]}_b{args.batch}_{device}.json"

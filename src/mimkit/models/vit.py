@@ -35,8 +35,30 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+# Longest sequence for which bf16 attention on CPU runs as plain matmul-softmax instead of SDPA:
+# PyTorch 2.13's CPU flash-attention (forward + backward) is 1.4-9x slower in bf16 than the three
+# ops it fuses at 5-577 tokens (fp32: SDPA as fast or faster, so fp32 keeps it; measured on a
+# 2-core AMD EPYC with AVX512-BF16, benchmarks/results/cpu_2026-12-02.md). Measured to 577 tokens
+# (a 24x24 grid); longer sequences keep SDPA, whose memory does not grow with the n x n matrix.
+CPU_BF16_MATMUL_MAX_TOKENS = 577
+
+
+def attention_kernel(tokens: int, device_type: str, dtype: torch.dtype) -> str:
+    """`matmul` (softmax(q k^T / sqrt(d)) v as three ops) or `sdpa` for one attention call."""
+    if device_type == "cpu" and dtype == torch.bfloat16 and tokens <= CPU_BF16_MATMUL_MAX_TOKENS:
+        return "matmul"
+    return "sdpa"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of (B, heads, N, d_head) q, k, v through the kernel `attention_kernel` picks."""
+    if attention_kernel(q.shape[-2], q.device.type, q.dtype) == "matmul":
+        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention through `F.scaled_dot_product_attention` (flash/fused when available)."""
+    """Multi-head self-attention through `attention` (SDPA, or matmul-softmax for bf16 on CPU)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -49,7 +71,7 @@ class Attention(nn.Module):
         # unbind (one backward op) rather than qkv[0], qkv[1], qkv[2] (three full-size
         # zero-filled gradients): about 30% faster attention backward on CPU.
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).unbind(2)
-        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        x = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
