@@ -68,3 +68,16 @@ def test_model_sizes_are_refused_by_name_before_any_division(override, message):
     """The config fuzzer found model.num_heads=0 reaching `embed_dim % num_heads`."""
     with pytest.raises(ConfigError, match=message):
         load_config("configs/fmnist_mae_tiny.yaml", [override])
+
+
+def test_yaml_1_1_boolean_words_stay_text_for_string_settings(tmp_path):
+    # YAML 1.1 read `off` as False, so `train.amp=off` was refused as "expected str"
+    cfg = load_config("configs/fmnist_mae_tiny.yaml", ["train.amp=off", "train.progress=no"])
+    assert cfg.train.amp == "off" and cfg.train.progress is False
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  amp: off\n  progress: On\n")
+    cfg = load_config(str(path))
+    assert cfg.train.amp == "off" and cfg.train.progress is True
+    assert parse_override("train.progress=false") == ("train.progress", False)
+    with pytest.raises(ConfigError, match="train.progress"):
+        load_config("configs/fmnist_mae_tiny.yaml", ["train.progress=maybe"])

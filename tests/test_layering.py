@@ -12,7 +12,7 @@ The rules:
 (b) No module imports from a higher layer; a module may import its own layer and lower ones.
     The layers (PLAN.md), bottom to top:
         0 errors, patches, progress,     4 data
-          crops
+          crops, yamlio
         1 masking                        5 config, train
         2 models                         6 eval, compress, interop, inspect, bench, report
         3 objectives                     7 cli
@@ -49,6 +49,7 @@ LAYERS = {
     "mimkit.patches": 0,
     "mimkit.progress": 0,
     "mimkit.crops": 0,
+    "mimkit.yamlio": 0,
     "mimkit.masking": 1,
     "mimkit.models": 2,
     "mimkit.objectives": 3,

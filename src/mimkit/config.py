@@ -29,6 +29,7 @@ from mimkit.errors import ConfigError
 from mimkit.masking import MaskingConfig
 from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.objectives import MAESettings, MethodSettings, settings_class
+from mimkit.yamlio import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +200,22 @@ def _as_float(value: Any) -> Any:
     return _REFUSED
 
 
+_YAML11_BOOLS = {"yes": True, "y": True, "on": True, "no": False, "n": False, "off": False}
+
+
+def _as_bool(value: Any) -> Any:
+    """A bool, or one of YAML 1.1's boolean words, which `load_yaml` keeps as text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _YAML11_BOOLS.get(value.lower(), _REFUSED)
+    return _REFUSED
+
+
 # the scalar types a config field may have: each accepts exactly its own values (bool is not int)
 _SCALARS: dict[Any, Any] = {
     type(None): lambda v: None if v is None else _REFUSED,
-    bool: lambda v: v if isinstance(v, bool) else _REFUSED,
+    bool: lambda v: _as_bool(v),
     int: lambda v: v if isinstance(v, int) and not isinstance(v, bool) else _REFUSED,
     float: _as_float,
     str: lambda v: v if isinstance(v, str) else _REFUSED,
@@ -238,7 +251,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.epochs=1")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -351,7 +364,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = load_yaml(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a text file; expected a YAML config") from None
         except yaml.YAMLError as exc:

@@ -110,9 +110,10 @@ def last_logged_loss(metrics: Path) -> float:
 
 def stats_given(config_path: str, overrides: list[str]) -> bool:
     """Whether the YAML or an override sets data.mean and data.std."""
-    import yaml  # a dependency of the config loader; deferred with the rest for a fast --help
+    # deferred with the rest of the config loader, for a fast --help
+    from mimkit.yamlio import load_yaml
 
-    tree = yaml.safe_load(Path(config_path).read_text()) or {}
+    tree = load_yaml(Path(config_path).read_text()) or {}
     data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
     keys = {o.partition("=")[0].strip() for o in overrides}
     return all(name in data or f"data.{name}" in keys for name in ("mean", "std"))

@@ -28,6 +28,7 @@ from mimkit.data.idx import find_fashion_mnist, read_idx
 from mimkit.data.sources import load_split
 from mimkit.data.video import VIDEO_EXTENSIONS
 from mimkit.errors import DataError
+from mimkit.yamlio import load_yaml
 
 ARRAY_ONLY = frozenset({".npy", ".npz", ".nii", ".gz"})  # suffixes no image reader takes
 
@@ -209,7 +210,7 @@ def set_data_stats(text: str, stats: dict[str, list[float]], where: str) -> str:
         lines = lines[: start + 1] + body + lines[end:]
     new = "\n".join(lines) + "\n"
     try:
-        tree = yaml.safe_load(new) or {}
+        tree = load_yaml(new) or {}
         ok = [tree["data"][k] for k in ("mean", "std")] == [stats["mean"], stats["std"]]
     except (yaml.YAMLError, KeyError, TypeError):
         ok = False

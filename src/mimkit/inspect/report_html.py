@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from mimkit.data.sources import load_split
 from mimkit.errors import MimkitError
 from mimkit.inspect.attention import pyplot, save_attention_figures
 from mimkit.inspect.masks import mask_gallery
 from mimkit.train.checkpoint import CONFIG_FILE, load_model, resolve_checkpoint_dir
+from mimkit.yamlio import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def build_report(run: str | Path, out: str | Path | None = None, attention_items
 def _summary_section(run: Path, config_text: str, records: list[dict]) -> str:
     end = next((r for r in reversed(records) if r.get("event") == "end"), None)
     start = next((r for r in records if r.get("event") == "start"), None)
-    cfg = yaml.safe_load(config_text) or {}
+    cfg = load_yaml(config_text) or {}
     method = (cfg.get("method") or {}).get("name", "mae")
     model = cfg.get("model") or {}
     summary = f"method {method}, model {model.get('preset', '')} " + ", ".join(

@@ -34,6 +34,7 @@ from mimkit.errors import CheckpointError, ConfigError
 from mimkit.objectives import build_method
 from mimkit.train.distributed import DistContext, barrier
 from mimkit.train.state import TrainerState
+from mimkit.yamlio import load_yaml
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -254,7 +255,7 @@ def _save_checkpoint(
 
 def load_config_file(folder: Path) -> RunConfig:
     try:
-        tree = yaml.safe_load((folder / CONFIG_FILE).read_text())
+        tree = load_yaml((folder / CONFIG_FILE).read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{folder / CONFIG_FILE}: not valid YAML ({first})") from None
