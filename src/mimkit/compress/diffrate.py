@@ -332,6 +332,8 @@ def learn_schedule(
     search = DiffRateSearch(encoder, granularity).to(images.device)
     full = encoder_inference_flops(encoder.cfg)
     optimizer = torch.optim.Adam(search.rate_parameters(), lr=lr)
+    # cosine decay: the counts settle instead of hopping between neighbours of the target
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     gen = torch.Generator().manual_seed(seed)
     targets = torch.cat([encoder.features(x) for x in images.split(batch)])  # the frozen model's
     history = []
@@ -352,7 +354,10 @@ def learn_schedule(
         loss.backward()
         optimizer.step()
         history.append((float(distance.detach()), float(used.detach() / full)))
-        bar.set_postfix(distance=f"{history[-1][0]:.4f}", flops=f"{history[-1][1]:.3f}")
+        scheduler.step()
+        bar.set_postfix(
+            distance=f"{history[-1][0]:.4f}", flops=f"{history[-1][1]:.3f}", refresh=False
+        )
     schedule = search.schedule()
     record = {
         "flops_target": flops,
