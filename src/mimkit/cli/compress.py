@@ -166,6 +166,7 @@ def _diffrate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--train-limit", type=int, default=2000, help="kNN bank size; 0: no kNN, no timing"
     )
+    p.add_argument("--test-limit", type=int, help="kNN: use only the first N test items")
     p.set_defaults(func=cmd_diffrate)
 
 
@@ -251,6 +252,8 @@ def cmd_diffrate(args: argparse.Namespace) -> int:
     )
     if args.train_limit:
         splits = _splits_for(cfg, args.train_limit)
+        if args.test_limit:
+            splits = (*splits[:2], splits[2][: args.test_limit], splits[3][: args.test_limit])
         record.update(
             diffrate_report(
                 model.encoder, schedule, splits, cfg.data.mean, cfg.data.std, device,
