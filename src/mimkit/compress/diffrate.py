@@ -107,6 +107,12 @@ class Schedule:
     prune_keep: list[int]
     merge_keep: list[int]
 
+    @classmethod
+    def from_record(cls, record: dict) -> Schedule:
+        """The schedule inside a `learn_schedule` record (or the JSON `mimkit compress
+        diffrate` writes)."""
+        return cls(list(record["prune_keep"]), list(record["merge_keep"]))
+
     def tokens(self, patches: int) -> tuple[list[int], list[int]]:
         """(patch tokens each block's attention sees, patch tokens its MLP sees)."""
         attn, mlp, n = [], [], patches
@@ -238,7 +244,7 @@ class DiffRateSearch(nn.Module):
 
     def __init__(self, encoder: VisionTransformer, granularity: int = 1) -> None:
         super().__init__()
-        self.encoder = encoder.eval().requires_grad_(False)
+        self.encoder = encoder.eval()  # frozen: only the rates are optimised (learn_schedule)
         patches = encoder.cfg.num_patches
         self.prune = nn.ModuleList(RateChoice(patches, granularity) for _ in encoder.blocks)
         self.merge = nn.ModuleList(RateChoice(patches, granularity) for _ in encoder.blocks)
@@ -328,6 +334,18 @@ def learn_schedule(
     calibration `images` (normalised, on the encoder's device), the encoder frozen. Returns the
     schedule and a record (its FLOPs, the loss curve's ends, the time taken)."""
     check_flops_target(flops)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    encoder.requires_grad_(False)
+    try:
+        return _learn(
+            encoder, images, flops, steps, batch, lr, flops_weight, granularity, seed, progress
+        )
+    finally:
+        for p in trainable:  # the caller's encoder is left as it was given
+            p.requires_grad_(True)
+
+
+def _learn(encoder, images, flops, steps, batch, lr, flops_weight, granularity, seed, progress):
     start = time.perf_counter()
     search = DiffRateSearch(encoder, granularity).to(images.device)
     full = encoder_inference_flops(encoder.cfg)
