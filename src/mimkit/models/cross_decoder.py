@@ -9,11 +9,10 @@ block) instead of only the last.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mimkit.models.pos_embed import sincos_2d
-from mimkit.models.vit import Mlp, init_vit_weights
+from mimkit.models.vit import Mlp, attention, init_vit_weights
 
 
 class CrossAttentionBlock(nn.Module):
@@ -36,7 +35,7 @@ class CrossAttentionBlock(nn.Module):
         heads, hd = self.num_heads, d // self.num_heads
         q = self.q(self.norm_q(x)).view(b, m, heads, hd).transpose(1, 2)
         k, v = self.kv(self.norm_kv(memory)).view(b, n, 2, heads, hd).unbind(2)
-        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2))
+        out = attention(q, k.transpose(1, 2), v.transpose(1, 2))
         x = x + self.proj(out.transpose(1, 2).reshape(b, m, d))
         return x + self.mlp(self.norm2(x))
 

@@ -30,7 +30,7 @@ from mimkit.errors import ConfigError
 from mimkit.masking import Mask, MaskingConfig, take_tokens
 from mimkit.models.config import ModelConfig
 from mimkit.models.pos_embed import position_table
-from mimkit.models.vit import Block, Mlp, VisionTransformer, init_vit_weights
+from mimkit.models.vit import Block, Mlp, VisionTransformer, attention, init_vit_weights
 from mimkit.objectives.base import MethodOutput, MethodSettings
 from mimkit.objectives.targets import pixel_target
 from mimkit.patches import patchify
@@ -86,7 +86,7 @@ class RegressorBlock(nn.Module):
         q = heads(self.q(self.norm_q(queries + query_pos)))
         k = heads(self.k(self.norm_k(keys + key_pos)))
         v = heads(self.v(self.norm_v(keys)))
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, m, d)
+        out = attention(q, k, v).transpose(1, 2).reshape(b, m, d)
         x = queries + self.proj(out)
         return x + self.mlp(self.norm2(x))
 
