@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from mimkit.errors import ConfigError
 
 # sources whose items are 2-D images (H, W) and those with a third axis (T or D)
-FLAT_SOURCES = ("fashion_mnist", "idx", "folder", "multiband", "spectrogram")
+FLAT_SOURCES = ("fashion_mnist", "idx", "folder", "multiband", "spectrogram", "packed", "hf")
 DEEP_SOURCES = ("video", "volume")
 POINT_SOURCES = ("points",)  # clouds (N, points, 3): no image size, no pixel statistics
 SOURCES = FLAT_SOURCES + DEEP_SOURCES + POINT_SOURCES
@@ -24,7 +24,7 @@ class DataConfig:
     """Where images come from and how they are augmented on the device."""
 
     # fashion_mnist | idx | folder | video | volume | multiband | spectrogram (data.modalities)
-    # | points (data.points)
+    # | points (data.points) | packed (`mimkit data pack` shards) | hf (HF datasets on disk)
     source: str = "fashion_mnist"
     path: str | None = None  # folder of IDX files or images; None: look in the usual places
     download: bool = False  # fetch Fashion-MNIST (MD5-checked) when it is nowhere local
@@ -38,6 +38,7 @@ class DataConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
     hflip: bool = True
     num_workers: int = 0  # DataLoader processes decoding image folders (0: in the main process)
+    shuffle_buffer: int = 0  # packed: 0 the full permutation; K the order of a K-sample stream buffer
     frame_stride: int = 1  # video: keep every n-th frame
     max_frames: int | None = None  # video: decode at most this many (strided) frames per file
     on_bad_item: str = "skip"  # an unreadable or unfitting file: skip (counted) | fail (stop)
@@ -76,6 +77,10 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < low_ok:
                 raise ConfigError(f"data.{name} must be >= {low_ok}, got {value}")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.shuffle_buffer and self.source != "packed":
+            raise ConfigError("data.shuffle_buffer applies to data.source=packed only")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.channels is not None and self.channels not in (1, 3, 4):
