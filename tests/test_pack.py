@@ -159,11 +159,13 @@ def test_the_shards_are_plain_webdataset_tars(packed):
     _, pack = packed
     urls = [str(p) for p in sorted(pack.glob("shard-*.tar"))]
     shards = PackedShards(pack, 1, (28, 28))
-    for n, sample in enumerate(wds.WebDataset(urls, shardshuffle=False, empty_check=False)):
+    keys = []
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         i = int(sample["__key__"])
         image = torch.from_numpy(np.load(io.BytesIO(sample["npy"]), allow_pickle=False))
         assert torch.equal(image, shards[i][0]) and int(sample["cls"]) == shards[i][1]
-    assert n == N - 1
+        keys.append(i)
+    assert keys == list(range(N))
 
 
 def copy_pack(pack, to):
