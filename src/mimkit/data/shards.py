@@ -27,6 +27,7 @@ at its saved micro-batch, i.e. at the exact sample.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -114,12 +115,24 @@ def read_index(root: Path, manifest: dict[str, Any]) -> np.ndarray:
     return index
 
 
+@functools.cache
+def npy_header(channels: int, size: tuple[int, int]) -> bytes:
+    """The .npy header `np.save` writes for a uint8 (channels, *size) array."""
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((channels, *size), dtype=np.uint8), allow_pickle=False)
+    return buf.getvalue()[: -channels * size[0] * size[1]]
+
+
 def decode_sample(
-    data: bytes, encoding: str, channels: int, size: tuple[int, int], where: str
+    data: bytes | bytearray, encoding: str, channels: int, size: tuple[int, int], where: str
 ) -> torch.Tensor:
     """(C, H, W) uint8 from a sample's stored bytes; DataError (or PIL's errors) when they are
     not the image pack.json promises."""
     if encoding == "npy":
+        header = npy_header(channels, size)
+        if len(data) == len(header) + channels * size[0] * size[1] and data.startswith(header):
+            # the header every sample of a pack has: the pixels are read in place
+            return torch.frombuffer(data, dtype=torch.uint8, offset=len(header)).view(channels, *size)
         arr = np.load(io.BytesIO(data), allow_pickle=False)
         if arr.dtype != np.uint8 or arr.shape != (channels, *size):
             raise DataError(
@@ -231,13 +244,13 @@ class PackedShards(torch.utils.data.Dataset):
         for fd in getattr(self, "_files", {}).values():
             os.close(fd)
 
-    def read_bytes(self, index: int) -> bytes:
+    def read_bytes(self, index: int) -> bytearray:
         shard, offset, size, _ = self.index[index].tolist()
         fd = self._files.get(shard)
         if fd is None:
             fd = self._files[shard] = os.open(self.shard_paths[shard], os.O_RDONLY)
-        data = os.pread(fd, size, offset)
-        if len(data) != size:
+        data = bytearray(size)  # writable: the decoded image may be a view of it
+        if os.preadv(fd, [data], offset) != size:
             raise DataError(f"{self.shard_paths[shard]}: sample {index} cut short")
         return data
 
