@@ -20,6 +20,7 @@ from mimkit.data.config import DataConfig
 from mimkit.data.shards import PackedShards, stream_order
 from mimkit.data.sources import TrainSource
 from mimkit.errors import ConfigError, DataError
+from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.train.loop import pretrain
 
 pytest.importorskip("webdataset")
@@ -97,17 +98,34 @@ def test_pack_then_pretrain_is_the_folder_run_bit_for_bit(tmp_path, packed):
     assert_same_weights(from_pack.checkpoint, from_folder.checkpoint)
 
 
-def test_stream_order_is_a_seeded_permutation_that_a_killed_run_resumes_exactly(tmp_path, packed):
+def test_stream_order_is_a_seeded_permutation_that_a_killed_run_resumes_exactly(
+    tmp_path, packed, monkeypatch
+):
     _, pack = packed
     shards = PackedShards(pack, 1, (28, 28))
     order = shards.order(N, seed=0, epoch=0, buffer=12)
     assert sorted(order.tolist()) == list(range(N))
     assert torch.equal(order, shards.order(N, seed=0, epoch=0, buffer=12))
     assert not torch.equal(order, shards.order(N, seed=0, epoch=1, buffer=12))
-    extra = ("data.shuffle_buffer=12", "train.accum_steps=2")
+    extra = ("data.shuffle_buffer=12", "train.accum_steps=2", "train.save_every_steps=1")
     straight = pretrain(run_cfg(tmp_path, "straight", "packed", pack, *extra))
-    # stopped mid-epoch (step 2 of 3 in epoch 0), then the same command again
-    pretrain(run_cfg(tmp_path, "resumed", "packed", pack, *extra, "train.max_steps=2"))
+    # the process dies in the 5th micro-batch (mid-epoch, after step 2 was saved); then the
+    # same command again
+    real_forward = MaskedAutoencoder.forward
+    calls = {"n": 0}
+
+    def crash_in_micro_batch_5(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("killed")
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaskedAutoencoder, "forward", crash_in_micro_batch_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        pretrain(run_cfg(tmp_path, "resumed", "packed", pack, *extra))
+    saved = json.loads((tmp_path / "resumed" / "checkpoint" / "trainer_state.json").read_text())
+    assert (saved["epoch"], saved["micro_step"], saved["step"]) == (0, 4, 2)
+    monkeypatch.setattr(MaskedAutoencoder, "forward", real_forward)
     resumed = pretrain(run_cfg(tmp_path, "resumed", "packed", pack, *extra))
     assert straight.steps == resumed.steps == 6
     assert_same_weights(resumed.checkpoint, straight.checkpoint)

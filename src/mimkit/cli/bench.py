@@ -62,6 +62,9 @@ def _command_line(args: argparse.Namespace) -> str:
         "--jpeg-size": args.jpeg_size if args.loader else None,
         "--work-dir": args.work_dir,
     }
+    if args.loader:  # the step's settings do not apply
+        for name in ("--steps", "--warmup", "--block"):
+            flags.pop(name)
     parts = [f"{k} {v}" for k, v in flags.items() if v is not None]
     switches = (("--no-hf", args.no_hf), ("--no-pipeline", args.no_pipeline), ("--loader", args.loader))
     parts += [f for f, on in switches if on]

@@ -47,9 +47,8 @@ def _parquet_files(root: Path, split: str) -> list[Path]:
 
 def open_hf_dataset(root: str | Path, split: str = "train") -> Any:
     """The `datasets.Dataset` of `split` saved under `root` (save_to_disk or Parquet)."""
-    # optional dependency: mimkit[hfdata]
     try:
-        import datasets
+        import datasets  # optional dependency: mimkit[hfdata]
     except ImportError:
         raise DataError(
             "data.source=hf needs the `datasets` package: pip install 'mimkit[hfdata]'"

@@ -91,9 +91,8 @@ def pack_dataset(
 ) -> dict[str, Any]:
     """Pack `src` (an image folder or HF dataset on disk) into shards under `out`; returns the
     manifest written to `out/pack.json` (with per-channel mean/std of the packed pixels)."""
-    # optional dependency: mimkit[packed]
     try:
-        import webdataset
+        import webdataset  # optional dependency: mimkit[packed]
     except ImportError:
         raise DataError("mimkit data pack needs webdataset: pip install 'mimkit[packed]'") from None
 
