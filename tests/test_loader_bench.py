@@ -35,9 +35,9 @@ def test_the_loader_bench_writes_per_core_rates_and_the_cores_to_feed_a_target(t
     table = (tmp_path / "loader.md").read_text()
     assert f"| packed shards | 0 | {paths['packed_shards']['img_per_cpu_s']} |" in table
     assert record["machine"]["cpu"] in table and "--loader" in table
-    # the JPEGs and the pack are made once and reused by a second run
+    # the JPEGs and the pack are kept for another run, named by what they hold
     made = sorted(p.name for p in (tmp_path / "w").iterdir())
-    assert made == ["jpeg_40px_24_seed0", "pack_32x32_24_seed0"]
+    assert made == ["jpeg_40px_24_seed0", "pack_32x32_of_jpeg_40px_24_seed0"]
 
 
 def test_cpu_seconds_count_finished_child_processes():

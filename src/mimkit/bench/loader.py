@@ -136,7 +136,7 @@ def bench_loader(
     folder = make_jpeg_folder(
         work_dir / f"jpeg_{jpeg_side}px_{items}_seed{seed}", items, jpeg_side, seed
     )
-    pack_dir = work_dir / f"pack_{hw[0]}x{hw[1]}_{items}_seed{seed}"
+    pack_dir = work_dir / f"pack_{hw[0]}x{hw[1]}_of_{folder.name}"
     if not (pack_dir / "pack.json").is_file():
         pack_dataset(folder, pack_dir, hw, channels, workers=workers)
     prepared_s = time.perf_counter() - start

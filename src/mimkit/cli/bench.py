@@ -40,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="--loader: interleaved rounds")
     p.add_argument("--jpeg-size", type=int, default=256, help="--loader: side of the JPEGs made")
     p.add_argument("--work-dir", help="--loader: where the JPEGs and the pack are made (kept)")
+    p.add_argument("--seed", type=int, default=0, help="--loader: seed of the JPEGs and order")
     p.set_defaults(func=cmd_bench)
 
 
@@ -61,6 +62,7 @@ def _command_line(args: argparse.Namespace) -> str:
         "--rounds": args.rounds if args.loader else None,
         "--jpeg-size": args.jpeg_size if args.loader else None,
         "--work-dir": args.work_dir,
+        "--seed": args.seed if args.loader else None,
     }
     if args.loader:  # the step's settings do not apply
         for name in ("--steps", "--warmup", "--block"):
@@ -126,7 +128,7 @@ def _bench_loader(args: argparse.Namespace, cfg) -> int:
     work = Path(args.work_dir) if args.work_dir else Path("runs/bench/loader_data")
     record = bench_loader(
         cfg, work, device, items=args.pipeline_items or 2000, jpeg_side=args.jpeg_size,
-        batch=args.batch, workers=args.workers, rounds=args.rounds,
+        batch=args.batch, workers=args.workers, rounds=args.rounds, seed=args.seed,
     )  # fmt: skip
     record["command"] = _command_line(args)
     hw = cfg.model.image_hw[0]

@@ -161,8 +161,10 @@ def stream_order(
     """
     rng = np.random.Generator(np.random.PCG64([seed, epoch, 0x5EED]))
     shards = rng.permutation(num_shards)
-    by_shard = [np.flatnonzero(shard_of == s) for s in range(num_shards)]
-    stream = np.concatenate([by_shard[s] for s in shards]) if num_shards else np.empty(0, np.int64)
+    place = np.empty(num_shards, dtype=np.int64)
+    place[shards] = np.arange(num_shards)
+    # the samples by their shard's place, each shard's in stored (index) order
+    stream = np.argsort(place[shard_of], kind="stable")
     buffer = max(1, min(buffer, len(stream)))
     held = stream[:buffer].tolist()
     picks = rng.integers(0, buffer, size=max(0, len(stream) - buffer)).tolist()
