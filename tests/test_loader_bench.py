@@ -19,6 +19,7 @@ def test_the_loader_bench_writes_per_core_rates_and_the_cores_to_feed_a_target(t
     assert main(args) == 0
     record = json.loads((tmp_path / "loader.json").read_text())
     assert record["image_hw"] == [32, 32] and record["items"] == 24
+    assert record["wall_s"] >= record["prepare_s"] > 0
     assert record["command"].startswith("mimkit bench") and "--loader" in record["command"]
     assert "--steps" not in record["command"]  # the training step's settings do not apply
     assert {"cpu", "cores", "load_avg_before", "load_avg_after"} <= set(record["machine"])
