@@ -133,8 +133,8 @@ def test_stream_order_is_a_seeded_permutation_that_a_killed_run_resumes_exactly(
 
 
 def test_a_shuffle_buffer_emits_each_item_within_buffer_places_of_the_stream():
-    # one shard: the stream is 0..n-1, so item i can leave the buffer no later than place i + K - 1
-    # is filled, and never before it enters
+    # one shard: the stream is 0..n-1; item i (i >= K) enters the buffer only after output place
+    # i - K is emitted, so it cannot come out before place i - K + 1
     n, k = 200, 16
     order = stream_order(np.zeros(n, dtype=np.int64), 1, seed=3, epoch=0, buffer=k).tolist()
     assert sorted(order) == list(range(n))
