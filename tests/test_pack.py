@@ -98,6 +98,20 @@ def test_pack_then_pretrain_is_the_folder_run_bit_for_bit(tmp_path, packed):
     assert_same_weights(from_pack.checkpoint, from_folder.checkpoint)
 
 
+def test_a_yaml_run_on_a_pack_without_statistics_takes_the_packs(tmp_path, packed, capsys):
+    from mimkit.cli.pretrain import fill_folder_stats
+
+    _, pack = packed
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text(f"data: {{source: packed, path: {pack}}}\n")
+    cfg = load_config(yaml_file, ["model.img_size=28", "model.in_chans=1", "model.patch_size=7"])
+    assert cfg.data.mean == [0.2860]  # Fashion-MNIST's, the silent default this guards against
+    fill_folder_stats(cfg, str(yaml_file), [])
+    manifest = json.loads((pack / "pack.json").read_text())
+    assert (cfg.data.mean, cfg.data.std) == (manifest["mean"], manifest["std"])
+    assert "from " + str(pack) + "/pack.json" in capsys.readouterr().out
+
+
 def test_stream_order_is_a_seeded_permutation_that_a_killed_run_resumes_exactly(
     tmp_path, packed, monkeypatch
 ):

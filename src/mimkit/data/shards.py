@@ -88,6 +88,19 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def pack_stats(path: str | Path | None) -> tuple[list[float], list[float]]:
+    """(mean, std) per channel that `mimkit data pack` measured, for data.mean/data.std (the
+    train split's: `path/train` when the pack has one)."""
+    if not path:
+        raise DataError("data.path: the packed source needs the folder `mimkit data pack` wrote")
+    root = Path(path) / "train" if (Path(path) / "train" / "pack.json").is_file() else Path(path)
+    manifest = read_manifest(root)
+    stats = manifest.get("mean"), manifest.get("std")
+    if not all(isinstance(v, list) and v for v in stats):
+        raise DataError(f"{root / 'pack.json'}: no 'mean'/'std'; set data.mean and data.std")
+    return list(stats[0]), list(stats[1])
+
+
 def _check_fields(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict):
         raise DataError(f"{path}: expected a JSON object")
