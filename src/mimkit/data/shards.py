@@ -170,7 +170,8 @@ def stream_order(
     order, through a `buffer`-sample shuffle buffer (full: each new sample replaces a random one,
     which is emitted; at the end the rest in random order). A pure function of its arguments.
 
-    `shard_of[i]` is the shard of sample i (samples of a shard numbered consecutively).
+    `shard_of[i]` is the shard of sample i. The simulation is one Python step per sample
+    (about a second per million samples, once per epoch and process).
     """
     rng = np.random.Generator(np.random.PCG64([seed, epoch, 0x5EED]))
     shards = rng.permutation(num_shards)
