@@ -125,7 +125,15 @@ def fill_folder_stats(cfg, config_path: str, overrides: list[str]) -> None:
     # torch loads only when a command runs: --help stays fast
     from mimkit.plan import folder_stats
 
-    if cfg.data.source != "folder" or stats_given(config_path, overrides):
+    if cfg.data.source not in ("folder", "packed") or stats_given(config_path, overrides):
+        return
+    if cfg.data.source == "packed":  # `mimkit data pack` measured them
+        # loaded only when a command runs: --help stays fast
+        from mimkit.data.shards import pack_stats
+
+        cfg.data.mean, cfg.data.std = pack_stats(cfg.data.path)
+        print(f"data.mean/std: not in {config_path}; from {cfg.data.path}/pack.json: mean "
+              f"{cfg.data.mean}, std {cfg.data.std} (set data.mean and data.std to choose them)")  # fmt: skip
         return
     stats, cached = folder_stats(cfg.data, cfg.model.in_chans, cfg.model.image_hw)
     cfg.data.mean, cfg.data.std = stats["mean"], stats["std"]

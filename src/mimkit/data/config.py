@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from mimkit.errors import ConfigError
 
 # sources whose items are 2-D images (H, W) and those with a third axis (T or D)
-FLAT_SOURCES = ("fashion_mnist", "idx", "folder", "multiband", "spectrogram", "dicom", "geotiff")
+FLAT_SOURCES = (
+    "fashion_mnist", "idx", "folder", "multiband", "spectrogram", "dicom", "geotiff", "packed",
+    "hf",
+)  # fmt: skip
 DEEP_SOURCES = ("video", "volume", "dicom_volume")
 POINT_SOURCES = ("points",)  # clouds (N, points, 3): no image size, no pixel statistics
 SOURCES = FLAT_SOURCES + DEEP_SOURCES + POINT_SOURCES
@@ -26,7 +29,8 @@ class DataConfig:
 
     # fashion_mnist | idx | folder | video | volume | multiband | spectrogram (data.modalities)
     # | points (data.points) | dicom (frames as images), dicom_volume (a multi-frame file as a
-    # volume or clip: data.dicom) | geotiff (data.geotiff)
+    # volume or clip: data.dicom) | geotiff (data.geotiff) | packed (`mimkit data pack` shards)
+    # | hf (HF datasets on disk)
     source: str = "fashion_mnist"
     path: str | None = None  # folder of IDX files or images; None: look in the usual places
     download: bool = False  # fetch Fashion-MNIST (MD5-checked) when it is nowhere local
@@ -41,6 +45,7 @@ class DataConfig:
     hflip: bool = True
     num_workers: int = 0  # DataLoader processes decoding image folders (0: in the main process)
     decode: str = "cpu"  # image folders' JPEGs: cpu (PIL) | gpu (nvJPEG via torchvision) | auto
+    shuffle_buffer: int = 0  # packed: 0 the full permutation; K the order of a K-sample stream buffer
     frame_stride: int = 1  # video: keep every n-th frame
     max_frames: int | None = None  # video: decode at most this many (strided) frames per file
     on_bad_item: str = "skip"  # an unreadable or unfitting file: skip (counted) | fail (stop)
@@ -96,6 +101,10 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < low_ok:
                 raise ConfigError(f"data.{name} must be >= {low_ok}, got {value}")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.shuffle_buffer and self.source != "packed":
+            raise ConfigError("data.shuffle_buffer applies to data.source=packed only")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.channels is not None and self.channels not in (1, 3, 4):

@@ -306,6 +306,7 @@ def collate_skip_corrupt(
     good = [(img, label) for img, label, ok in items if ok]
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), kept
-    images = torch.stack([img for img, _ in good])
+    # default_collate stacks straight into shared memory in a worker: no copy when it is sent
+    images = torch.utils.data.default_collate([img for img, _ in good])
     labels = torch.tensor([label for _, label in good], dtype=torch.int64)
     return images, labels, kept

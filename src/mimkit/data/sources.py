@@ -26,13 +26,16 @@ from mimkit.data.folder import (
     scan_images,
     split_folder,
 )
+from mimkit.data.hf_datasets import HFDiskDataset
 from mimkit.data.idx import load_fashion_mnist, read_idx
 from mimkit.data.modalities import MODAL_SOURCES, load_modal_split
 from mimkit.data.points import load_point_split
+from mimkit.data.shards import PackedShards
 from mimkit.errors import DataError
 
 log = logging.getLogger(__name__)
-SOURCES = ("fashion_mnist", "idx", "folder")
+SOURCES = ("fashion_mnist", "idx", "folder", "packed", "hf")
+ItemDataset = ImageFolderDataset | PackedShards | HFDiskDataset  # items (image, label, ok)
 
 
 @dataclass
@@ -130,8 +133,10 @@ def load_split(
         if not cfg.path:
             raise DataError("data.path: the idx source needs a folder holding the IDX files")
         images, labels = _read_idx_pair(Path(cfg.path), split)
-    else:
+    elif cfg.source == "folder":
         images, labels = _load_folder_split(cfg, split, channels, size, skipped_by)
+    else:
+        images, labels = _load_items(item_dataset(cfg, split, channels, size), skipped_by)
     where = f"{cfg.source}:{cfg.path or 'default'}:{split}"
     check_images(images, channels, size, where)
     return images, labels
@@ -175,24 +180,50 @@ def _load_folder_split(
     return torch.stack(images), torch.tensor(kept, dtype=torch.int64)
 
 
+def item_dataset(cfg: DataConfig, split: str, channels: int, size: tuple[int, int]) -> ItemDataset:
+    """The map-style dataset of a folder, a pack (`mimkit data pack`) or an HF dataset on disk."""
+    if not cfg.path:
+        raise DataError(f"data.path: the {cfg.source} source needs a path")
+    if cfg.source == "hf":
+        return HFDiskDataset(cfg.path, channels, size, cfg.on_bad_item, split)
+    root = split_folder(Path(cfg.path), split)
+    if cfg.source == "packed":
+        return PackedShards(root, channels, size, cfg.on_bad_item)
+    return ImageFolderDataset(root, channels, size, cfg.on_bad_item)
+
+
+def _load_items(
+    dataset: ItemDataset, skipped_by: Counter[str] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every usable item of `dataset` in memory (evaluation banks of packed and HF sources)."""
+    items = [dataset[i] for i in range(len(dataset))]
+    good = [(image, label) for image, label, ok in items if ok]
+    if skipped_by is not None:
+        skipped_by.update(dataset.skipped)
+        undecodable = len(items) - len(good) - sum(dataset.skipped.values())
+        if undecodable > 0:
+            skipped_by["undecodable"] += undecodable
+    if not good:
+        raise DataError(f"{getattr(dataset, 'root', 'data')}: none of {len(items)} items could be decoded")
+    return torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good], dtype=torch.int64)
+
+
 class TrainSource:
     """Seeded, resumable batches over a training set: IDX data in memory, folders streamed."""
 
     def __init__(self, cfg: DataConfig, channels: int, size: tuple[int, int], seed: int) -> None:
         self.cfg = cfg
         self.seed = seed
-        self.dataset: ImageFolderDataset | None = None
+        self.dataset: ItemDataset | None = None
         self.images: torch.Tensor | None = None
         self.skipped: Counter[str] = Counter()  # items skipped when scanned, by reason
         # how a folder's loader batches items, and what finishes a batch (data.decode=gpu)
         self.collate, self.finish = collate_skip_corrupt, None
-        if cfg.source == "folder":
-            # streamed: decoded by DataLoader workers, so the folder may exceed memory
-            if not cfg.path:
+        if cfg.source in ("folder", "packed", "hf"):
+            # streamed: decoded by DataLoader workers, so the data may exceed memory
+            if not cfg.path and cfg.source == "folder":
                 raise DataError("data.path: the folder source needs the path of an image folder")
-            self.dataset = ImageFolderDataset(
-                split_folder(Path(cfg.path), "train"), channels, size, cfg.on_bad_item
-            )
+            self.dataset = item_dataset(cfg, "train", channels, size)
             self.skipped = self.dataset.skipped
             self.labels = torch.tensor(self.dataset.labels)
             self.sample(1)  # fail now, not mid-epoch, on a channel mismatch
@@ -240,7 +271,7 @@ class TrainSource:
         the item order does not depend on how many processes share the work.
         """
         rank, world = shard
-        order = epoch_order(self.num_items, self.seed, epoch)
+        order = self.epoch_order(epoch)
         global_batch = batch_size * world
         steps = self.steps_per_epoch(global_batch)
         index_batches = [
@@ -264,6 +295,14 @@ class TrainSource:
             if self.finish is not None:
                 images, labels, kept = self.finish(images, labels, kept)
             yield Batch(images, labels, kept)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """This epoch's item order: `epoch_order`, or a pack's stream order with
+        `data.shuffle_buffer` (`PackedShards.order`)."""
+        buffer = getattr(self.cfg, "shuffle_buffer", 0)
+        if buffer and isinstance(self.dataset, PackedShards):
+            return self.dataset.order(self.num_items, self.seed, epoch, buffer)
+        return epoch_order(self.num_items, self.seed, epoch)
 
     def sample(self, count: int) -> torch.Tensor:
         """The first `count` decodable training images, uint8, for pictures."""
