@@ -17,6 +17,7 @@ from mimkit.masking import MaskingConfig
 from mimkit.models.config import ModelConfig
 from mimkit.objectives.base import MethodOutput, MethodSettings
 from mimkit.objectives.cae import CAESettings, ContextAutoencoder
+from mimkit.objectives.croco import CroCo, CroCoSettings
 from mimkit.objectives.crossmae import CrossMAE, CrossMAESettings
 from mimkit.objectives.dmae import DistilledMAE, DMAESettings
 from mimkit.objectives.droppos import DropPos, DropPosSettings
@@ -50,6 +51,7 @@ METHODS: dict[str, tuple[type[MethodSettings], Callable[..., nn.Module]]] = {
     "droppos": (DropPosSettings, DropPos),
     "point_mae": (PointMAESettings, PointMAE),
     "point_cmae": (PointCMAESettings, PointCMAE),
+    "croco": (CroCoSettings, CroCo),
 }
 
 TeacherLoader = Callable[[str], nn.Module]
