@@ -136,6 +136,24 @@ def teacher_missing(settings: Any) -> ConfigError:
     )
 
 
+def check_inputs(inputs: list[str], channels: list[int], model: ModelConfig, count: int) -> None:
+    """The inputs a multi-input method names: distinct names, one channel count each, the first
+    one's equal to model.in_chans (its encoder is the one exported and probed)."""
+    if len(inputs) < count or len(set(inputs)) != len(inputs):
+        raise ConfigError(f"method.inputs: expected {count}+ distinct names, got {inputs}")
+    if len(channels) != len(inputs) or any(c < 1 for c in channels):
+        raise ConfigError(
+            f"method.channels: expected one count >= 1 per input of {inputs}, got {channels}"
+        )
+    if channels[0] != model.in_chans:
+        raise ConfigError(
+            f"method.channels: the first input {inputs[0]!r} has {channels[0]} channels but "
+            f"model.in_chans is {model.in_chans}; they must agree"
+        )
+    if len(model.input_size) != 2:
+        raise ConfigError("method.inputs: several inputs are for 2-D images")
+
+
 def frozen(model: nn.Module | None) -> FrozenTeacher | None:
     """The teacher a method holds: frozen, or None when it was not found (rebuilt alone)."""
     return FrozenTeacher(model) if model is not None else None
