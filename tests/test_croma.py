@@ -17,7 +17,7 @@ from mimkit.objectives.croma import CROMA, CROMASettings, symmetric_info_nce
 
 def build(position="alibi", **kw):
     cfg = resolve_model_config(tiny_model_config(cls_token=False, pool="avg", **kw))
-    settings = CROMASettings(inputs=["optical", "radar"], channels=[3, 2], position=position)
+    settings = CROMASettings(inputs={"optical": 3, "radar": 2}, position=position)
     settings.check(cfg)
     torch.manual_seed(0)
     return CROMA(cfg, MaskingConfig(ratio=0.75), settings)
@@ -144,8 +144,12 @@ def test_a_block_without_a_bias_is_the_plain_attention_it_was():
 def test_settings_are_checked_against_the_model():
     cfg = resolve_model_config(tiny_model_config(cls_token=False, pool="avg"))
     with pytest.raises(ConfigError, match="method.position"):
-        CROMASettings(channels=[3, 2], position="rope").check(cfg)
+        CROMASettings(inputs={"optical": 3, "radar": 2}, position="rope").check(cfg)
     with pytest.raises(ConfigError, match="model.in_chans"):
-        CROMASettings(channels=[2, 3]).check(cfg)
+        CROMASettings(inputs={"optical": 2, "radar": 3}).check(cfg)
+    with pytest.raises(ConfigError, match="exactly two"):
+        CROMASettings(inputs={"optical": 3, "radar": 2, "dem": 1}).check(cfg)
     with pytest.raises(ConfigError, match="cls_token"):
-        CROMASettings(channels=[3, 2]).check(resolve_model_config(tiny_model_config()))
+        CROMASettings(inputs={"optical": 3, "radar": 2}).check(
+            resolve_model_config(tiny_model_config())
+        )

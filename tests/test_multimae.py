@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import tiny_model_config
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mimkit.errors import ConfigError
@@ -16,7 +16,7 @@ INPUTS = ["image", "depth", "seg"]
 
 def build(ratio=0.75, alpha=1.0, channels=(3, 1, 2)):
     cfg = resolve_model_config(tiny_model_config(pool="avg"))
-    settings = MultiMAESettings(inputs=list(INPUTS), channels=list(channels), alpha=alpha)
+    settings = MultiMAESettings(inputs=dict(zip(INPUTS, channels, strict=True)), alpha=alpha)
     settings.check(cfg)
     torch.manual_seed(0)
     return MultiMAE(cfg, MaskingConfig(ratio=ratio), settings)
@@ -38,6 +38,8 @@ def scene(batch=4, channels=(3, 1, 2), seed=0):
     alpha=st.sampled_from([0.05, 0.5, 1.0, 4.0]),
     seed=st.integers(0, 2**16),
 )
+# a small alpha once underflowed every float32 Gamma draw of a row to 0: no share, short budget
+@example(batch=1, modalities=1, per_modality=2, share=1.0, alpha=0.05, seed=0)
 def test_the_visible_budget_is_exact_for_every_sample(
     batch, modalities, per_modality, share, alpha, seed
 ):
@@ -117,10 +119,8 @@ def test_training_needs_every_modality_and_takes_seeded_draws():
 def test_settings_are_checked_against_the_model():
     cfg = resolve_model_config(tiny_model_config(pool="avg"))
     with pytest.raises(ConfigError, match="model.in_chans"):
-        MultiMAESettings(inputs=list(INPUTS), channels=[1, 1, 1]).check(cfg)
-    with pytest.raises(ConfigError, match="method.channels"):
-        MultiMAESettings(inputs=list(INPUTS), channels=[3, 1]).check(cfg)
-    with pytest.raises(ConfigError, match="method.inputs"):
-        MultiMAESettings(inputs=["image", "image"], channels=[3, 1]).check(cfg)
+        MultiMAESettings(inputs={"image": 1, "depth": 1}).check(cfg)
+    with pytest.raises(ConfigError, match=">= 1 channel"):
+        MultiMAESettings(inputs={"image": 3, "depth": 0}).check(cfg)
     with pytest.raises(ConfigError, match="method.alpha"):
-        MultiMAESettings(inputs=list(INPUTS), channels=[3, 1, 1], alpha=0.0).check(cfg)
+        MultiMAESettings(inputs={"image": 3, "depth": 1}, alpha=0.0).check(cfg)

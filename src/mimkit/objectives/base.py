@@ -136,18 +136,20 @@ def teacher_missing(settings: Any) -> ConfigError:
     )
 
 
-def check_inputs(inputs: list[str], channels: list[int], model: ModelConfig, count: int) -> None:
-    """The inputs a multi-input method names: distinct names, one channel count each, the first
-    one's equal to model.in_chans (its encoder is the one exported and probed)."""
-    if len(inputs) < count or len(set(inputs)) != len(inputs):
-        raise ConfigError(f"method.inputs: expected {count}+ distinct names, got {inputs}")
-    if len(channels) != len(inputs) or any(c < 1 for c in channels):
+def check_inputs(inputs: dict[str, int], model: ModelConfig, count: int) -> None:
+    """The inputs a multi-input method names (`method.inputs`, name -> channels, in order):
+    at least `count`, each with >= 1 channel, the first one's equal to model.in_chans (its
+    encoder is the one exported and probed)."""
+    if len(inputs) < count:
         raise ConfigError(
-            f"method.channels: expected one count >= 1 per input of {inputs}, got {channels}"
+            f"method.inputs: expected {count} or more inputs (name: channels), got {inputs}"
         )
-    if channels[0] != model.in_chans:
+    if any(c < 1 for c in inputs.values()):
+        raise ConfigError(f"method.inputs: every input needs >= 1 channel, got {inputs}")
+    first, channels = next(iter(inputs.items()))
+    if channels != model.in_chans:
         raise ConfigError(
-            f"method.channels: the first input {inputs[0]!r} has {channels[0]} channels but "
+            f"method.inputs: the first input {first!r} has {channels} channels but "
             f"model.in_chans is {model.in_chans}; they must agree"
         )
     if len(model.input_size) != 2:

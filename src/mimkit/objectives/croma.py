@@ -40,8 +40,8 @@ from mimkit.patches import patchify
 @dataclass
 class CROMASettings(MethodSettings):
     name = "croma"
-    inputs: list[str] = field(default_factory=lambda: ["optical", "radar"])
-    channels: list[int] = field(default_factory=lambda: [3, 3])  # the first is model.in_chans
+    # name -> channels: the first input (full-depth encoder, model.in_chans), then the second
+    inputs: dict[str, int] = field(default_factory=lambda: {"optical": 3, "radar": 3})
     position: str = "alibi"  # alibi (CROMA) | sincos (MAE's table, for comparison)
     second_depth: int | None = None  # the second input's encoder; None: half the model's depth
     fusion_depth: int | None = None  # None: half the model's depth
@@ -50,7 +50,9 @@ class CROMASettings(MethodSettings):
     norm_pix_loss: bool = True
 
     def check(self, model: ModelConfig) -> None:
-        check_inputs(self.inputs, self.channels, model, count=2)
+        check_inputs(self.inputs, model, count=2)
+        if len(self.inputs) != 2:
+            raise ConfigError(f"method.inputs: croma takes exactly two inputs, got {self.inputs}")
         if self.position not in ("alibi", "sincos"):
             raise ConfigError(f"method.position must be 'alibi' or 'sincos', got {self.position!r}")
         if model.cls_token or model.pool != "avg":
@@ -157,7 +159,9 @@ class CROMA(nn.Module):
         self.masking = masking or MaskingConfig()
         self.settings = s = settings or CROMASettings()
         half = max(1, cfg.depth // 2)
-        second_cfg = replace(cfg, in_chans=s.channels[1], depth=s.second_depth or half)
+        self.names = list(s.inputs)  # [first, second]
+        channels = list(s.inputs.values())
+        second_cfg = replace(cfg, in_chans=channels[1], depth=s.second_depth or half)
         encoder = AlibiViT if s.position == "alibi" else VisionTransformer
         self.encoder = encoder(cfg)  # the first input's: exported and probed
         self.second_encoder = encoder(second_cfg)
@@ -171,7 +175,7 @@ class CROMA(nn.Module):
         self.fusion.apply(init_vit_weights)
         self.heads.apply(init_vit_weights)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / s.temperature)))
-        self.patch_dims = [cfg.patch_size**2 * c for c in s.channels]
+        self.patch_dims = [cfg.patch_size**2 * c for c in channels]
         self.decoder = MAEDecoder(
             encoder_dim=dim,
             grid_hw=cfg.grid_shape,
@@ -217,10 +221,9 @@ class CROMA(nn.Module):
         return MethodOutput(loss, pred, mask)
 
     def inputs_of(self, images: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = [name for name in self.settings.inputs if name not in images]
-        if not isinstance(images, dict) or missing:
-            raise ValueError(f"croma: expected a dict with inputs {self.settings.inputs}")
-        return images[self.settings.inputs[0]], images[self.settings.inputs[1]]
+        if not isinstance(images, dict) or any(name not in images for name in self.names):
+            raise ValueError(f"croma: expected a dict with inputs {self.names}")
+        return images[self.names[0]], images[self.names[1]]
 
     def contrastive_loss(self, tokens1: torch.Tensor, tokens2: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE between the two encoders' projected average tokens."""
@@ -259,8 +262,8 @@ class CROMA(nn.Module):
         input's encoder's average token; a dict with both gives the fusion's average token.
         Any image size whose sides are multiples of the patch (ALiBi needs no table)."""
         if not isinstance(images, dict):
-            images = {self.settings.inputs[0]: images}
-        first, second = self.settings.inputs[:2]
+            images = {self.names[0]: images}
+        first, second = self.names
         unknown = set(images) - {first, second}
         if unknown or not images:
             raise ValueError(f"croma: inputs are {[first, second]}, got {sorted(images)}")

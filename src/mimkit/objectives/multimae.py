@@ -39,13 +39,13 @@ from mimkit.patches import patchify
 @dataclass
 class MultiMAESettings(MethodSettings):
     name = "multimae"
-    inputs: list[str] = field(default_factory=lambda: ["image", "depth", "seg"])
-    channels: list[int] = field(default_factory=lambda: [1, 1, 1])  # the first is model.in_chans
+    # name -> channels, in order; the first input's patch embedding is the encoder's own
+    inputs: dict[str, int] = field(default_factory=lambda: {"image": 1, "depth": 1, "seg": 1})
     alpha: float = 1.0  # Dirichlet concentration of the per-sample share of visible tokens
     norm_pix_loss: bool = True
 
     def check(self, model: ModelConfig) -> None:
-        check_inputs(self.inputs, self.channels, model, count=1)
+        check_inputs(self.inputs, model, count=1)
         if not self.alpha > 0:
             raise ConfigError(f"method.alpha must be > 0, got {self.alpha}")
 
@@ -65,9 +65,14 @@ def dirichlet_counts(
     Shares are rounded down, the tokens left go to the largest remainders; a modality over
     its patch count hands its excess to the others (largest share first).
     """
-    concentration = torch.full((batch, modalities), float(alpha), device=device)
-    gamma = torch._standard_gamma(concentration, generator=generator)  # seeded Dirichlet draw
-    share = gamma / gamma.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    # a seeded Dirichlet draw: normalised Gamma(alpha) variables, in float64 because a small
+    # alpha's draws underflow float32 to zero (a row that still does is shared evenly)
+    concentration = torch.full(
+        (batch, modalities), float(alpha), device=device, dtype=torch.float64
+    )
+    gamma = torch._standard_gamma(concentration, generator=generator)
+    sums = gamma.sum(dim=1, keepdim=True)
+    share = torch.where(sums > 0, gamma / sums.clamp_min(1e-300), 1.0 / modalities)
     exact = share * total
     counts = exact.floor().long().clamp(max=per_modality)
     order = torch.argsort(exact - counts, dim=1, descending=True)
@@ -127,13 +132,11 @@ class MultiMAE(nn.Module):
         self.cfg = cfg
         self.masking = masking or MaskingConfig()
         self.settings = s = settings or MultiMAESettings()
-        self.encoder = VisionTransformer(cfg)  # its patch_embed is the first input's adapter
+        self.names = list(s.inputs)  # in order: the first one's adapter is the encoder's own
+        self.encoder = VisionTransformer(cfg)
         dim, p = cfg.embed_dim, cfg.patch_size
         self.adapters = nn.ModuleDict(
-            {
-                name: PatchEmbed(p, c, dim)
-                for name, c in zip(s.inputs[1:], s.channels[1:], strict=True)
-            }
+            {name: PatchEmbed(p, c, dim) for name, c in list(s.inputs.items())[1:]}
         )
         for adapter in self.adapters.values():
             w = adapter.proj.weight
@@ -144,7 +147,7 @@ class MultiMAE(nn.Module):
         self.register_buffer("decoder_pos_embed", grid)  # (1, N, d), fixed
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         # one learned embedding per modality, added to every token the decoders read
-        self.modality_embed = nn.Parameter(torch.zeros(len(s.inputs), d))
+        self.modality_embed = nn.Parameter(torch.zeros(len(self.names), d))
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.modality_embed, std=0.02)
         self.decoders = nn.ModuleDict(
@@ -153,7 +156,7 @@ class MultiMAE(nn.Module):
                     dim, p * p * c, d, cfg.decoder_depth, cfg.decoder_num_heads, cfg.mlp_ratio,
                     cfg.layer_norm_eps,
                 )
-                for name, c in zip(s.inputs, s.channels, strict=True)
+                for name, c in s.inputs.items()
             }
         )  # fmt: skip
 
@@ -163,14 +166,14 @@ class MultiMAE(nn.Module):
     @property
     def visible_tokens(self) -> int:
         """The fixed total of visible tokens over all modalities."""
-        return num_kept(len(self.settings.inputs) * self.cfg.num_patches, self.masking.ratio)
+        return num_kept(len(self.names) * self.cfg.num_patches, self.masking.ratio)
 
     def draw_mask(
         self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
     ) -> Mask:
         """A mask over the modalities' patches laid end to end ([first's N, second's N, ...]):
         exactly `visible_tokens` kept per sample, shared by a Dirichlet draw."""
-        m, n = len(self.settings.inputs), self.cfg.num_patches
+        m, n = len(self.names), self.cfg.num_patches
         counts = dirichlet_counts(
             batch, m, self.visible_tokens, n, self.settings.alpha, device, generator
         )
@@ -187,9 +190,8 @@ class MultiMAE(nn.Module):
         mask: Mask | None = None,
         generator: torch.Generator | None = None,
     ) -> MethodOutput:
-        inputs = self.settings.inputs
-        missing = [name for name in inputs if name not in images]
-        if not isinstance(images, dict) or missing:
+        inputs = self.names
+        if not isinstance(images, dict) or any(name not in images for name in inputs):
             raise ValueError(f"multimae: expected a dict with inputs {inputs}")
         first = images[inputs[0]]
         mask = mask if mask is not None else self.draw_mask(len(first), first.device, generator)
@@ -208,7 +210,7 @@ class MultiMAE(nn.Module):
 
     def tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) patch tokens of one modality with the encoder's position table."""
-        embed = self.encoder.patch_embed if name == self.settings.inputs[0] else self.adapters[name]
+        embed = self.encoder.patch_embed if name == self.names[0] else self.adapters[name]
         return embed(x) + self.encoder.pos_embed[:, self.encoder.num_prefix_tokens :]
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -221,7 +223,7 @@ class MultiMAE(nn.Module):
     def decode(self, name: str, latent: torch.Tensor, mask: Mask) -> torch.Tensor:
         """(B, N, patch values) of modality `name` from the encoded visible tokens."""
         decoder, n = self.decoders[name], self.cfg.num_patches
-        m, k = len(self.settings.inputs), self.encoder.num_prefix_tokens
+        m, k = len(self.names), self.encoder.num_prefix_tokens
         x = decoder.embed(latent)
         prefix, visible = x[:, :k], x[:, k:]
         b, d = x.shape[0], x.shape[-1]
@@ -230,7 +232,7 @@ class MultiMAE(nn.Module):
         full = take_tokens(full, mask.ids_restore)
         embeds = self.decoder_pos_embed[:, None] + self.modality_embed[None, :, None]
         full = full + embeds.reshape(1, m * n, d)
-        i = self.settings.inputs.index(name)
+        i = self.names.index(name)
         queries = full[:, i * n : (i + 1) * n]
         context = torch.cat([prefix, take_tokens(full, mask.ids_keep)], dim=1)
         return decoder(queries, context)
@@ -244,14 +246,14 @@ class MultiMAE(nn.Module):
         """(B, D) features from every patch of the modalities given (any non-empty subset of
         `method.inputs`; a tensor is the first input), pooled per `model.pool`."""
         if not isinstance(images, dict):
-            images = {self.settings.inputs[0]: images}
-        unknown = set(images) - set(self.settings.inputs)
+            images = {self.names[0]: images}
+        unknown = set(images) - set(self.names)
         if unknown or not images:
-            raise ValueError(f"multimae: inputs are {self.settings.inputs}, got {sorted(images)}")
+            raise ValueError(f"multimae: inputs are {self.names}, got {sorted(images)}")
         was_training = self.training
         self.eval()
         try:
-            names = [name for name in self.settings.inputs if name in images]
+            names = [name for name in self.names if name in images]
             tokens = torch.cat([self.tokens(name, images[name]) for name in names], dim=1)
             return self.encoder.pool(self.encode_tokens(tokens))
         finally:
