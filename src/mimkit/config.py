@@ -162,6 +162,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        return _coerce_mapping(value, tp, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return _build(tp, value, where)
@@ -174,6 +176,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     else:  # pragma: no cover - only reached by a new annotation kind
         raise ConfigError(f"{where}: unsupported field type {tp}")
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_mapping(value: Any, tp: Any, where: str) -> dict[str, Any]:
+    """Named sub-sections (data.inputs): string keys, each value of the annotated type."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of names to sections, got {value!r}")
+    _, item_tp = typing.get_args(tp)
+    empty = {} if dataclasses.is_dataclass(item_tp) else None  # `name:` alone: the defaults
+    return {
+        str(k): _coerce(empty if v is None else v, item_tp, f"{where}.{k}")
+        for k, v in value.items()
+    }
 
 
 def _coerce_union(value: Any, tp: Any, where: str) -> Any:
@@ -226,6 +240,8 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
+        if child is None:  # an empty section (`radar:` alone) takes keys like `radar: {}`
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {dotted!r}: {part!r} is a value, not a section")
         node = child

@@ -19,6 +19,7 @@ import torch
 from mimkit.config import RunConfig
 from mimkit.data.sources import load_labelled_splits
 from mimkit.eval.cache import feature_cache_dir
+from mimkit.eval.features import feature_encoder, feature_stats
 from mimkit.eval.knn import knn_evaluate
 from mimkit.inspect.reconstructions import save_reconstructions
 from mimkit.objectives.base import MaskedMethod
@@ -85,8 +86,9 @@ def pretrain_report(
             progress=cfg.train.progress,
             cache_dir=cache,
         )
+        stats = feature_stats(cfg.data)  # per input for samples with several inputs
         trained = knn_evaluate(
-            model.encoder, splits, cfg.data.mean, cfg.data.std, label="pretrained", **kwargs
+            feature_encoder(model, cfg.data), splits, *stats, label="pretrained", **kwargs
         )
         results["knn_pretrained"] = trained.top1
         desc = f"k={ec.knn_k}, T={ec.knn_temperature}, bank {trained.train_items}, test {trained.test_items}"
@@ -95,10 +97,9 @@ def pretrain_report(
             torch.manual_seed(cfg.train.seed)  # the very initialisation pretraining started from
             random_model = method_from_config(cfg).to(device)
             rand = knn_evaluate(
-                random_model.encoder,
+                feature_encoder(random_model, cfg.data),
                 splits,
-                cfg.data.mean,
-                cfg.data.std,
+                *stats,
                 label="random-init",
                 **kwargs,
             )

@@ -18,14 +18,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dsub.add_parser(
         "synth",
         help="generate test data: moving Fashion-MNIST videos, volumes, tiles, spectrograms, "
-        "point-cloud shapes, Fashion-MNIST segmentation scenes",
+        "point-cloud shapes, Fashion-MNIST segmentation scenes; with several inputs per "
+        "sample: Fashion-MNIST scenes as aligned image/depth/seg, pairs of views of one scene, "
+        "tiles split into two band groups",
         configure=_synth_options,
     )
     _add_stats(dsub)
 
 
 # cmd_data_synth's cases
-SYNTH_KINDS = ("moving-fmnist", "volumes", "tiles", "spectrograms", "shapes", "fmnist-scenes")
+SYNTH_KINDS = (
+    "moving-fmnist", "volumes", "tiles", "spectrograms", "shapes", "fmnist-scenes",
+    "fmnist-modal", "fmnist-pairs", "tile-groups",
+)  # fmt: skip
+MULTI_KINDS = SYNTH_KINDS[-3:]  # several inputs per sample (data.source: multi)
 
 
 def _synth_options(p: argparse.ArgumentParser) -> None:
@@ -35,11 +41,20 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", type=int, help="test items (default per kind)")
     p.add_argument("--frames", type=int, default=16, help="moving-fmnist: frames per clip")
     p.add_argument(
-        "--size", type=int, default=64, help="moving-fmnist canvas / tile side / fmnist-scenes side"
+        "--size",
+        type=int,
+        help="moving-fmnist canvas / tile side / scene or view side (default 64; 32 for "
+        "fmnist-modal, fmnist-pairs and tile-groups)",
     )
     p.add_argument("--bands", type=int, default=6, help="tiles: number of bands")
     p.add_argument("--format", default="npy", choices=("npy", "tif"), help="tiles: file format")
     p.add_argument("--points", type=int, default=1024, help="shapes: points per cloud")
+    p.add_argument(
+        "--shift", type=int, default=8, help="fmnist-pairs: how far the two views may lie apart"
+    )
+    p.add_argument(
+        "--optical-bands", type=int, help="tile-groups: bands in the optical group (default half)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the generator")
     p.set_defaults(func=cmd_data_synth)
 
@@ -52,14 +67,25 @@ def _add_stats(dsub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--source",
         required=True,
-        choices=("multiband", "spectrogram", "volume", "video", "folder"),
-        help="how to read the folder",
+        choices=("multiband", "spectrogram", "volume", "video", "folder", "multi"),
+        help="how to read the folder (multi: one sub-folder per input, statistics per input)",
     )
-    p.add_argument("--channels", type=int, required=True, help="channels (bands) per item")
+    p.add_argument("--channels", type=int, help="channels (bands) per item (not for multi)")
+    p.add_argument(
+        "--inputs",
+        nargs="+",
+        metavar="NAME=CHANNELS",
+        help="multi: the inputs and their channels (default: the --config's data.inputs, else "
+        "the folder's inputs.json from `mimkit data synth`)",
+    )
     p.add_argument(
         "--size", type=int, nargs=2, required=True, metavar=("H", "W"), help="item size in pixels"
     )
-    p.add_argument("--config", help="also write mean/std into this YAML config's data section")
+    p.add_argument(
+        "--config",
+        help="also write mean/std into this YAML config's data section (multi: into "
+        "data.inputs.NAME)",
+    )
     p.set_defaults(func=cmd_data_stats)
 
 
@@ -80,6 +106,11 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     counts = {k: v for k, v in (("train", args.train), ("test", args.test)) if v is not None}
     if any(v < 1 for v in counts.values()):
         raise ConfigError("--train and --test must be >= 1")
+    if args.kind in MULTI_KINDS:
+        root = _synth_multi(args, counts)
+        print(f"wrote {args.kind} to {root} (its inputs: {root / 'inputs.json'})")
+        return 0
+    args.size = args.size or 64
     if args.kind == "moving-fmnist":
         root = synthetic.make_moving_fmnist(
             args.out, frames=args.frames, size=args.size, seed=args.seed, **counts
@@ -100,11 +131,31 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_multi(args: argparse.Namespace, counts: dict[str, int]) -> Path:
+    # numpy and the generators load only when the command runs (a fast --help)
+    from mimkit.data import multi_synth
+
+    size = args.size or 32
+    if args.kind == "fmnist-modal":
+        return multi_synth.make_fmnist_modal(args.out, size=size, seed=args.seed, **counts)
+    if args.kind == "fmnist-pairs":
+        return multi_synth.make_fmnist_pairs(
+            args.out, size=size, shift=args.shift, seed=args.seed, **counts
+        )
+    return multi_synth.make_tile_groups(
+        args.out, bands=args.bands, optical=args.optical_bands, size=size, seed=args.seed, **counts
+    )
+
+
 def cmd_data_stats(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
     from mimkit.config import DataConfig, load_config
     from mimkit.data.info import data_stats, set_data_stats
 
+    if args.source == "multi":
+        return _multi_stats(args)
+    if args.channels is None:
+        raise ConfigError(f"data stats --source {args.source}: --channels is needed")
     cfg = DataConfig(source=args.source, path=args.path)
     stats = data_stats(cfg, args.channels, tuple(args.size))
     print(json.dumps(stats))
@@ -113,4 +164,34 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         load_config(path)  # refuse to edit a config that does not load
         path.write_text(set_data_stats(path.read_text(), stats, str(path)))  # comments kept
         print(f"wrote data.mean and data.std into {path}")
+    return 0
+
+
+def _multi_stats(args: argparse.Namespace) -> int:
+    """Per-input statistics of a `multi` folder; with --config, written into data.inputs."""
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.config import load_config
+    from mimkit.data.config import DataConfig, InputConfig
+    from mimkit.data.multi import input_stats, read_inputs_file, set_inputs_stats
+
+    if args.inputs:
+        inputs = {}
+        for item in args.inputs:
+            name, _, channels = item.partition("=")
+            if not name or not channels.isdigit():
+                raise ConfigError(f"--inputs {item!r}: expected NAME=CHANNELS, e.g. optical=3")
+            inputs[name] = InputConfig(channels=int(channels))
+    elif args.config:
+        inputs = load_config(Path(args.config)).data.inputs
+    else:
+        inputs = read_inputs_file(args.path)
+    cfg = DataConfig(source="multi", path=args.path, inputs=inputs)
+    cfg.check()
+    stats = input_stats(cfg, tuple(args.size))
+    print(json.dumps(stats))
+    if args.config:
+        path = Path(args.config)
+        load_config(path)  # refuse to edit a config that does not load
+        path.write_text(set_inputs_stats(path.read_text(), stats, str(path)))  # comments kept
+        print(f"wrote data.inputs.{{{','.join(stats)}}}.mean/std into {path}")
     return 0

@@ -232,6 +232,7 @@ def load_target(args: argparse.Namespace):
     # torch loads only when a command runs: --help stays fast
     import torch
 
+    from mimkit.eval.features import feature_encoder
     from mimkit.train.checkpoint import load_model, method_from_config, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device
 
@@ -242,7 +243,7 @@ def load_target(args: argparse.Namespace):
         torch.manual_seed(cfg.train.seed)  # the initialisation pretraining started from
         model = method_from_config(cfg).to(device).eval()
     use_data_args(cfg, args)
-    return model.encoder, cfg, folder, device
+    return feature_encoder(model, cfg.data), cfg, folder, device
 
 
 def load_features(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,6 +251,7 @@ def load_features(args: argparse.Namespace) -> dict[str, Any]:
     # torch loads only when a command runs: --help stays fast
     from mimkit.data.sources import load_labelled_splits
     from mimkit.eval.cache import cached_features, feature_cache_dir, legacy_eval_dir
+    from mimkit.eval.features import feature_stats
 
     start = time.perf_counter()
     encoder, cfg, folder, device = load_target(args)
@@ -264,12 +266,9 @@ def load_features(args: argparse.Namespace) -> dict[str, Any]:
         cache_dir=cache_dir, also_read=old, pool=args.pool, block=args.block, device=device,
         progress=True,
     )  # fmt: skip
-    f_train = cached_features(
-        encoder, x_train, cfg.data.mean, cfg.data.std, desc="train features", **kw
-    )
-    f_test = cached_features(
-        encoder, x_test, cfg.data.mean, cfg.data.std, desc="test features", **kw
-    )
+    mean, std = feature_stats(cfg.data)  # per input for samples with several inputs
+    f_train = cached_features(encoder, x_train, mean, std, desc="train features", **kw)
+    f_test = cached_features(encoder, x_test, mean, std, desc="test features", **kw)
     return {
         "train": (f_train.to(device), y_train.to(device)),
         "test": (f_test.to(device), y_test.to(device)),

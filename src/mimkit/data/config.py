@@ -11,12 +11,50 @@ from dataclasses import dataclass, field
 
 from mimkit.errors import ConfigError
 
-# sources whose items are 2-D images (H, W) and those with a third axis (T or D)
-FLAT_SOURCES = ("fashion_mnist", "idx", "folder", "multiband", "spectrogram")
+# sources whose items are 2-D images (H, W) and those with a third axis (T or D); `multi`:
+# several aligned inputs per sample (modalities, or two views), one sub-folder each (data.inputs)
+FLAT_SOURCES = ("fashion_mnist", "idx", "folder", "multiband", "spectrogram", "multi")
 DEEP_SOURCES = ("video", "volume")
 POINT_SOURCES = ("points",)  # clouds (N, points, 3): no image size, no pixel statistics
 SOURCES = FLAT_SOURCES + DEEP_SOURCES + POINT_SOURCES
 BAD_ITEM_POLICIES = ("skip", "fail")
+INTERPOLATIONS = ("bilinear", "nearest")
+
+
+@dataclass
+class InputConfig:
+    """One input of a sample with several (`data.inputs.NAME`): a modality or one of two views.
+
+    Its files are in the sub-folder NAME of each split (images, or .npy/.npz/TIFF arrays whose
+    values are kept), paired with the other inputs' files by sample id (class folder and file
+    stem). `mean`/`std` are in the pipeline's units (value / 255), one per channel or one for
+    all; `mimkit data stats --source multi` measures them. Crops and flips are the same for
+    every input of a sample; `interpolation: nearest` keeps label-like maps (segmentation) whole.
+    """
+
+    channels: int = 1
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    interpolation: str = "bilinear"
+
+    def check(self, name: str) -> None:
+        where = f"data.inputs.{name}"
+        if self.channels < 1:
+            raise ConfigError(f"{where}.channels must be >= 1, got {self.channels}")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) not in (1, self.channels):
+                raise ConfigError(
+                    f"{where}.{key} has {len(values)} values; expected 1 or "
+                    f"{where}.channels={self.channels}"
+                )
+        if not all(s > 0 for s in self.std):
+            raise ConfigError(f"{where}.std must be > 0 for every channel, got {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"{where}.interpolation must be one of {list(INTERPOLATIONS)}, "
+                f"got {self.interpolation!r}"
+            )
 
 
 @dataclass
@@ -47,6 +85,9 @@ class DataConfig:
     point_translate: float = 0.1  # shift per axis, uniform in [-t, t]
     point_rotate: bool = True  # a random turn about the up (z) axis
     point_jitter: float = 0.01  # Gaussian noise per point (clipped at 5 sigma)
+    # source: multi: the inputs of each sample by name (a sub-folder each), e.g.
+    # {optical: {channels: 3}, radar: {channels: 2}} or {view1: {}, view2: {}}
+    inputs: dict[str, InputConfig] = field(default_factory=dict)
 
     def check(self) -> None:
         """Refuse values no run can use, naming the field."""
@@ -65,6 +106,20 @@ class DataConfig:
                 f"data.crop_ratio must be [min, max] with 0 < min <= max, got {self.crop_ratio}"
             )
         self._check_counts()
+        self._check_inputs()
+
+    def _check_inputs(self) -> None:
+        if (self.source == "multi") != bool(self.inputs):
+            raise ConfigError(
+                "data.inputs names the inputs of data.source: multi (and only of it); got "
+                f"source {self.source!r} with {len(self.inputs)} input(s)"
+            )
+        for name, spec in self.inputs.items():
+            if not name.isidentifier():
+                raise ConfigError(
+                    f"data.inputs: input name {name!r} must be a plain name (letters, digits, _)"
+                )
+            spec.check(name)
 
     def _check_counts(self) -> None:
         if self.on_bad_item not in BAD_ITEM_POLICIES:

@@ -28,6 +28,7 @@ from mimkit.data.folder import (
 )
 from mimkit.data.idx import load_fashion_mnist, read_idx
 from mimkit.data.modalities import MODAL_SOURCES, load_modal_split
+from mimkit.data.multi import Inputs, load_multi_split
 from mimkit.data.points import load_point_split
 from mimkit.errors import DataError
 
@@ -37,7 +38,7 @@ SOURCES = ("fashion_mnist", "idx", "folder")
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B, C, H, W) uint8
+    images: torch.Tensor | Inputs  # (B, C, H, W) uint8; several inputs: {name: (B, C_k, H, W)}
     labels: torch.Tensor  # (B,) int64, -1 where unlabelled
     kept: torch.Tensor | None = None  # (requested items,) bool: False where decoding failed
 
@@ -120,9 +121,11 @@ def load_split(
         return load_modal_split(cfg, split, channels, size, skipped_by)
     if cfg.source == "points":  # float32 clouds (N, points, 3), not images
         return load_point_split(cfg, split)
+    if cfg.source == "multi":  # several inputs per sample: Inputs {name: (N, C_k, H, W)}
+        return load_multi_split(cfg, split, size, skipped_by)
     if cfg.source not in SOURCES:
         raise DataError(
-            f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES + MODAL_SOURCES) + ['points']}"
+            f"data.source: unknown source {cfg.source!r}; expected one of {list(SOURCES + MODAL_SOURCES) + ['points', 'multi']}"
         )
     if cfg.source == "fashion_mnist":
         images, labels = load_fashion_mnist(split, cfg.path, cfg.download)

@@ -129,18 +129,11 @@ def make_tiles(
     """Write (bands, H, W) uint16 tiles (.npy or .tif) of three classes under root/{train,test}/."""
     root = Path(root)
     rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
-    offsets = np.linspace(500, 3000, bands)[:, None, None]
     bar = _bar(train + test, "tiles", progress)
     for split, count in (("train", train), ("test", test)):
         for n in range(count):
             label = n % 3
-            phase = rng.uniform(0, 2 * np.pi)
-            freq = rng.uniform(2, 5)
-            pattern = np.sin(2 * np.pi * freq * (xx + yy) + phase)
-            tile = offsets + rng.normal(0, 50, (bands, size, size))
-            tile[label::3] += 400 * pattern  # the class decides which bands carry the pattern
-            tile = np.clip(tile, 0, 65535).astype(np.uint16)
+            tile = make_tile(label, bands, size, rng)
             path = root / split / f"{label}" / f"tile_{n:05d}.{fmt}"
             path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == "npy":
@@ -152,6 +145,19 @@ def make_tiles(
             bar.update()
     bar.close()
     return root
+
+
+def make_tile(label: int, bands: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint16 (bands, size, size): band offsets and noise, and a smooth pattern on the bands
+    the class (0-2) picks (every third band from `label`)."""
+    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+    offsets = np.linspace(500, 3000, bands)[:, None, None]
+    phase = rng.uniform(0, 2 * np.pi)
+    freq = rng.uniform(2, 5)
+    pattern = np.sin(2 * np.pi * freq * (xx + yy) + phase)
+    tile = offsets + rng.normal(0, 50, (bands, size, size))
+    tile[label::3] += 400 * pattern  # the class decides which bands carry the pattern
+    return np.clip(tile, 0, 65535).astype(np.uint16)
 
 
 def make_spectrograms(

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mimkit.data.multi import sample_count
 from mimkit.eval.features import check_feature_settings, extract_features
 from mimkit.models.vit import VisionTransformer
 
@@ -70,11 +71,22 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def data_digest(images: torch.Tensor) -> str:
-    """SHA-256 of an image tensor's shape, dtype and bytes: the data's identity."""
+def data_digest(images: torch.Tensor | dict[str, torch.Tensor]) -> str:
+    """SHA-256 of an image tensor's shape, dtype and bytes: the data's identity (of several
+    inputs: of each, by name)."""
+    if isinstance(images, dict):
+        parts = "|".join(f"{k}:{data_digest(v)}" for k, v in sorted(images.items()))
+        return hashlib.sha256(parts.encode()).hexdigest()
     h = hashlib.sha256(f"{images.dtype}|{tuple(images.shape)}|".encode())
     h.update(_tensor_bytes(images))
     return h.hexdigest()
+
+
+def _plain(stats: list[float] | dict[str, list[float]]) -> list | dict:
+    """Statistics as JSON-ready floats (per input when a dict)."""
+    if isinstance(stats, dict):
+        return {k: [float(v) for v in values] for k, values in sorted(stats.items())}
+    return [float(v) for v in stats]
 
 
 def feature_key(
@@ -93,8 +105,8 @@ def feature_key(
         "block": block,
         "img_size": list(encoder.cfg.image_hw),
         "patch_size": encoder.cfg.patch_size,
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
+        "mean": _plain(mean),
+        "std": _plain(std),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -129,7 +141,7 @@ def cached_features(
         if candidate.is_file():
             try:
                 features = load_file(candidate)["features"]
-                if features.shape[0] == images.shape[0]:
+                if features.shape[0] == sample_count(images):
                     log.debug("features from cache %s", candidate)
                     return features
             except (SafetensorError, OSError, KeyError, ValueError):

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mimkit.config import RunConfig, check_pretraining, resolve_run_config
+from mimkit.data.multi import normalize_inputs, resample_inputs, sample_count
 from mimkit.data.points import augment_points
 from mimkit.data.sources import Batch, TrainSource
 from mimkit.data.transforms import augment_clips, crop_flip_theta, normalize, resample
@@ -408,7 +409,7 @@ def _check_resumable(saved: RunConfig, cfg: RunConfig, folder: Path) -> None:
 
 
 def prepare_batch(
-    images: torch.Tensor,
+    images: torch.Tensor | dict[str, torch.Tensor],
     cfg: RunConfig,
     device: torch.device,
     generator: torch.Generator,
@@ -416,6 +417,10 @@ def prepare_batch(
     global_batch: int | None = None,
 ) -> torch.Tensor:
     """uint8 batch -> augmented, normalised float batch on the device.
+
+    A batch of several inputs per sample (`Inputs`, from `data.source: multi`) comes back as
+    `Inputs` of float tensors, each input normalised with its own `data.inputs` statistics and
+    all inputs of a sample given the same crop and flip (aligned modalities stay aligned).
 
     With `rows`, `images` are those rows of a global batch of `global_batch` samples: the crop
     and flip parameters are drawn for the whole global batch and sliced, so each sample is
@@ -429,6 +434,16 @@ def prepare_batch(
             clouds, generator, tuple(dc.point_scale), dc.point_translate, dc.point_rotate,
             dc.point_jitter, rows, global_batch,
         )  # fmt: skip
+    if isinstance(images, dict):  # several inputs per sample: each its own statistics, one crop
+        moved = {name: to_device_async(x, device) for name, x in images.items()}
+        x = normalize_inputs(moved, dc.inputs)
+        theta = crop_flip_theta(
+            global_batch or sample_count(x), next(iter(x.values())).shape[-2:],
+            scale=tuple(dc.crop_scale), ratio=tuple(dc.crop_ratio), hflip=dc.hflip,
+            device=device, generator=generator,
+        )  # fmt: skip
+        theta = theta if rows is None else theta[rows]
+        return resample_inputs(x, dc.inputs, theta, cfg.model.image_hw)
     x = normalize(to_device_async(images, device), cfg.data.mean, cfg.data.std)
     if x.ndim == 5:  # clips and volumes: temporal/depth crop + one spatial crop per sample
         return augment_clips(

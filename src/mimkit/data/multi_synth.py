@@ -1,0 +1,209 @@
+"""Data with several inputs per sample, made here (`mimkit data synth`), seeded.
+
+Written in the layout `mimkit.data.multi` reads: `root/{train,test}/INPUT/CLASS/NAME.ext`, the
+inputs of one sample sharing CLASS/NAME, and `root/inputs.json` naming the inputs (channels,
+interpolation: the `data.inputs` section a config needs, statistics aside).
+
+- `fmnist-modal`: Fashion-MNIST scenes with aligned modalities: `image` (grey, textured
+  background, 1-3 items drawn over each other), `depth` (a depth-like map: a ground plane
+  receding upwards, each item a slanted plate in front of it, later items nearer; 0 near,
+  255 far) and `seg` (per-pixel class: 0 background, 1-10 the item classes; sample with
+  `interpolation: nearest`). The class is the item class covering most pixels.
+- `fmnist-pairs`: two views of one scene: `view1` and `view2` are crops of the model's side
+  cut at two places of a scene `shift` pixels larger, so they overlap by at least
+  side - shift pixels per axis; each view gets its own brightness gain and pixel noise (two
+  exposures, so copying view2 is not the whole task). `offsets.csv` in each split records
+  where each view was cut (id,y1,x1,y2,x2). The class is the item class covering most pixels
+  of the overlap.
+- `tile-groups`: the multi-band tiles of `synth tiles`, each split into two modality groups:
+  the first `optical` bands (`optical/`) and the rest (`radar/`, standing in for a second
+  sensor). The class sets which bands carry a pattern, so each group alone is informative.
+
+Training scenes use Fashion-MNIST's training items, test scenes its test items.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mimkit.data.idx import load_fashion_mnist
+from mimkit.data.multi import INPUTS_FILE, OFFSETS_FILE
+from mimkit.data.scenes import FRINGE, INK, background, rescaled
+from mimkit.data.synthetic import _bar, make_tile
+from mimkit.errors import ConfigError
+
+SPLITS = (("train", "train"), ("test", "test"))  # (folder written, Fashion-MNIST split read)
+
+
+def compose_layers(
+    items: np.ndarray, classes: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, depth, seg), each uint8 (size, size), of `items` (h, w) drawn in order, each
+    over the ones before it; `classes` are their Fashion-MNIST classes (0-9)."""
+    image = background(size, rng)
+    rows = np.linspace(0.0, 1.0, size)[:, None]
+    depth = np.broadcast_to(255.0 - 80.0 * rows, (size, size)).copy()  # far at the top
+    seg = np.zeros((size, size), dtype=np.uint8)
+    nearness = np.sort(rng.uniform(20, 150, len(items)))[::-1]  # later items nearer
+    for item, cls, near in zip(items, classes, nearness, strict=True):
+        patch = rescaled(item, rng.uniform(0.55, 0.9) * size / item.shape[0]).astype(np.float64)
+        side = min(patch.shape[0], size)
+        patch = patch[:side, :side]
+        y, x = rng.integers(0, size - side + 1, 2)
+        region = (slice(y, y + side), slice(x, x + side))
+        ink, fringe = patch >= INK, (patch >= FRINGE) & (patch < INK)
+        image[region] = np.where(ink, patch, image[region])
+        image[region] = np.where(fringe, np.maximum(patch, image[region]), image[region])
+        slant = near + 25.0 * np.linspace(0.0, 1.0, side)[None, :]  # a plate turned sideways
+        depth[region] = np.where(ink, slant, depth[region])
+        seg[region] = np.where(ink, cls + 1, seg[region])
+    as_u8 = [a.round().clip(0, 255).astype(np.uint8) for a in (image, depth)]
+    return as_u8[0], as_u8[1], seg
+
+
+def dominant_class(seg: np.ndarray, fallback: int) -> int:
+    """The item class (0-9) covering most pixels of `seg`; `fallback` when none shows."""
+    counts = np.bincount(seg.ravel(), minlength=11)[1:11]
+    return int(counts.argmax()) if counts.any() else int(fallback)
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode="L").save(path)
+
+
+def _write_inputs(root: Path, inputs: dict[str, dict], **meta) -> None:
+    text = json.dumps({"inputs": inputs, **meta}, indent=1)
+    (root / INPUTS_FILE).write_text(text + "\n")
+
+
+def make_fmnist_modal(
+    root: str | Path,
+    train: int = 1000,
+    test: int = 300,
+    size: int = 32,
+    seed: int = 0,
+    fmnist_path: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write `train` + `test` scenes as aligned `image`, `depth` and `seg` PNGs under `root`."""
+    if size < 16:
+        raise ConfigError(f"fmnist-modal: --size must be >= 16, got {size}")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    bar = _bar(train + test, "fmnist-modal", progress)
+    for (split, source), count in zip(SPLITS, (train, test), strict=True):
+        images, classes = load_fashion_mnist(source, fmnist_path, verify=fmnist_path is None)
+        images, classes = images[:, 0].numpy(), classes.numpy()
+        for n in range(count):
+            picks = rng.choice(len(classes), size=int(rng.integers(1, 4)), replace=False)
+            layers = compose_layers(images[picks], classes[picks], size, rng)
+            label = dominant_class(layers[2], classes[picks[-1]])
+            for name, layer in zip(("image", "depth", "seg"), layers, strict=True):
+                _save_png(root / split / name / f"{label}" / f"scene_{n:05d}.png", layer)
+            bar.update()
+    bar.close()
+    _write_inputs(
+        root,
+        {
+            "image": {"channels": 1},
+            "depth": {"channels": 1},
+            "seg": {"channels": 1, "interpolation": "nearest"},
+        },
+        kind="fmnist-modal", seed=seed, size=size, train=train, test=test,
+    )  # fmt: skip
+    return root
+
+
+def _exposure(view: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One view's own exposure: a brightness gain and pixel noise."""
+    out = view.astype(np.float64) * rng.uniform(0.8, 1.2) + rng.normal(0, 4, view.shape)
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def make_fmnist_pairs(
+    root: str | Path,
+    train: int = 2000,
+    test: int = 500,
+    size: int = 32,
+    shift: int = 8,
+    seed: int = 0,
+    fmnist_path: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write `train` + `test` pairs of overlapping `size`-px views (`view1`, `view2`) of scenes
+    `size + shift` px wide, with `offsets.csv` per split."""
+    if size < 16 or not 0 <= shift <= size // 2:
+        raise ConfigError(
+            f"fmnist-pairs: --size must be >= 16 and --shift in [0, size/2], got {size}, {shift}"
+        )
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    canvas = size + shift
+    bar = _bar(train + test, "fmnist-pairs", progress)
+    for (split, source), count in zip(SPLITS, (train, test), strict=True):
+        images, classes = load_fashion_mnist(source, fmnist_path, verify=fmnist_path is None)
+        images, classes = images[:, 0].numpy(), classes.numpy()
+        rows = ["id,y1,x1,y2,x2"]
+        for n in range(count):
+            picks = rng.choice(len(classes), size=int(rng.integers(1, 3)), replace=False)
+            image, _, seg = compose_layers(images[picks], classes[picks], canvas, rng)
+            (y1, x1), (y2, x2) = rng.integers(0, shift + 1, (2, 2))
+            top, left = max(y1, y2), max(x1, x2)
+            overlap = seg[top : min(y1, y2) + size, left : min(x1, x2) + size]
+            label = dominant_class(overlap, classes[picks[-1]])
+            name = f"{label}/pair_{n:05d}"
+            for view, (y, x) in (("view1", (y1, x1)), ("view2", (y2, x2))):
+                crop = _exposure(image[y : y + size, x : x + size], rng)
+                _save_png(root / split / view / f"{name}.png", crop)
+            rows.append(f"{name},{y1},{x1},{y2},{x2}")
+            bar.update()
+        (root / split / OFFSETS_FILE).write_text("\n".join(rows) + "\n")
+    bar.close()
+    _write_inputs(
+        root, {"view1": {"channels": 1}, "view2": {"channels": 1}},
+        kind="fmnist-pairs", seed=seed, size=size, shift=shift, train=train, test=test,
+    )  # fmt: skip
+    return root
+
+
+def make_tile_groups(
+    root: str | Path,
+    train: int = 300,
+    test: int = 150,
+    bands: int = 6,
+    optical: int | None = None,
+    size: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Write multi-band tiles split into `optical/` (the first `optical` bands, default half)
+    and `radar/` (the rest), uint16 .npy (C, H, W) each."""
+    optical = bands // 2 if optical is None else optical
+    if bands < 2 or not 1 <= optical < bands:
+        raise ConfigError(
+            f"tile-groups: needs --bands >= 2 and 1 <= --optical-bands < bands, got {bands}, "
+            f"{optical}"
+        )
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    bar = _bar(train + test, "tile-groups", progress)
+    for split, count in (("train", train), ("test", test)):
+        for n in range(count):
+            label = n % 3
+            tile = make_tile(label, bands, size, rng)
+            for group, part in (("optical", tile[:optical]), ("radar", tile[optical:])):
+                path = root / split / group / f"{label}" / f"tile_{n:05d}.npy"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, part)
+            bar.update()
+    bar.close()
+    _write_inputs(
+        root, {"optical": {"channels": optical}, "radar": {"channels": bands - optical}},
+        kind="tile-groups", seed=seed, size=size, bands=bands, train=train, test=test,
+    )  # fmt: skip
+    return root

@@ -1,0 +1,263 @@
+"""Samples with several inputs (`data.source: multi`): the layout, its reader, the generators,
+per-input statistics, the loop's batch preparation and the evaluation's feature path."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import needs_fmnist
+from PIL import Image
+
+from mimkit.cli.main import main
+from mimkit.config import load_config
+from mimkit.data.config import DataConfig, InputConfig
+from mimkit.data.multi import Inputs, load_multi_split, read_offsets, set_inputs_stats
+from mimkit.data.multi_synth import make_fmnist_modal, make_fmnist_pairs, make_tile_groups
+from mimkit.data.scenes import INK
+from mimkit.data.sources import TrainSource, load_labelled_splits
+from mimkit.errors import ConfigError, DataError
+from mimkit.eval.cache import cached_features
+from mimkit.eval.features import InputsEncoder, extract_features, feature_encoder, feature_stats
+from mimkit.models import ModelConfig, VisionTransformer
+from mimkit.train.loop import prepare_batch
+
+VIEWS = {"view1": InputConfig(), "view2": InputConfig()}
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8), mode="L").save(path)
+
+
+def _two_inputs(root: Path, n: int = 6, size: int = 8) -> Path:
+    """root/{train,test}/{a,b}/{0,1}/s_K.png, input b = 255 - input a."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for k in range(n):
+            a = rng.integers(0, 256, (size, size))
+            _png(root / split / "a" / f"{k % 2}" / f"s_{k}.png", a)
+            _png(root / split / "b" / f"{k % 2}" / f"s_{k}.png", 255 - a)
+    return root
+
+
+def _cfg(root: Path, **kw) -> DataConfig:
+    inputs = kw.pop("inputs", {"a": InputConfig(), "b": InputConfig()})
+    return DataConfig(source="multi", path=str(root), inputs=inputs, **kw)
+
+
+def test_reader_pairs_inputs_by_sample_id_and_class(tmp_path):
+    root = _two_inputs(tmp_path)
+    inputs, labels = load_multi_split(_cfg(root), "train", (8, 8))
+    assert isinstance(inputs, Inputs) and set(inputs) == {"a", "b"}
+    assert inputs["a"].shape == inputs["b"].shape == (6, 1, 8, 8)
+    assert inputs["a"].dtype == torch.uint8
+    assert torch.equal(inputs["b"], 255 - inputs["a"])  # the same sample in every input
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+    rows = inputs[torch.tensor([4, 1])]  # rows cut from every input at once
+    assert isinstance(rows, Inputs) and rows.rows == 2 and len(rows) == 2
+    assert torch.equal(rows["a"], inputs["a"][[4, 1]])
+
+
+def test_missing_and_bad_files_are_counted_skips_naming_the_file(tmp_path, caplog):
+    root = _two_inputs(tmp_path)
+    (root / "train" / "b" / "0" / "s_2.png").unlink()  # in a, not in b
+    _png(root / "train" / "a" / "1" / "s_3.png", np.zeros((9, 8)))  # wrong size
+    (root / "train" / "b" / "1" / "s_5.png").write_bytes(b"not a png")
+    skipped = __import__("collections").Counter()
+    with caplog.at_level(logging.WARNING):
+        inputs, labels = load_multi_split(_cfg(root), "train", (8, 8), skipped)
+    assert len(labels) == 3 and inputs["a"].shape[0] == 3
+    assert skipped == {"missing_input": 1, "size": 1, "undecodable": 1}
+    text = caplog.text
+    assert "s_2.png" in text and "no file in input(s) b" in text
+    assert "s_3.png" in text and "s_5.png" in text
+    with pytest.raises(DataError, match="s_2.png.*on_bad_item=fail"):
+        load_multi_split(_cfg(root, on_bad_item="fail"), "train", (8, 8))
+
+
+def test_array_inputs_keep_values_and_check_channels(tmp_path):
+    for k in range(3):
+        for name, bands in (("opt", 3), ("sar", 2)):
+            path = tmp_path / "train" / name / f"{k}" / f"t{k}.npy"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, np.full((bands, 4, 4), 1000 + k, dtype=np.uint16))
+    specs = {"opt": InputConfig(channels=3), "sar": InputConfig(channels=2)}
+    inputs, labels = load_multi_split(_cfg(tmp_path, inputs=specs), "train", (4, 4))
+    assert inputs["opt"].dtype == torch.float32 and inputs["sar"].shape == (3, 2, 4, 4)
+    assert inputs["sar"][2].max() == 1002 and labels.tolist() == [0, 1, 2]
+    wrong = {"opt": InputConfig(channels=2), "sar": InputConfig(channels=2)}
+    with pytest.raises(DataError, match=r"t0.npy: array of shape \(3, 4, 4\); expected \(2, H, W\)"):
+        load_multi_split(_cfg(tmp_path, inputs=wrong, on_bad_item="fail"), "train", (4, 4))
+
+
+def test_missing_input_folder_is_one_line(tmp_path):
+    root = _two_inputs(tmp_path)
+    cfg = _cfg(root, inputs={"a": InputConfig(), "depth": InputConfig()})
+    with pytest.raises(DataError, match=r"train/depth: folder of input 'depth' not found"):
+        load_multi_split(cfg, "train", (8, 8))
+
+
+def test_config_section_reads_and_refuses_precisely(tmp_path):
+    path = tmp_path / "c.yaml"
+    tree = {
+        "model": {"img_size": 8, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2},
+        "data": {
+            "source": "multi",
+            "path": str(tmp_path),
+            "inputs": {"optical": {"channels": 3, "mean": [0.1, 0.2, 0.3]}, "radar": None},
+        },
+    }
+    path.write_text(yaml.safe_dump(tree))
+    cfg = load_config(path)
+    assert cfg.data.inputs["optical"].channels == 3
+    assert cfg.data.inputs["radar"] == InputConfig()  # `radar:` alone: the defaults
+    bad = [
+        (["data.inputs.optical.mean=[0.1, 0.2]"], r"data.inputs.optical.mean has 2 values"),
+        (["data.inputs.radar.interpolation=cubic"], r"data.inputs.radar.interpolation must be"),
+        (["data.inputs.radar.std=[0]"], r"data.inputs.radar.std must be > 0"),
+        (["data.inputs.radar.chanels=2"], r"unknown config key 'data.inputs.radar.chanels'"),
+        (["data.source=folder"], r"data.inputs names the inputs of data.source: multi"),
+        (["data.inputs=[1, 2]"], r"data.inputs: expected a mapping"),
+    ]
+    for overrides, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, overrides)
+
+
+def test_prepare_batch_gives_every_input_the_same_crop_and_its_own_statistics(tmp_path):
+    cfg = load_config(None, ["model.img_size=8", "model.patch_size=4", "data.source=multi"]
+                      + ["data.inputs={a: {mean: [0.5], std: [0.5]}, "
+                         "b: {mean: [0.0], std: [0.25]}, s: {interpolation: nearest}}"])  # fmt: skip
+    a = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    seg = torch.randint(0, 5, (4, 1, 8, 8), dtype=torch.uint8)
+    batch = Inputs({"a": a, "b": a.clone(), "s": seg})
+    gen = torch.Generator().manual_seed(0)
+    x = prepare_batch(batch, cfg, torch.device("cpu"), gen)
+    assert isinstance(x, Inputs) and x["a"].dtype == torch.float32
+    # the same pixels, cropped alike, each standardised with its own mean/std
+    torch.testing.assert_close((x["a"] * 0.5 + 0.5), x["b"] * 0.25, atol=1e-5, rtol=0)
+    assert set(x["s"].unique().tolist()) <= set(seg.float().div(255).unique().tolist())
+    plain = prepare_batch(a, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert plain.shape == a.shape  # the single-tensor path is unchanged
+
+
+def test_train_source_yields_inputs_batches(tmp_path):
+    root = _two_inputs(tmp_path, n=8)
+    source = TrainSource(_cfg(root, limit=6), 1, (8, 8), seed=0)
+    assert source.num_items == 6
+    (batch,) = list(source.batches(0, 4))[:1]
+    assert isinstance(batch.images, Inputs) and batch.images["b"].shape == (4, 1, 8, 8)
+    assert torch.equal(batch.images["b"], 255 - batch.images["a"])
+    x_tr, y_tr, x_te, y_te = load_labelled_splits(_cfg(root), 1, (8, 8), train_limit=5)
+    assert x_tr["a"].shape[0] == 5 == len(y_tr) and x_te["b"].shape[0] == len(y_te) == 8
+
+
+class _ViewOne(torch.nn.Module):
+    """A stand-in method that encodes input `a` only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = VisionTransformer(
+            ModelConfig(img_size=8, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2)
+        )
+
+    def encode(self, images):
+        return self.encoder.features(images["a"])
+
+
+def test_features_of_inputs_use_the_method_and_each_inputs_statistics(tmp_path):
+    root = _two_inputs(tmp_path)
+    data = _cfg(root, inputs={"a": InputConfig(mean=[0.3], std=[0.2]), "b": InputConfig()})
+    method = _ViewOne().eval()
+    wrapper = feature_encoder(method, data)
+    assert isinstance(wrapper, InputsEncoder) and feature_encoder(method, DataConfig()) is method.encoder
+    inputs, _ = load_multi_split(data, "train", (8, 8))
+    mean, std = feature_stats(data)
+    feats = extract_features(wrapper, inputs, mean, std, batch_size=4, progress=False)
+    alone = extract_features(method.encoder, inputs["a"], [0.3], [0.2], progress=False)
+    torch.testing.assert_close(feats, alone)
+    cached = cached_features(wrapper, inputs, mean, std, tmp_path / "cache", progress=False)
+    again = cached_features(wrapper, inputs, mean, std, tmp_path / "cache", progress=False)
+    torch.testing.assert_close(cached, alone)
+    torch.testing.assert_close(again, alone)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    with pytest.raises(ConfigError, match="several inputs are the method's own"):
+        extract_features(wrapper, inputs, mean, std, block=0, progress=False)
+
+
+def test_stats_cli_writes_each_inputs_statistics_into_the_config(tmp_path, capsys):
+    root = _two_inputs(tmp_path / "d")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model:\n  img_size: 8\n  patch_size: 4\ndata:\n  source: multi  # two inputs\n"
+        f"  path: {root}\n  inputs:\n    a:\n      channels: 1\n    b:\n      channels: 1\n"
+    )
+    assert main(["data", "stats", str(root), "--source", "multi", "--size", "8", "8",
+                 "--config", str(config)]) == 0  # fmt: skip
+    cfg = load_config(config)
+    inputs, _ = load_multi_split(cfg.data, "train", (8, 8))
+    for name in ("a", "b"):
+        x = inputs[name].float() / 255
+        assert cfg.data.inputs[name].mean == pytest.approx([x.mean().item()], abs=1e-5)
+        assert cfg.data.inputs[name].std == pytest.approx([x.std().item()], abs=1e-5)
+    assert "# two inputs" in config.read_text()
+    assert main(["data", "stats", str(root), "--source", "multi", "--size", "8", "8",
+                 "--inputs", "a=1"]) == 0  # fmt: skip
+    assert '"a"' in capsys.readouterr().out
+    assert main(["data", "stats", str(root), "--source", "multi", "--size", "8", "8"]) != 0
+    assert "inputs.json: not found" in capsys.readouterr().err
+
+
+def test_set_inputs_stats_refuses_inline_sections():
+    text = "data:\n  source: multi\n  inputs: {a: {}}\n"
+    with pytest.raises(DataError, match="data.inputs is written inline"):
+        set_inputs_stats(text, {"a": {"mean": [0.1], "std": [0.2]}}, "c.yaml")
+
+
+@needs_fmnist
+def test_pairs_views_overlap_where_their_offsets_say(tmp_path):
+    root = make_fmnist_pairs(tmp_path, train=6, test=2, size=16, shift=4, seed=3, progress=False)
+    cfg = DataConfig(source="multi", path=str(root), inputs=dict(VIEWS))
+    inputs, labels = load_multi_split(cfg, "train", (16, 16))
+    offsets = read_offsets(root, "train")
+    assert len(offsets) == len(labels) == 6
+    for i, (sample, (y1, x1, y2, x2)) in enumerate(sorted(offsets.items())):
+        v1, v2 = inputs["view1"][i, 0].float(), inputs["view2"][i, 0].float()
+        top, left, h, w = max(y1, y2), max(x1, x2), 16 - abs(y1 - y2), 16 - abs(x1 - x2)
+        a = v1[top - y1 : top - y1 + h, left - x1 : left - x1 + w].flatten()
+        b = v2[top - y2 : top - y2 + h, left - x2 : left - x2 + w].flatten()
+        # the same scene up to each view's own gain and noise
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9, sample
+    again = make_fmnist_pairs(tmp_path / "again", train=6, test=2, size=16, shift=4, seed=3,
+                              progress=False)  # fmt: skip
+    assert read_offsets(again, "train") == offsets  # seeded
+
+
+@needs_fmnist
+def test_modal_scenes_are_aligned(tmp_path):
+    root = make_fmnist_modal(tmp_path, train=5, test=2, size=24, seed=1, progress=False)
+    specs = {"image": InputConfig(), "depth": InputConfig(), "seg": InputConfig()}
+    inputs, labels = load_multi_split(DataConfig("multi", str(root), inputs=specs), "test", (24, 24))
+    item = inputs["seg"] > 0
+    assert item.any() and (inputs["seg"] <= 10).all()
+    assert (inputs["image"][item] >= INK).all()  # item pixels are ink in the image
+    assert inputs["depth"][item].float().mean() < inputs["depth"][~item].float().mean()  # nearer
+    names = sorted(p.name for p in (root / "test" / "seg").iterdir())  # the class folders
+    for i, label in enumerate(labels.tolist()):  # the class covering most pixels
+        counts = torch.bincount(inputs["seg"][i].flatten().long(), minlength=11)[1:]
+        assert counts.argmax().item() == int(names[label])
+
+
+def test_tile_groups_split_the_bands(tmp_path):
+    root = make_tile_groups(tmp_path, train=3, test=3, bands=5, optical=2, size=8, progress=False)
+    specs = {"optical": InputConfig(channels=2), "radar": InputConfig(channels=3)}
+    inputs, labels = load_multi_split(DataConfig("multi", str(root), inputs=specs), "train", (8, 8))
+    assert inputs["optical"].shape == (3, 2, 8, 8) and inputs["radar"].shape == (3, 3, 8, 8)
+    assert labels.tolist() == [0, 1, 2]
+    band_means = torch.cat([inputs["optical"], inputs["radar"]], 1).mean(dim=(0, 2, 3))
+    assert (band_means.diff() > 0).all()  # the band offsets rise with the band index
