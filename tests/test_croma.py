@@ -5,14 +5,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model_config
+from conftest import tiny_model_config, tiny_model_overrides
 
+from mimkit.cli.main import main
+from mimkit.data.multi_synth import make_tile_groups
 from mimkit.errors import ConfigError
 from mimkit.masking import MaskingConfig
 from mimkit.models.alibi import AlibiViT, alibi_bias, alibi_slopes
 from mimkit.models.config import resolve_model_config
 from mimkit.models.vit import Block
 from mimkit.objectives.croma import CROMA, CROMASettings, symmetric_info_nce
+from mimkit.train.checkpoint import load_model
 
 
 def build(position="alibi", **kw):
@@ -153,3 +156,18 @@ def test_settings_are_checked_against_the_model():
         CROMASettings(inputs={"optical": 3, "radar": 2}).check(
             resolve_model_config(tiny_model_config())
         )
+
+
+def test_the_preset_trains_reloads_evaluates_and_exports_through_the_cli(tmp_path, capsys):
+    root = make_tile_groups(tmp_path / "tiles", train=8, test=6, size=16, progress=False)
+    run = tmp_path / "run"
+    tiny = tiny_model_overrides(run) + ["model.img_size=16", "model.patch_size=4"]
+    args = [f"data.path={root}", "train.max_steps=2", "train.batch_size=4", "eval.knn=false"]
+    assert main(["pretrain", "configs/synthetic_tiles_croma_tiny.yaml", *tiny, *args]) == 0
+    assert main(["eval", "knn", str(run), "--k", "3"]) == 0
+    assert "kNN top-1" in capsys.readouterr().out
+    assert main(["export", str(run), "--to", "safetensors", str(tmp_path / "exported")]) == 0
+    model, cfg = load_model(tmp_path / "exported")
+    assert cfg.method.name == "croma" and isinstance(model.encoder, AlibiViT)
+    big = {"optical": torch.randn(2, 3, 32, 32), "radar": torch.randn(2, 3, 32, 32)}
+    assert model.encode(big).shape == (2, 32)

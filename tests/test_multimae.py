@@ -2,14 +2,17 @@
 
 import pytest
 import torch
-from conftest import tiny_model_config
+from conftest import needs_fmnist, tiny_model_config, tiny_model_overrides
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from mimkit.cli.main import main
+from mimkit.data.multi_synth import make_fmnist_modal
 from mimkit.errors import ConfigError
 from mimkit.masking import MaskingConfig
 from mimkit.models.config import resolve_model_config
 from mimkit.objectives.multimae import MultiMAE, MultiMAESettings, dirichlet_counts
+from mimkit.train.checkpoint import load_model
 
 INPUTS = ["image", "depth", "seg"]
 
@@ -124,3 +127,18 @@ def test_settings_are_checked_against_the_model():
         MultiMAESettings(inputs={"image": 3, "depth": 0}).check(cfg)
     with pytest.raises(ConfigError, match="method.alpha"):
         MultiMAESettings(inputs={"image": 3, "depth": 1}, alpha=0.0).check(cfg)
+
+
+@needs_fmnist
+def test_the_preset_trains_reloads_evaluates_and_exports_through_the_cli(tmp_path, capsys):
+    root = make_fmnist_modal(tmp_path / "scenes", train=8, test=6, size=16, progress=False)
+    run = tmp_path / "run"
+    tiny = tiny_model_overrides(run) + ["model.img_size=16", "model.patch_size=4"]
+    args = [f"data.path={root}", "train.max_steps=2", "train.batch_size=4", "eval.knn=false"]
+    assert main(["pretrain", "configs/fmnist_multimae_tiny.yaml", *tiny, *args]) == 0
+    assert main(["eval", "knn", str(run), "--k", "3"]) == 0
+    assert "kNN top-1" in capsys.readouterr().out
+    assert main(["export", str(run), "--to", "safetensors", str(tmp_path / "exported")]) == 0
+    model, cfg = load_model(tmp_path / "exported")
+    assert cfg.method.name == "multimae" and list(cfg.method.inputs) == INPUTS
+    assert model.encode({"depth": torch.randn(2, 1, 16, 16)}).shape == (2, 32)
