@@ -91,7 +91,9 @@ def test_array_inputs_keep_values_and_check_channels(tmp_path):
     assert inputs["opt"].dtype == torch.float32 and inputs["sar"].shape == (3, 2, 4, 4)
     assert inputs["sar"][2].max() == 1002 and labels.tolist() == [0, 1, 2]
     wrong = {"opt": InputConfig(channels=2), "sar": InputConfig(channels=2)}
-    with pytest.raises(DataError, match=r"t0.npy: array of shape \(3, 4, 4\); expected \(2, H, W\)"):
+    with pytest.raises(
+        DataError, match=r"t0.npy: array of shape \(3, 4, 4\); expected \(2, H, W\)"
+    ):
         load_multi_split(_cfg(tmp_path, inputs=wrong, on_bad_item="fail"), "train", (4, 4))
 
 
@@ -175,7 +177,10 @@ def test_features_of_inputs_use_the_method_and_each_inputs_statistics(tmp_path):
     data = _cfg(root, inputs={"a": InputConfig(mean=[0.3], std=[0.2]), "b": InputConfig()})
     method = _ViewOne().eval()
     wrapper = feature_encoder(method, data)
-    assert isinstance(wrapper, InputsEncoder) and feature_encoder(method, DataConfig()) is method.encoder
+    assert (
+        isinstance(wrapper, InputsEncoder)
+        and feature_encoder(method, DataConfig()) is method.encoder
+    )
     inputs, _ = load_multi_split(data, "train", (8, 8))
     mean, std = feature_stats(data)
     feats = extract_features(wrapper, inputs, mean, std, batch_size=4, progress=False)
@@ -242,7 +247,9 @@ def test_pairs_views_overlap_where_their_offsets_say(tmp_path):
 def test_modal_scenes_are_aligned(tmp_path):
     root = make_fmnist_modal(tmp_path, train=5, test=2, size=24, seed=1, progress=False)
     specs = {"image": InputConfig(), "depth": InputConfig(), "seg": InputConfig()}
-    inputs, labels = load_multi_split(DataConfig("multi", str(root), inputs=specs), "test", (24, 24))
+    inputs, labels = load_multi_split(
+        DataConfig("multi", str(root), inputs=specs), "test", (24, 24)
+    )
     item = inputs["seg"] > 0
     assert item.any() and (inputs["seg"] <= 10).all()
     assert (inputs["image"][item] >= INK).all()  # item pixels are ink in the image

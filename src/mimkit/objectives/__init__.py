@@ -17,6 +17,7 @@ from mimkit.masking import MaskingConfig
 from mimkit.models.config import ModelConfig
 from mimkit.objectives.base import MethodOutput, MethodSettings
 from mimkit.objectives.cae import CAESettings, ContextAutoencoder
+from mimkit.objectives.croco import CroCo, CroCoSettings
 from mimkit.objectives.croma import CROMA, CROMASettings
 from mimkit.objectives.crossmae import CrossMAE, CrossMAESettings
 from mimkit.objectives.dmae import DistilledMAE, DMAESettings
@@ -52,6 +53,7 @@ METHODS: dict[str, tuple[type[MethodSettings], Callable[..., nn.Module]]] = {
     "droppos": (DropPosSettings, DropPos),
     "point_mae": (PointMAESettings, PointMAE),
     "point_cmae": (PointCMAESettings, PointCMAE),
+    "croco": (CroCoSettings, CroCo),
     "multimae": (MultiMAESettings, MultiMAE),
     "croma": (CROMASettings, CROMA),
 }
