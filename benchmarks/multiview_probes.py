@@ -82,7 +82,12 @@ def main() -> None:
     parser.add_argument("--subsets", nargs="+", help="inputs joined by '+'; none: one image input")
     parser.add_argument("--data", help="another data folder (same layout and statistics)")
     parser.add_argument("--size", type=int, help="image side of --data (default: the model's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--seeds",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[0, 1],
+        help="linear-probe seeds, comma-separated (default 0,1)",
+    )
     parser.add_argument("--train-limit", type=int)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--raw", action="store_true", help="also the raw-pixel baseline")

@@ -130,6 +130,7 @@ def test_settings_are_checked_against_the_model():
 
 
 @needs_fmnist
+@pytest.mark.slow  # makes its scenes from the whole of Fashion-MNIST
 def test_the_preset_trains_reloads_evaluates_and_exports_through_the_cli(tmp_path, capsys):
     root = make_fmnist_modal(tmp_path / "scenes", train=8, test=6, size=16, progress=False)
     run = tmp_path / "run"
