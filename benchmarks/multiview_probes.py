@@ -76,6 +76,31 @@ def scores(f_train, y_train, f_test, y_test, seeds: list[int], k: int) -> dict:
     }
 
 
+@torch.no_grad()
+def reconstruction_loss(model, cfg, images, seed: int = 0, batch: int = 50) -> float:
+    """The method's masked-reconstruction loss on `images` (its contrastive term, if any, set to
+    0), every batch with the same seeded masks: how well the pretext task holds at this size."""
+    mean, std = feature_stats(cfg.data)
+    settings = model.settings
+    weight = getattr(settings, "contrast_weight", None)
+    if weight is not None:
+        settings.contrast_weight = 0.0
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(next(iter(images.values()))), batch):
+            rows = {
+                k: normalize(v[start : start + batch], mean[k], std[k]) for k, v in images.items()
+            }
+            out = model(rows, generator=torch.Generator().manual_seed(seed + start))
+            n = len(next(iter(rows.values())))
+            total, count = total + out.loss.item() * n, count + n
+    finally:
+        if weight is not None:
+            settings.contrast_weight = weight
+    return total / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run folder (or its checkpoint folder)")
@@ -91,6 +116,11 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--raw", action="store_true", help="also the raw-pixel baseline")
+    parser.add_argument(
+        "--recon",
+        action="store_true",
+        help="instead of probes: the masked-reconstruction loss on test",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     start = time.perf_counter()
@@ -103,7 +133,8 @@ def main() -> None:
         cfg.data, cfg.model.in_chans, (side, side), args.train_limit
     )
     result = {"run": args.run, "data": cfg.data.path, "size": side, "subsets": {}}
-    for subset in [s.split("+") for s in args.subsets] if args.subsets else [None]:
+    probed = [] if args.recon else args.subsets or [None]
+    for subset in [s.split("+") if s else None for s in probed]:
         name = "+".join(subset) if subset else "image"
         entry = {}
         for label, m in (("pretrained", model), ("untrained", twin)):
@@ -113,7 +144,13 @@ def main() -> None:
             f_train, f_test = (raw_pixels(cfg, x, subset) for x in (x_train, x_test))
             entry["raw_pixels"] = scores(f_train, y_train, f_test, y_test, args.seeds, args.k)
         result["subsets"][name] = entry
+    if args.recon:
+        result["reconstruction_loss"] = {
+            "pretrained": reconstruction_loss(model, cfg, x_test),
+            "untrained": reconstruction_loss(twin, cfg, x_test),
+        }
     result["train_items"], result["test_items"] = len(y_train), len(y_test)
+
     result["seconds"] = round(time.perf_counter() - start, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
