@@ -62,9 +62,11 @@ def dirichlet_counts(
     """(B, M) visible tokens per modality: a Dirichlet(alpha) share of `total` per sample,
     rounded so every row sums to `total` exactly, no modality above `per_modality`.
 
-    Shares are rounded down, the tokens left go to the largest remainders; a modality over
-    its patch count hands its excess to the others (largest share first).
+    Shares are rounded down and the tokens left go to the largest remainders; a modality
+    capped at its patch count leaves its excess to the others, handed out in the same order.
     """
+    if not 0 <= total <= modalities * per_modality:
+        raise ValueError(f"{total} visible tokens do not fit {modalities} x {per_modality}")
     # a seeded Dirichlet draw: normalised Gamma(alpha) variables, in float64 because a small
     # alpha's draws underflow float32 to zero (a row that still does is shared evenly)
     concentration = torch.full(
