@@ -50,11 +50,17 @@ def attention_kernel(tokens: int, device_type: str, dtype: torch.dtype) -> str:
     return "sdpa"
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention of (B, heads, N, d_head) q, k, v through the kernel `attention_kernel` picks."""
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of (B, heads, N, d_head) q, k, v through the kernel `attention_kernel` picks;
+    `bias` is added to the scores before the softmax (SDPA's float `attn_mask`)."""
     if attention_kernel(q.shape[-2], q.device.type, q.dtype) == "matmul":
-        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-    return F.scaled_dot_product_attention(q, k, v)
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        if bias is not None:
+            scores = scores + bias
+        return scores.softmax(dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 class Attention(nn.Module):
@@ -72,16 +78,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
         self.proj = nn.Linear(inner, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`bias`: an optional additive attention bias broadcast to (B, heads, N, N), e.g.
+        ALiBi's distance penalties; None is plain attention."""
         b, n, _ = x.shape
         # unbind (one backward op) rather than qkv[0], qkv[1], qkv[2] (three full-size
         # zero-filled gradients): about 30% faster attention backward on CPU.
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
-        x = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        x = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias)
         return self.proj(x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
-    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, heads, N, N) softmax(q k^T / sqrt(d_head)), each row a query's weights over keys.
+    def attention_weights(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, heads, N, N) softmax(q k^T / sqrt(d_head) + bias), each row a query's weights
+        over keys.
 
         For inspection only: `forward` never forms this matrix (SDPA fuses it away), so this
         recomputes q and k from the same input.
@@ -89,7 +98,8 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         q, k, _ = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = q.transpose(1, 2).float(), k.transpose(1, 2).float()
-        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        return (scores if bias is None else scores + bias.float()).softmax(dim=-1)
 
 
 class Mlp(nn.Module):
@@ -126,8 +136,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden or int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), bias))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

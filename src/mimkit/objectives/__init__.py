@@ -18,6 +18,7 @@ from mimkit.models.config import ModelConfig
 from mimkit.objectives.base import MethodOutput, MethodSettings
 from mimkit.objectives.cae import CAESettings, ContextAutoencoder
 from mimkit.objectives.croco import CroCo, CroCoSettings
+from mimkit.objectives.croma import CROMA, CROMASettings
 from mimkit.objectives.crossmae import CrossMAE, CrossMAESettings
 from mimkit.objectives.dmae import DistilledMAE, DMAESettings
 from mimkit.objectives.droppos import DropPos, DropPosSettings
@@ -29,6 +30,7 @@ from mimkit.objectives.maskalign import MaskAlign, MaskAlignSettings
 from mimkit.objectives.maskfeat import MaskFeat, MaskFeatSettings
 from mimkit.objectives.mfm import MaskedFrequencyModel, MFMSettings
 from mimkit.objectives.mrmae import MimicReconstructMAE, MRMAESettings
+from mimkit.objectives.multimae import MultiMAE, MultiMAESettings
 from mimkit.objectives.point_cmae import PointCMAE, PointCMAESettings
 from mimkit.objectives.point_mae import PointMAE, PointMAESettings
 from mimkit.objectives.simmim import SimMIM, SimMIMSettings
@@ -52,6 +54,8 @@ METHODS: dict[str, tuple[type[MethodSettings], Callable[..., nn.Module]]] = {
     "point_mae": (PointMAESettings, PointMAE),
     "point_cmae": (PointCMAESettings, PointCMAE),
     "croco": (CroCoSettings, CroCo),
+    "multimae": (MultiMAESettings, MultiMAE),
+    "croma": (CROMASettings, CROMA),
 }
 
 TeacherLoader = Callable[[str], nn.Module]

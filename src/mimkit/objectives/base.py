@@ -140,6 +140,26 @@ def teacher_missing(settings: Any) -> ConfigError:
     )
 
 
+def check_inputs(inputs: dict[str, int], model: ModelConfig, count: int) -> None:
+    """The inputs a multi-input method names (`method.inputs`, name -> channels, in order):
+    at least `count`, each with >= 1 channel, the first one's equal to model.in_chans (its
+    encoder is the one exported and probed)."""
+    if len(inputs) < count:
+        raise ConfigError(
+            f"method.inputs: expected {count} or more inputs (name: channels), got {inputs}"
+        )
+    if any(c < 1 for c in inputs.values()):
+        raise ConfigError(f"method.inputs: every input needs >= 1 channel, got {inputs}")
+    first, channels = next(iter(inputs.items()))
+    if channels != model.in_chans:
+        raise ConfigError(
+            f"method.inputs: the first input {first!r} has {channels} channels but "
+            f"model.in_chans is {model.in_chans}; they must agree"
+        )
+    if len(model.input_size) != 2:
+        raise ConfigError("method.inputs: several inputs are for 2-D images")
+
+
 def frozen(model: nn.Module | None) -> FrozenTeacher | None:
     """The teacher a method holds: frozen, or None when it was not found (rebuilt alone)."""
     return FrozenTeacher(model) if model is not None else None
