@@ -309,3 +309,32 @@ def test_pack_reads_an_hf_dataset_and_hf_bad_input_is_one_line(tmp_path, packed)
         TrainSource(DataConfig(source="hf", path=str(tmp_path / "text")), 1, (28, 28), 0)
     with pytest.raises(DataError, match=r"neither a save_to_disk folder"):
         TrainSource(DataConfig(source="hf", path=str(folder)), 1, (28, 28), 0)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_pretrain_process_on_shards_resumes_at_the_exact_sample(tmp_path, packed):
+    """A real `mimkit pretrain` process, SIGKILLed inside its step-2 checkpoint write, reading
+    the shards through a DataLoader worker in stream order; the same command again ends
+    bit-identical to a run that was never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    _, pack = packed
+    extra = ["data.shuffle_buffer=12", "data.num_workers=1", "train.save_every_steps=2"]
+    straight = pretrain(run_cfg(tmp_path, "straight", "packed", pack, *extra))
+    overrides = [
+        *tiny_model_overrides(tmp_path / "killed"), "data.source=packed", f"data.path={pack}",
+        "data.mean=[0.5]", "data.std=[0.29]", "train.batch_size=8", "train.epochs=2",
+        "train.log_every=1", "eval.knn=false", *extra,
+    ]  # fmt: skip
+    args = [sys.executable, "-m", "mimkit.cli", "pretrain", "configs/fmnist_mae_tiny.yaml",
+            *overrides, "--no-eval"]  # fmt: skip
+    env = {**os.environ, "MIMKIT_TEST_KILL_AT": "between_renames@2"}
+    killed = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = subprocess.run(args, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert_same_weights(tmp_path / "killed" / "checkpoint", straight.checkpoint)
+    assert losses(tmp_path / "killed")[-1] == losses(tmp_path / "straight")[-1]
