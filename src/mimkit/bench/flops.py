@@ -50,3 +50,35 @@ def mfu(images_per_s: float, flops_per_image: float, peak_flops: float | None) -
     if not peak_flops:
         return None
     return images_per_s * flops_per_image / peak_flops
+
+
+def vit_block_flops(attn_tokens, mlp_tokens, width: int, attn_width: int, mlp_hidden: int):
+    """Forward FLOPs of one block whose attention sees `attn_tokens` tokens and whose MLP sees
+    `mlp_tokens` (fewer when tokens are pruned or merged between the two, as ToMe and DiffRate
+    do), with `attn_width` = heads x head width and `mlp_hidden` MLP units (smaller in a
+    structurally pruned block). Plain arithmetic, so tensors with gradients pass through.
+    With attn_tokens = mlp_tokens, attn_width = width and mlp_hidden = mlp_ratio·width it is
+    `block_flops`."""
+    attention = 2 * attn_tokens * width * attn_width * 4 + 4 * attn_tokens**2 * attn_width
+    return attention + 2 * mlp_tokens * width * mlp_hidden * 2
+
+
+def encoder_inference_flops(
+    cfg: ModelConfig, attn_tokens: list | None = None, mlp_tokens: list | None = None
+) -> float:
+    """Forward FLOPs of the encoder on one whole image (no mask): patch embedding of all N
+    patches, then every block at its own heads and MLP width (`cfg.heads_per_block()`,
+    `cfg.mlp_hidden_per_block()`). Tokens per block default to N + prefix tokens throughout;
+    token reduction passes what each block's attention and MLP see."""
+    cfg = resolve_model_config(cfg)
+    n = cfg.num_patches + (1 if cfg.cls_token else 0)
+    d = cfg.embed_dim
+    head_dim = d // cfg.num_heads
+    attn_tokens = attn_tokens if attn_tokens is not None else [n] * cfg.depth
+    mlp_tokens = mlp_tokens if mlp_tokens is not None else attn_tokens
+    total = 2 * cfg.num_patches * cfg.patch_dim * d
+    for na, nm, heads, hidden in zip(
+        attn_tokens, mlp_tokens, cfg.heads_per_block(), cfg.mlp_hidden_per_block(), strict=True
+    ):
+        total = total + vit_block_flops(na, nm, d, heads * head_dim, hidden)
+    return total

@@ -15,6 +15,7 @@ from pathlib import Path
 from mimkit.compress.importance import block_scores, blocks_to_keep
 from mimkit.config import RunConfig
 from mimkit.errors import ConfigError
+from mimkit.models.config import with_blocks
 from mimkit.objectives import build_method
 from mimkit.objectives.base import MaskedMethod
 from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir, save_checkpoint
@@ -29,7 +30,7 @@ def prune_blocks(model: MaskedMethod, keep: list[int]) -> MaskedMethod:
         raise ValueError(f"keep must be distinct block indices in [0, {depth}), got {keep}")
     keep = sorted(keep)
     new_index = {old: new for new, old in enumerate(keep)}
-    cfg = dataclasses.replace(model.cfg, depth=len(keep))
+    cfg = with_blocks(model.cfg, keep)  # per-block sizes of a structurally pruned model follow
     pruned = build_method(cfg, model.masking, model.settings)
     state = {}
     for name, value in model.state_dict().items():

@@ -72,12 +72,12 @@ def attention_with_keys(
     attn: Attention, x: torch.Tensor, size: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The block's attention output and its keys averaged over heads (the matching metric)."""
-    b, n, d = x.shape
-    q, k, v = attn.qkv(x).view(b, n, 3, attn.num_heads, d // attn.num_heads).unbind(2)
+    b, n, _ = x.shape
+    q, k, v = attn.qkv(x).view(b, n, 3, attn.num_heads, attn.head_dim).unbind(2)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     bias = None if size is None else size.log().transpose(1, 2)[:, None].to(q.dtype)  # (B,1,1,N)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    return attn.proj(out.transpose(1, 2).reshape(b, n, d)), k.mean(dim=1)
+    return attn.proj(out.transpose(1, 2).reshape(b, n, -1)), k.mean(dim=1)
 
 
 def block_with_merging(

@@ -41,6 +41,11 @@ class ModelConfig:
     depth: int | None = None
     num_heads: int | None = None
     mlp_ratio: float = 4.0
+    # Structurally pruned encoders (mimkit.compress.optin): heads and MLP hidden width per block.
+    # None: num_heads and int(embed_dim * mlp_ratio) in every block. Head width stays
+    # embed_dim // num_heads either way.
+    block_heads: list[int] | None = None
+    block_mlp_hidden: list[int] | None = None
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-6
     drop_path_rate: float = 0.0
@@ -83,10 +88,33 @@ class ModelConfig:
     def num_patches(self) -> int:
         return math.prod(self.grid_shape)
 
+    def heads_per_block(self) -> list[int]:
+        """Attention heads of each encoder block (uniform unless `block_heads` is set)."""
+        assert self.depth is not None and self.num_heads is not None, "resolve the config first"
+        return list(self.block_heads) if self.block_heads else [self.num_heads] * self.depth
+
+    def mlp_hidden_per_block(self) -> list[int]:
+        """MLP hidden width of each encoder block (uniform unless `block_mlp_hidden` is set)."""
+        assert self.depth is not None and self.embed_dim is not None, "resolve the config first"
+        if self.block_mlp_hidden:
+            return list(self.block_mlp_hidden)
+        return [int(self.embed_dim * self.mlp_ratio)] * self.depth
+
     @property
     def patch_dim(self) -> int:
         """Length of one flattened patch vector: prod(patch_shape) * in_chans."""
         return math.prod(self.patch_shape) * self.in_chans
+
+
+def with_blocks(cfg: ModelConfig, keep: list[int]) -> ModelConfig:
+    """The config of an encoder holding only blocks `keep` (in order): depth and any per-block
+    sizes follow."""
+    sizes = {
+        name: [getattr(cfg, name)[i] for i in keep]
+        for name in ("block_heads", "block_mlp_hidden")
+        if getattr(cfg, name)
+    }
+    return replace(cfg, depth=len(keep), **sizes)
 
 
 def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
@@ -169,6 +197,17 @@ def _check_widths(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"model.decoder_embed_dim {cfg.decoder_embed_dim} is not divisible by "
             f"model.decoder_num_heads {cfg.decoder_num_heads}"
+        )
+    for name in ("block_heads", "block_mlp_hidden"):
+        sizes = getattr(cfg, name)
+        if sizes is not None and (len(sizes) != cfg.depth or min(sizes, default=1) < 1):
+            raise ConfigError(
+                f"model.{name}: expected {cfg.depth} (model.depth) counts >= 1, got {sizes}"
+            )
+    if cfg.block_heads and max(cfg.block_heads) > cfg.num_heads:
+        raise ConfigError(
+            f"model.block_heads {cfg.block_heads}: a block has more heads than model.num_heads "
+            f"{cfg.num_heads}, which sets the head width"
         )
     for name, dim_ in (("embed_dim", cfg.embed_dim), ("decoder_embed_dim", cfg.decoder_embed_dim)):
         if dim_ % 4:

@@ -38,19 +38,25 @@ class DropPath(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention through `F.scaled_dot_product_attention` (flash/fused when available)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, head_dim: int | None = None
+    ) -> None:
+        """`head_dim` defaults to dim // num_heads; a structurally pruned block keeps the head
+        width and has fewer heads, so its inner width num_heads * head_dim is below dim."""
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.head_dim = head_dim or dim // num_heads
+        inner = num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
+        b, n, _ = x.shape
         # unbind (one backward op) rather than qkv[0], qkv[1], qkv[2] (three full-size
         # zero-filled gradients): about 30% faster attention backward on CPU.
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).unbind(2)
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+        return self.proj(x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """(B, heads, N, N) softmax(q k^T / sqrt(d_head)), each row a query's weights over keys.
@@ -58,8 +64,8 @@ class Attention(nn.Module):
         For inspection only: `forward` never forms this matrix (SDPA fuses it away), so this
         recomputes q and k from the same input.
         """
-        b, n, d = x.shape
-        q, k, _ = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).unbind(2)
+        b, n, _ = x.shape
+        q, k, _ = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = q.transpose(1, 2).float(), k.transpose(1, 2).float()
         return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
 
@@ -86,12 +92,16 @@ class Block(nn.Module):
         qkv_bias: bool = True,
         eps: float = 1e-6,
         drop_path: float = 0.0,
+        head_dim: int | None = None,
+        mlp_hidden: int | None = None,
     ) -> None:
+        """`head_dim` and `mlp_hidden` default to dim // num_heads and int(dim * mlp_ratio);
+        structurally pruned encoders give them per block."""
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, head_dim)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, mlp_hidden or int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,9 +173,14 @@ class VisionTransformer(nn.Module):
         table = position_table(cfg.pos_embed, dim, cfg.grid_shape, cls_token=cfg.cls_token)
         self.register_buffer("pos_embed", table)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        head_dim = dim // cfg.num_heads  # per-block head counts (pruned encoders) keep this width
         self.blocks = nn.ModuleList(
-            Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.layer_norm_eps, rate)
-            for rate in rates
+            Block(
+                dim, heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.layer_norm_eps, rate, head_dim, hidden
+            )
+            for rate, heads, hidden in zip(
+                rates, cfg.heads_per_block(), cfg.mlp_hidden_per_block(), strict=True
+            )
         )
         self.norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.reset_parameters()
