@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from mimkit.cli import main
 from mimkit.compress.iared2 import (
     PolicySpec,
     TokenPolicy,
@@ -189,3 +190,34 @@ def test_policy_round_trip_and_bad_files(tmp_path):
         load_policy(tmp_path / "p")
     with pytest.raises(ConfigError, match="non-increasing"):
         iared2_tokens(encoder, policy, x, [4, 8])
+
+
+def test_iared2_command_trains_saves_and_reports(tmp_path, capsys):
+    from eval_helpers import make_learnable_idx, save_tiny_checkpoint
+
+    checkpoint, _, _ = save_tiny_checkpoint(tmp_path, make_learnable_idx(tmp_path / "idx"))
+    out = tmp_path / "policy"
+    args = ["compress", "iared2", str(checkpoint), "--keep", "0.5", "--out", str(out)]
+    args += ["--stages", "2", "--steps", "3", "--batch-size", "8", "--rounds", "2"]
+    args += ["--train-limit", "48", "--test-limit", "16", "--device", "cpu"]
+    assert main(args) == 0
+    policy, record = load_policy(out)
+    assert record["counts"] == [8, 4] and policy.spec.stage_starts == [0, 1]
+    assert set(record["knn_top1"]) == {"full", "iared2"} and record["flops_ratio"] < 1
+    assert "kNN top-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [("--keep", "1.5", "--keep must be a fraction"), ("--flops", "0", "--flops must be")],
+)
+def test_iared2_command_rejects_a_bad_budget_in_one_line(tmp_path, capsys, flag, value, expected):
+    from eval_helpers import make_learnable_idx, save_tiny_checkpoint
+
+    checkpoint, _, _ = save_tiny_checkpoint(tmp_path, make_learnable_idx(tmp_path / "idx"))
+    args = ["compress", "iared2", str(checkpoint), flag, value, "--out", str(tmp_path / "p")]
+    args += ["--stages", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "p").exists()

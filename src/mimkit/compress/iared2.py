@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from mimkit.bench.flops import block_flops
+from mimkit.bench.flops import encoder_inference_flops
 from mimkit.data.transforms import normalize
 from mimkit.errors import CheckpointError, ConfigError
 from mimkit.eval.linear import LinearProbe, ProbeSettings, fit_probe, num_classes_of
@@ -171,20 +174,17 @@ def iared2_features(
 
 
 def iared2_flops(encoder_cfg, stage_starts: list[int], counts: list[int], heads=4, head_dim=32):
-    """Forward FLOPs per image (the `bench.flops` convention), interpreters included."""
-    n = encoder_cfg.num_patches
+    """Forward FLOPs per image (`bench.flops.encoder_inference_flops`), interpreters included."""
     prefix = 1 if encoder_cfg.cls_token else 0
     d = encoder_cfg.embed_dim
-    pixels = math.prod(encoder_cfg.patch_shape) * encoder_cfg.in_chans
-    total = 2 * n * pixels * d
-    tokens = n
+    tokens, per_block, interpreters = encoder_cfg.num_patches, [], 0.0
     starts = dict(zip(stage_starts, counts, strict=True))
     for i in range(encoder_cfg.depth):
         if i in starts:
-            total += 2 * tokens * d * heads * head_dim  # the interpreter's projection
+            interpreters += 2 * tokens * d * heads * head_dim  # the interpreter's projection
             tokens = starts[i]
-        total += block_flops(tokens + prefix, d, encoder_cfg.mlp_ratio)
-    return float(total)
+        per_block.append(tokens + prefix)
+    return float(encoder_inference_flops(encoder_cfg, per_block)) + interpreters
 
 
 def counts_for_flops(encoder_cfg, stage_starts: list[int], target: float, **kw) -> list[int]:
@@ -206,6 +206,16 @@ def counts_for_flops(encoder_cfg, stage_starts: list[int], target: float, **kw) 
 
     walk([], n)
     return best
+
+
+def counts_for_budget(encoder_cfg, stage_starts, keep: float | None, flops: float | None):
+    """Keep counts from a per-stage keep fraction, or from a FLOPs fraction of the full encoder."""
+    if keep is not None:
+        return keep_counts(encoder_cfg.num_patches, keep, len(stage_starts))
+    if flops is None or not 0.0 < flops <= 1.0:
+        raise ConfigError(f"--flops must be a fraction in (0, 1], got {flops}")
+    full = iared2_flops(encoder_cfg, stage_starts, [encoder_cfg.num_patches] * len(stage_starts))
+    return counts_for_flops(encoder_cfg, stage_starts, flops * full)
 
 
 # --- training: REINFORCE on a frozen encoder --------------------------------------------------
@@ -352,6 +362,51 @@ def train_policy(
         history.append(rewards)
     policy.eval()
     return history
+
+
+# --- measuring: features in batches, speed interleaved -----------------------------------------
+
+
+@torch.no_grad()
+def batched_features(
+    fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mean, std, batch, device
+) -> torch.Tensor:
+    """fn (normalised images on `device` -> pooled features) over uint8 `images`, on the CPU."""
+    return torch.cat([
+        fn(normalize(images[i : i + batch].to(device), mean, std)).float().cpu()
+        for i in range(0, len(images), batch)
+    ])  # fmt: skip
+
+
+@torch.no_grad()
+def interleaved_rates(
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    x: torch.Tensor,
+    rounds: int = 15,
+    warmup: int = 2,
+) -> dict[str, dict[str, float]]:
+    """Images/s of each fn on batch `x`, every round running all of them in turn (as
+    `compress.tradeoff` times ToMe): median, and the 25th/75th percentiles over the rounds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + rounds):
+        for name, fn in fns.items():
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, t in times.items():
+        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
+        out[name] = {
+            "img_per_s": len(x) / statistics.median(t),
+            "img_per_s_q25": len(x) / q[2],
+            "img_per_s_q75": len(x) / q[0],
+        }
+    return out
 
 
 # --- saving and loading -----------------------------------------------------------------------
