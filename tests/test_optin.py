@@ -191,3 +191,17 @@ def test_optin_checkpoint_loads_without_the_original_and_gives_the_masked_output
     plan = StructuredPlan(record["kept_heads"], record["kept_units"])
     x = torch.randn(3, 1, 8, 8)
     assert torch.allclose(loaded.encoder(x), masked_model(model, plan).encoder(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("to", ["hf", "timm"])
+def test_a_pruned_encoder_is_refused_by_uniform_formats_in_one_line(tmp_path, capsys, to):
+    from test_cli import assert_one_line_error
+
+    from mimkit.cli import main
+
+    model = tiny()
+    plan = plan_to_flops(model.cfg, [torch.rand(4)] * 3, [torch.rand(128)] * 3, 0.6)
+    save_tiny(tmp_path / "ck", prune_structured(model, plan))
+    code = main(["export", str(tmp_path / "ck"), "--to", to, str(tmp_path / "out")])
+    assert_one_line_error(capsys, code, r"structurally pruned encoder.*use --to safetensors")
+    assert main(["export", str(tmp_path / "ck"), "--to", "safetensors", str(tmp_path / "o")]) == 0

@@ -140,7 +140,9 @@ def as_uint8_batch(images: ImageInput, cfg: RunConfig) -> torch.Tensor:
     return x
 
 
-def _one_image(item: Image.Image | str | Path, channels: int, size: tuple[int, int]) -> torch.Tensor:
+def _one_image(
+    item: Image.Image | str | Path, channels: int, size: tuple[int, int]
+) -> torch.Tensor:
     if isinstance(item, (str, Path)):
         return decode_image(Path(item), channels, size)
     image = item

@@ -59,7 +59,9 @@ class TrainConfig:
     compile: str | bool = "auto"  # torch.compile the model: auto (on with CUDA) | true | false
     activation_checkpointing: bool = False  # recompute block activations in backward (big models)
     parallel: str = "ddp"  # with several torchrun processes: ddp | fsdp (shards params per block)
-    loggers: list[str] = field(default_factory=list)  # trackers beside metrics.jsonl: tensorboard | wandb | mlflow
+    loggers: list[str] = field(
+        default_factory=list
+    )  # trackers beside metrics.jsonl: tensorboard | wandb | mlflow
 
     def check(self) -> None:
         """Refuse values no run can use, naming the field (types were checked when read)."""
@@ -268,7 +270,9 @@ def migrate_legacy(tree: dict[str, Any], where: str) -> dict[str, Any]:
     model = tree.get("model")
     if not isinstance(model, dict):
         return tree
-    moved = [k for k in model if k in LEGACY_MASKING_KEYS or k in LEGACY_METHOD_KEYS or k == "method"]
+    moved = [
+        k for k in model if k in LEGACY_MASKING_KEYS or k in LEGACY_METHOD_KEYS or k == "method"
+    ]
     if not moved:
         return tree
     tree, model = dict(tree), dict(model)

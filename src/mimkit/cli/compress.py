@@ -1,4 +1,4 @@
-"""`mimkit prune` and `mimkit tome`: the compression commands."""
+"""`mimkit prune`, `mimkit tome` and `mimkit compress optin|diffrate|iared2`: the compression commands."""
 
 from __future__ import annotations
 
@@ -22,8 +22,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int, default=256, help="images per timed forward pass")
     t.add_argument("--device", default="auto", help=DEVICE_HELP)
     t.set_defaults(func=cmd_tome)
-    c = sub.add_parser("compress", help="learned compression of a checkpoint (IA-RED²)")
-    add_iared2_parser(c.add_subparsers(dest="method", required=True))
+    c = sub.add_parser("compress", help="structured pruning and learned token reduction")
+    csub = c.add_subparsers(dest="action", required=True)
+    csub.add_parser(
+        "optin",
+        help="one-shot pruning of heads and MLP units to a FLOPs target; writes a smaller checkpoint",
+        configure=_optin_options,
+    )
+    csub.add_parser(
+        "diffrate",
+        help="learn per-block token pruning/merging rates for a FLOPs target (frozen encoder)",
+        configure=_diffrate_options,
+    )
+    add_iared2_parser(csub)
 
 
 def _prune_options(p: argparse.ArgumentParser) -> None:
@@ -121,6 +132,145 @@ def cmd_tome(args: argparse.Namespace) -> int:
     plot = plot_tradeoff(rows, Path(folder) / "tome.png")
     print(f"written {folder / 'tome.json'}" + (f" and {plot}" if plot else ""))
     return 0
+
+
+# --- mimkit compress optin | diffrate ---------------------------------------------------------
+
+
+def _calibration_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint folder (or the run folder holding it)")
+    p.add_argument(
+        "--flops", type=float, required=True, help="target: fraction of the encoder's FLOPs, (0, 1]"
+    )
+    p.add_argument(
+        "--calib", type=int, default=256, help="unlabelled calibration images (train split)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw and probes")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def _optin_options(p: argparse.ArgumentParser) -> None:
+    _calibration_options(p)
+    p.add_argument("--out", required=True, help="folder for the pruned checkpoint")
+    p.add_argument(
+        "--probes", type=int, default=32, help="random projections for the MLP-unit estimate"
+    )
+    p.set_defaults(func=cmd_optin)
+
+
+def _diffrate_options(p: argparse.ArgumentParser) -> None:
+    _calibration_options(p)
+    p.add_argument("--out", help="schedule JSON (default: EVAL_DIR/diffrate-FLOPS.json)")
+    p.add_argument("--steps", type=int, default=200, help="optimisation steps on the rates")
+    p.add_argument("--batch-size", type=int, default=64, help="calibration images per step")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the rates")
+    p.add_argument(
+        "--train-limit", type=int, default=2000, help="kNN bank size; 0: no kNN, no timing"
+    )
+    p.add_argument("--test-limit", type=int, help="kNN: use only the first N test items")
+    p.set_defaults(func=cmd_diffrate)
+
+
+def _check_calibration_args(args: argparse.Namespace) -> None:
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.compress.optin import check_flops_target
+    from mimkit.errors import ConfigError
+
+    check_flops_target(args.flops)
+    if args.calib < 1:
+        raise ConfigError(f"--calib: expected at least 1 calibration image, got {args.calib}")
+
+
+def _calibration_images(cfg, count: int, seed: int):
+    """`count` normalised images drawn (seeded) from the train split; labels are not read."""
+    # torch loads only when a command runs: --help stays fast
+    import torch
+
+    from mimkit.data.sources import load_split
+    from mimkit.data.transforms import normalize
+
+    images, _ = load_split(cfg.data, "train", cfg.model.in_chans, cfg.model.image_hw)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(images), generator=gen)[:count]
+    return normalize(images[pick], cfg.data.mean, cfg.data.std)
+
+
+def cmd_optin(args: argparse.Namespace) -> int:
+    _check_calibration_args(args)
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.compress.optin import optin_checkpoint
+    from mimkit.train.checkpoint import load_config_file, resolve_checkpoint_dir
+    from mimkit.train.runtime import pick_device
+
+    folder = resolve_checkpoint_dir(args.checkpoint)
+    cfg = load_config_file(folder)
+    images = _calibration_images(cfg, args.calib, args.seed)
+    print(
+        f"optin: scoring heads (exact) and MLP units ({args.probes} probes) on {len(images)} "
+        f"calibration images, pruning to {args.flops:.2f}x the encoder FLOPs; progress on stderr",
+        flush=True,
+    )
+    record = optin_checkpoint(
+        folder, args.out, images, args.flops, args.probes, args.seed,
+        pick_device(args.device), progress=True,
+    )  # fmt: skip
+    print(
+        f"heads per block {record['heads_before']} -> {record['heads_after']}\n"
+        f"MLP width per block {record['mlp_hidden_before']} -> {record['mlp_hidden_after']}\n"
+        f"encoder FLOPs {record['flops_full'] / 1e6:.1f}M -> {record['flops_pruned'] / 1e6:.1f}M "
+        f"({record['flops_fraction']:.3f}x); parameters {record['params_before']:,} -> "
+        f"{record['params_after']:,}; written to {args.out} (and {args.out}/optin.json)"
+    )
+    return 0
+
+
+def cmd_diffrate(args: argparse.Namespace) -> int:
+    _check_calibration_args(args)
+    # torch loads only when a command runs: --help stays fast
+    from mimkit.compress.diffrate import diffrate_report, learn_schedule
+    from mimkit.eval.cache import eval_dir
+    from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
+    from mimkit.train.runtime import pick_device
+
+    device = pick_device(args.device)
+    folder = resolve_checkpoint_dir(args.checkpoint)
+    model, cfg = load_model(folder, device)
+    images = _calibration_images(cfg, args.calib, args.seed).to(device)
+    print(
+        f"diffrate: learning prune/merge rates for {args.flops:.2f}x the encoder FLOPs, "
+        f"{args.steps} steps on {len(images)} calibration images; progress on stderr",
+        flush=True,
+    )
+    schedule, record = learn_schedule(
+        model.encoder, images, args.flops, args.steps, args.batch_size, args.lr,
+        seed=args.seed, progress=True,
+    )  # fmt: skip
+    attn, mlp = schedule.tokens(cfg.model.num_patches)
+    print(f"patch tokens per block (attention) {attn}; after the last block {mlp[-1]}")
+    print(
+        f"encoder FLOPs {record['flops_fraction']:.3f}x of full (target {args.flops}); "
+        f"feature distance {record['distance_first_last'][-1]:.4f} (1 - cosine)"
+    )
+    if args.train_limit:
+        splits = _splits_for(cfg, args.train_limit)
+        if args.test_limit:
+            splits = (*splits[:2], splits[2][: args.test_limit], splits[3][: args.test_limit])
+        record.update(
+            diffrate_report(
+                model.encoder, schedule, splits, cfg.data.mean, cfg.data.std, device,
+                batch=args.batch_size,
+            )
+        )  # fmt: skip
+        print(
+            f"kNN top-1 (bank {len(splits[1])}, test {len(splits[3])}): full "
+            f"{100 * record['knn_top1_full']:.2f}%, diffrate {100 * record['knn_top1']:.2f}%; "
+            f"img/s {record['img_per_s_full']:.0f} -> {record['img_per_s']:.0f} "
+            f"({record['speedup']:.2f}x)"
+        )
+    out = Path(args.out) if args.out else eval_dir(folder) / f"diffrate-{args.flops:g}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"source": str(folder), **record}, indent=1))
+    print(f"written {out}")
 
 
 # --- `mimkit compress iared2`: IA-RED² learned token dropping --------------------------------

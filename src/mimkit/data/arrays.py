@@ -119,7 +119,7 @@ def to_item(array: np.ndarray, channels: int, spatial: int, path: Path) -> np.nd
         raise BadItem(
             "shape",
             f"{path}: array of shape {array.shape}; expected ({channels}, {spatial}-D size) "
-            f"for model.in_chans={channels}"
+            f"for model.in_chans={channels}",
         )
     return array
 

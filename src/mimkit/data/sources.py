@@ -161,7 +161,9 @@ def _load_folder_split(
             kept.append(label)
         except (*DECODE_ERRORS, DataError) as exc:
             if cfg.on_bad_item == "fail":
-                raise DataError(f"{path}: cannot decode image ({exc}) (data.on_bad_item=fail)") from None
+                raise DataError(
+                    f"{path}: cannot decode image ({exc}) (data.on_bad_item=fail)"
+                ) from None
             skipped += 1
             log.warning("skipped corrupt image %s", path)
     if skipped > len(unusable) and skipped_by is not None:

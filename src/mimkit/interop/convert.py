@@ -216,6 +216,12 @@ def refuse_unrepresentable(run: RunConfig, to: str, where: str | Path) -> None:
             f"{where}: model.cls_token is false but {target} always has a class token; "
             "use --to safetensors"
         )
+    if m.block_heads or m.block_mlp_hidden:
+        raise CheckpointError(
+            f"{where}: a structurally pruned encoder (model.block_heads / block_mlp_hidden: "
+            f"per-block sizes) cannot be written as {target}, whose blocks are all one size; "
+            "use --to safetensors"
+        )
 
 
 def export_checkpoint(

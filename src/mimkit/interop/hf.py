@@ -346,7 +346,9 @@ def write_hf_folder(
     out.mkdir(parents=True, exist_ok=True)
     hf_state = mimkit_state_to_hf(state, arch)
     save_file(hf_state, out / WEIGHTS, metadata={"format": "pt"})
-    (out / CONFIG_JSON).write_text(json.dumps(model_config_to_hf_config(cfg, arch, masking, settings), indent=2))
+    (out / CONFIG_JSON).write_text(
+        json.dumps(model_config_to_hf_config(cfg, arch, masking, settings), indent=2)
+    )
     c = cfg.in_chans
     processor = {
         "image_processor_type": "ViTImageProcessor",

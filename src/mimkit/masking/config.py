@@ -14,7 +14,9 @@ from mimkit.masking.table import ANY_GRID, STRATEGIES, draw
 @dataclass
 class MaskingConfig:
     strategy: str = "random"  # random (MAE) | tube (VideoMAE clips) | any name in STRATEGIES
-    ratio: float = 0.75  # share of patches hidden, counted as MAE counts (int(N * (1 - ratio)) kept)
+    ratio: float = (
+        0.75  # share of patches hidden, counted as MAE counts (int(N * (1 - ratio)) kept)
+    )
     mask_patch: int = 2  # coarse (SimMIM): model patches per mask-patch side
 
     def check(self, grid: tuple[int, ...]) -> None:

@@ -109,7 +109,9 @@ def _keep_teacher_weights(teacher: FrozenTeacher, state_dict: dict, prefix: str,
     state_dict.update(teacher.model.state_dict(prefix=f"{prefix}model."))
 
 
-def check_teacher_fits(teacher_cfg: ModelConfig, cfg: ModelConfig, same_prefix: bool = True) -> None:
+def check_teacher_fits(
+    teacher_cfg: ModelConfig, cfg: ModelConfig, same_prefix: bool = True
+) -> None:
     """A teacher must see the student's patches (the same patch grid) and, where the method
     compares whole token sequences (`same_prefix`), the same prefix tokens."""
     if tuple(teacher_cfg.grid_shape) != tuple(cfg.grid_shape):

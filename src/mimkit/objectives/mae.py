@@ -122,7 +122,9 @@ class MaskedAutoencoder(nn.Module):
 
     def target(self, images: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        return pixel_target(self.patchify(images), s.norm_pix_loss, s.target_norm, self.cfg.in_chans)
+        return pixel_target(
+            self.patchify(images), s.norm_pix_loss, s.target_norm, self.cfg.in_chans
+        )
 
     def decoder_targets(
         self, batch: int, device: torch.device | str, generator: torch.Generator | None

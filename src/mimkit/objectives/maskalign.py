@@ -39,7 +39,9 @@ class MaskAlignSettings(MethodSettings):
 
     def check(self, model: ModelConfig) -> None:
         if not self.teacher:
-            raise ConfigError("method.teacher: method 'maskalign' needs the checkpoint of a teacher")
+            raise ConfigError(
+                "method.teacher: method 'maskalign' needs the checkpoint of a teacher"
+            )
 
 
 class MaskAlign(nn.Module):
