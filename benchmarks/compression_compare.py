@@ -138,10 +138,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--bank", type=int, default=1000, help="kNN bank = linear-probe train items")
     p.add_argument("--test", type=int, default=500, help="test items")
-    p.add_argument("--calib", type=int, default=128, help="calibration images (OPTIN, DiffRate)")
-    p.add_argument("--diffrate-steps", type=int, default=40)
-    p.add_argument("--iared2-steps", type=int, default=40, help="REINFORCE steps per stage")
+    p.add_argument("--calib", type=int, default=64, help="calibration images (OPTIN, DiffRate)")
+    p.add_argument("--diffrate-steps", type=int, default=30)
+    p.add_argument("--iared2-steps", type=int, default=30, help="REINFORCE steps per stage")
     p.add_argument("--iared2-train", type=int, default=2000, help="labelled images for IA-RED²")
+    p.add_argument("--optin-probes", type=int, default=8, help="OPTIN's random probes")
+    p.add_argument("--probe-epochs", type=int, default=40, help="linear probe epochs")
     p.add_argument("--batch", type=int, default=64, help="timed batch")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -228,10 +230,11 @@ def iared2_variants(model, data, args, seed: int, full: float) -> list[Variant]:
 
 
 def calibrated_variants(model, calib, args, seed: int, full: float) -> list[Variant]:
-    """DiffRate, OPTIN and OPTIN + ToMe on `calib` (normalised unlabelled images)."""
+    """DiffRate and OPTIN on `calib` (normalised unlabelled images); OPTIN + ToMe reuses the
+    OPTIN model of the largest target and merges the rest of the way to each smaller one."""
     encoder, mcfg = model.encoder, model.encoder.cfg
-    variants = []
-    for target in args.targets:
+    variants, optin_top = [], None
+    for target in sorted(args.targets, reverse=True):
         schedule, dr = learn_schedule(
             encoder, calib, target, steps=args.diffrate_steps, batch=32, seed=seed
         )
@@ -240,27 +243,34 @@ def calibrated_variants(model, calib, args, seed: int, full: float) -> list[Vari
             lambda x, s=schedule: diffrate_features(encoder, x, s), seed,
             {k: dr[k] for k in ("prune_keep", "merge_keep", "seconds")},
         ))  # fmt: skip
-        optin, _, orec = optin_prune(model, calib, target, seed=seed)
+        optin, _, orec = optin_prune(model, calib, target, probes=args.optin_probes, seed=seed)
         variants.append(Variant(
             "OPTIN", target, orec["flops_fraction"], optin.eval().encoder.features, seed,
             {"heads": orec["heads_after"], "mlp_hidden": orec["mlp_hidden_after"]},
         ))  # fmt: skip
-        # OPTIN halfway (in FLOPs), then ToMe the rest of the way
-        half, _, hrec = optin_prune(model, calib, (1 + target) / 2, seed=seed)
-        hcfg = half.eval().encoder.cfg
-        rs = tome_schedule_for(hcfg, target * full / encoder_inference_flops(hcfg))
-        variants.append(Variant(
-            "OPTIN + ToMe", target, tome_flops(hcfg, rs) / full,
-            lambda x, e=half.encoder, rs=rs: tome_schedule_features(e, x, rs), seed,
-            {"heads": hrec["heads_after"], "mlp_hidden": hrec["mlp_hidden_after"],
-             "r_per_block": rs},
-        ))  # fmt: skip
+        if optin_top is None:
+            optin_top = (optin, orec)
+        else:
+            top, trec = optin_top
+            tcfg = top.encoder.cfg
+            rs = tome_schedule_for(tcfg, target * full / encoder_inference_flops(tcfg))
+            variants.append(Variant(
+                "OPTIN + ToMe", target, tome_flops(tcfg, rs) / full,
+                lambda x, e=top.encoder, rs=rs: tome_schedule_features(e, x, rs), seed,
+                {"optin_target": trec["flops_target"], "heads": trec["heads_after"],
+                 "mlp_hidden": trec["mlp_hidden_after"], "r_per_block": rs},
+            ))  # fmt: skip
         log(f"seed {seed} @ {target}: DiffRate {dr['flops_fraction']:.3f}, "
             f"OPTIN {orec['flops_fraction']:.3f}")  # fmt: skip
     return variants
 
 
-def score(variants: list[Variant], splits, mean, std, seeds: list[int], rates: dict) -> list[dict]:
+def probe_settings(items: int, seed: int, args):
+    """`eval.linear`'s batch for `items`, but `--probe-epochs` epochs (budget)."""
+    return dataclasses.replace(probe_settings_for(items, seed), epochs=args.probe_epochs)
+
+
+def score(variants: list[Variant], splits, mean, std, args, rates: dict) -> list[dict]:
     """kNN top-1 and linear-probe top-1 (per seed) of every variant, and of raw pixels."""
     x_bank, y_bank, x_test, y_test = splits
     raw = (normalize(x_bank, mean, std).flatten(1), normalize(x_test, mean, std).flatten(1))
@@ -272,9 +282,9 @@ def score(variants: list[Variant], splits, mean, std, seeds: list[int], rates: d
             name, target, detail = v.name, v.target, v.detail
             fb = ia.batched_features(v.fn, x_bank, mean, std, 256, "cpu")
             ft = ia.batched_features(v.fn, x_test, mean, std, 256, "cpu")
-        probe_seeds = seeds if v is None or v.seed is None else [v.seed]
+        probe_seeds = args.seeds if v is None or v.seed is None else [v.seed]
         linear = [
-            linear_probe(fb, y_bank, ft, y_test, settings=probe_settings_for(len(fb), s)).top1
+            linear_probe(fb, y_bank, ft, y_test, settings=probe_settings(len(fb), s, args)).top1
             for s in probe_seeds
         ]
         key = f"{name}@{target}"
@@ -332,7 +342,7 @@ def main() -> int:
     x = normalize(splits[2][: args.batch], mean, std)
     log(f"timing {len(timed)} variants interleaved, {args.rounds} rounds of {len(x)} images")
     rates = ia.interleaved_rates(timed, x, rounds=args.rounds, warmup=1)
-    rows = score(variants, splits, mean, std, args.seeds, rates)
+    rows = score(variants, splits, mean, std, args, rates)
     machine["load_average_end"] = os.getloadavg()
     result = {
         "command": " ".join(["PYTHONPATH=src python3", *sys.argv]),
