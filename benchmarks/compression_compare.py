@@ -415,7 +415,7 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         log("matplotlib missing: no plot")
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     summary = [s for s in summarise(rows) if s["img_per_s"] is not None]
     markers = {0.5: "o", 0.65: "s", 0.8: "^", None: "*"}
     methods = sorted({s["method"] for s in summary})
@@ -433,7 +433,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("images / s (CPU, interleaved, one batch)")
     ax.set_ylabel("linear probe top-1 (%)")
     ax.set_title("Compression at matched FLOPs, frozen features, no fine-tuning")
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
