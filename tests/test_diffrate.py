@@ -48,6 +48,8 @@ def test_the_learned_schedule_reaches_its_flops_target_within_two_percent():
         tokens, size = diffrate_tokens(enc, images[:2], schedule)
         assert tokens.shape[1] == 1 + mlp[-1]  # the schedule is what inference applies
         assert (size >= 1).all() and size.sum() <= 2 * 37  # pruned tokens are gone
+        assert Schedule.from_record(record) == schedule
+    assert all(p.requires_grad for p in enc.parameters())  # the encoder is given back as it was
 
 
 @pytest.mark.parametrize("pool", ["cls", "avg"])

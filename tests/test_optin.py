@@ -205,3 +205,15 @@ def test_a_pruned_encoder_is_refused_by_uniform_formats_in_one_line(tmp_path, ca
     code = main(["export", str(tmp_path / "ck"), "--to", to, str(tmp_path / "out")])
     assert_one_line_error(capsys, code, r"structurally pruned encoder.*use --to safetensors")
     assert main(["export", str(tmp_path / "ck"), "--to", "safetensors", str(tmp_path / "o")]) == 0
+
+
+def test_block_pruning_of_a_structurally_pruned_model_keeps_the_kept_blocks_sizes():
+    from mimkit.compress.prune import prune_blocks
+
+    model = tiny()
+    plan = plan_to_flops(model.cfg, [torch.rand(4)] * 3, [torch.rand(128)] * 3, 0.5)
+    pruned = prune_structured(model, plan)
+    fewer = prune_blocks(pruned, [0, 2])
+    assert fewer.cfg.block_heads == [plan.heads_per_block()[i] for i in (0, 2)]
+    assert fewer.cfg.block_mlp_hidden == [plan.mlp_hidden_per_block()[i] for i in (0, 2)]
+    assert fewer.encoder(torch.randn(1, 1, 8, 8)).shape == (1, 17, 32)

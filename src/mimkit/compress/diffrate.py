@@ -30,7 +30,6 @@ compresses nothing (as the paper's default); FLOPs are `bench.flops.encoder_infe
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ from tqdm.auto import tqdm
 from mimkit.bench.flops import encoder_inference_flops
 from mimkit.compress.optin import check_flops_target
 from mimkit.compress.tome import Merge, merge_weighted
+from mimkit.compress.tradeoff import interleaved_rates
 from mimkit.data.transforms import normalize
 from mimkit.eval.knn import knn_top1
 from mimkit.models.vit import Attention, Block, VisionTransformer
@@ -106,6 +106,12 @@ class Schedule:
 
     prune_keep: list[int]
     merge_keep: list[int]
+
+    @classmethod
+    def from_record(cls, record: dict) -> Schedule:
+        """The schedule inside a `learn_schedule` record (or the JSON `mimkit compress
+        diffrate` writes)."""
+        return cls(list(record["prune_keep"]), list(record["merge_keep"]))
 
     def tokens(self, patches: int) -> tuple[list[int], list[int]]:
         """(patch tokens each block's attention sees, patch tokens its MLP sees)."""
@@ -238,7 +244,7 @@ class DiffRateSearch(nn.Module):
 
     def __init__(self, encoder: VisionTransformer, granularity: int = 1) -> None:
         super().__init__()
-        self.encoder = encoder.eval().requires_grad_(False)
+        self.encoder = encoder.eval()  # frozen: only the rates are optimised (learn_schedule)
         patches = encoder.cfg.num_patches
         self.prune = nn.ModuleList(RateChoice(patches, granularity) for _ in encoder.blocks)
         self.merge = nn.ModuleList(RateChoice(patches, granularity) for _ in encoder.blocks)
@@ -328,6 +334,18 @@ def learn_schedule(
     calibration `images` (normalised, on the encoder's device), the encoder frozen. Returns the
     schedule and a record (its FLOPs, the loss curve's ends, the time taken)."""
     check_flops_target(flops)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    encoder.requires_grad_(False)
+    try:
+        return _learn(
+            encoder, images, flops, steps, batch, lr, flops_weight, granularity, seed, progress
+        )
+    finally:
+        for p in trainable:  # the caller's encoder is left as it was given
+            p.requires_grad_(True)
+
+
+def _learn(encoder, images, flops, steps, batch, lr, flops_weight, granularity, seed, progress):
     start = time.perf_counter()
     search = DiffRateSearch(encoder, granularity).to(images.device)
     full = encoder_inference_flops(encoder.cfg)
@@ -392,23 +410,6 @@ def _all_features(
     )
 
 
-@torch.no_grad()
-def _interleaved_img_per_s(fns: dict[str, Callable], x: torch.Tensor, rounds: int, warmup: int = 2):
-    """Median images/s of each function on batch `x`, every round running all in turn."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup + rounds):
-        for name, fn in fns.items():
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    return {name: len(x) / statistics.median(t) for name, t in times.items()}
-
-
 def diffrate_report(
     encoder: VisionTransformer,
     schedule: Schedule,
@@ -432,7 +433,7 @@ def diffrate_report(
         f_train = _all_features(fn, x_train, mean, std, batch, device)
         f_test = _all_features(fn, x_test, mean, std, batch, device)
         top1[name] = knn_top1(f_train, y_train, f_test, y_test)
-    rates = _interleaved_img_per_s(fns, normalize(x_test[:batch].to(device), mean, std), rounds)
+    rates = interleaved_rates(fns, normalize(x_test[:batch].to(device), mean, std), rounds)
     return {
         "knn_top1_full": top1["full"],
         "knn_top1": top1["diffrate"],

@@ -63,6 +63,38 @@ def tome_all_features(
 
 
 @torch.no_grad()
+def interleaved_rates(
+    fns: dict,
+    x: torch.Tensor,
+    rounds: int = 15,
+    warmup: int = 2,
+    progress: bool = False,
+    desc: str = "timing",
+) -> dict:
+    """Median images/s of each function of `fns` (name -> images -> anything) on batch `x`,
+    every round running all of them in turn, so a machine slowing down mid-way slows all alike."""
+    times: dict = {name: [] for name in fns}
+    bar = tqdm(
+        range(warmup + rounds),
+        desc=desc,
+        unit="round",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=progress_interval(),
+    )
+    for i in bar:
+        for name, fn in fns.items():
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: len(x) / statistics.median(t) for name, t in times.items()}
+
+
 def interleaved_img_per_s(
     encoder: VisionTransformer,
     x: torch.Tensor,
@@ -72,26 +104,9 @@ def interleaved_img_per_s(
     progress: bool = False,
 ) -> dict[int, float]:
     """Median images/s of each r on batch `x`, every round running all r in turn."""
-    times: dict[int, list[float]] = {r: [] for r in rs}
-    bar = tqdm(
-        range(warmup + rounds),
-        desc=f"timing r={','.join(map(str, rs))} on {len(x)} images",
-        unit="round",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=progress_interval(),
-    )
-    for i in bar:
-        for r in rs:
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            tome_features(encoder, x, r)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times[r].append(time.perf_counter() - t0)
-    return {r: len(x) / statistics.median(t) for r, t in times.items()}
+    fns = {r: (lambda images, r=r: tome_features(encoder, images, r)) for r in rs}
+    desc = f"timing r={','.join(map(str, rs))} on {len(x)} images"
+    return interleaved_rates(fns, x, rounds, warmup, progress, desc)
 
 
 def tome_tradeoff(
