@@ -271,6 +271,7 @@ def cmd_diffrate(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"source": str(folder), **record}, indent=1))
     print(f"written {out}")
+    return 0
 
 
 # --- `mimkit compress iared2`: IA-RED² learned token dropping --------------------------------
