@@ -1,4 +1,4 @@
-"""`mimkit prune`, `mimkit tome` and `mimkit compress optin|diffrate`: the compression commands."""
+"""`mimkit prune`, `mimkit tome` and `mimkit compress optin|diffrate|iared2`: the compression commands."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="learn per-block token pruning/merging rates for a FLOPs target (frozen encoder)",
         configure=_diffrate_options,
     )
+    add_iared2_parser(csub)
 
 
 def _prune_options(p: argparse.ArgumentParser) -> None:
@@ -270,4 +271,106 @@ def cmd_diffrate(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"source": str(folder), **record}, indent=1))
     print(f"written {out}")
+    return 0
+
+
+# --- `mimkit compress iared2`: IA-RED² learned token dropping --------------------------------
+
+
+def add_iared2_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "iared2",
+        help="IA-RED²: train a token-dropping policy on the frozen encoder, then drop tokens",
+    )
+    p.add_argument("checkpoint", help="checkpoint folder (or the run folder holding it)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument(
+        "--keep", type=float, help="fraction of the patch tokens entering each stage it keeps"
+    )
+    budget.add_argument(
+        "--flops", type=float, help="target FLOPs as a fraction of the full encoder's"
+    )
+    p.add_argument("--out", required=True, help="folder for policy.safetensors and iared2.json")
+    p.add_argument("--stages", type=int, default=3, help="groups of blocks, one policy each")
+    p.add_argument("--steps", type=int, default=300, help="REINFORCE steps per stage")
+    p.add_argument("--batch-size", type=int, default=64, help="images per REINFORCE step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the policy")
+    p.add_argument("--tau", type=float, default=0.5, help="reward of a wrong prediction: -tau")
+    p.add_argument("--train-limit", type=int, default=10000, help="labelled training images")
+    p.add_argument("--test-limit", type=int, default=2000, help="test images for kNN")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling and batches")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_iared2)
+
+
+def cmd_iared2(args: argparse.Namespace) -> int:
+    # torch loads only when a command runs: --help stays fast
+    import time
+
+    from mimkit.compress import iared2 as ia
+    from mimkit.data.transforms import normalize
+    from mimkit.eval.knn import knn_top1
+    from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
+    from mimkit.train.runtime import pick_device
+
+    start = time.perf_counter()
+    device = pick_device(args.device)
+    model, cfg = load_model(args.checkpoint, device)
+    encoder, mcfg = model.encoder.eval(), cfg.model
+    starts = ia.stage_starts_for(mcfg.depth, args.stages)
+    full = ia.iared2_flops(mcfg, starts, [mcfg.num_patches] * len(starts))
+    counts = ia.counts_for_budget(mcfg, starts, args.keep, args.flops)
+    x_train, y_train, x_test, y_test = _splits_for(cfg, args.train_limit)
+    x_test, y_test = x_test[: args.test_limit], y_test[: args.test_limit]
+    mean, std = cfg.data.mean, cfg.data.std
+    print(
+        f"iared2: {len(starts)} stages at blocks {starts}, keeping {counts} of "
+        f"{mcfg.num_patches} patch tokens; reward head on {len(y_train)} labelled images "
+        f"(the checkpoint's data labels); progress on stderr",
+        flush=True,
+    )
+    head = ia.fit_reward_head(encoder, x_train, y_train, mean, std, seed=args.seed)
+    policy = ia.TokenPolicy(ia.PolicySpec(mcfg.embed_dim, starts)).to(device)
+    settings = ia.TrainSettings(args.steps, args.batch_size, args.lr, args.tau, args.seed)
+    history = ia.train_policy(
+        encoder, policy, head, x_train, y_train, mean, std, counts, settings, progress=True
+    )
+    variants = {
+        "full": encoder.features,
+        "iared2": lambda x: ia.iared2_features(encoder, policy, x, counts),
+    }
+    top1 = {}
+    for name, fn in variants.items():
+        f_train = ia.batched_features(fn, x_train, mean, std, 256, device)
+        f_test = ia.batched_features(fn, x_test, mean, std, 256, device)
+        top1[name] = knn_top1(f_train, y_train, f_test, y_test)
+    x = normalize(x_test[:256].to(device), mean, std)
+    rates = ia.interleaved_rates(variants, x, rounds=args.rounds)
+    flops = ia.iared2_flops(mcfg, starts, counts)
+    record = {
+        "source": str(resolve_checkpoint_dir(args.checkpoint)),
+        "counts": counts,
+        "keep": args.keep,
+        "flops_target": args.flops,
+        "flops": flops,
+        "flops_full": full,
+        "flops_ratio": flops / full,
+        "labels": "the checkpoint's data labels; correctness by a linear head on full features",
+        "settings": vars(settings),
+        "reward_first_last": [[h[0], sum(h[-10:]) / len(h[-10:])] for h in history],
+        "knn_top1": top1,
+        "knn_bank": len(y_train),
+        "knn_test": len(y_test),
+        "rates": rates,
+        "device": str(device),
+        "seconds": time.perf_counter() - start,
+    }
+    ia.save_policy(policy, args.out, record)
+    print(
+        f"kept {counts} tokens per stage ({100 * flops / full:.1f}% of the encoder's FLOPs); "
+        f"kNN top-1 {100 * top1['full']:.2f}% -> {100 * top1['iared2']:.2f}%; "
+        f"{rates['full']['img_per_s']:.0f} -> {rates['iared2']['img_per_s']:.0f} img/s; "
+        f"written {args.out}"
+    )
     return 0
