@@ -42,6 +42,7 @@ from mimkit.compress.importance import block_scores, blocks_to_keep
 from mimkit.compress.optin import optin_prune
 from mimkit.compress.prune import prune_blocks
 from mimkit.compress.tome import block_with_merging
+from mimkit.compress.tradeoff import interleaved_rate_quartiles
 from mimkit.data.sources import load_labelled_splits
 from mimkit.data.transforms import normalize
 from mimkit.eval.knn import knn_top1
@@ -341,7 +342,7 @@ def main() -> int:
     timed = {f"{v.name}@{v.target}": v.fn for v in variants if v.seed in (None, args.seeds[0])}
     x = normalize(splits[2][: args.batch], mean, std)
     log(f"timing {len(timed)} variants interleaved, {args.rounds} rounds of {len(x)} images")
-    rates = ia.interleaved_rates(timed, x, rounds=args.rounds, warmup=1)
+    rates = interleaved_rate_quartiles(timed, x, rounds=args.rounds, warmup=1)
     rows = score(variants, splits, mean, std, args, rates)
     machine["load_average_end"] = os.getloadavg()
     result = {

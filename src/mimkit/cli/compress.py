@@ -309,6 +309,7 @@ def cmd_iared2(args: argparse.Namespace) -> int:
     import time
 
     from mimkit.compress import iared2 as ia
+    from mimkit.compress.tradeoff import interleaved_rate_quartiles
     from mimkit.data.transforms import normalize
     from mimkit.eval.knn import knn_top1
     from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
@@ -346,7 +347,7 @@ def cmd_iared2(args: argparse.Namespace) -> int:
         f_test = ia.batched_features(fn, x_test, mean, std, 256, device)
         top1[name] = knn_top1(f_train, y_train, f_test, y_test)
     x = normalize(x_test[:256].to(device), mean, std)
-    rates = ia.interleaved_rates(variants, x, rounds=args.rounds)
+    rates = interleaved_rate_quartiles(variants, x, rounds=args.rounds)
     flops = ia.iared2_flops(mcfg, starts, counts)
     record = {
         "source": str(resolve_checkpoint_dir(args.checkpoint)),

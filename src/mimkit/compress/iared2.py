@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -376,37 +374,6 @@ def batched_features(
         fn(normalize(images[i : i + batch].to(device), mean, std)).float().cpu()
         for i in range(0, len(images), batch)
     ])  # fmt: skip
-
-
-@torch.no_grad()
-def interleaved_rates(
-    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]],
-    x: torch.Tensor,
-    rounds: int = 15,
-    warmup: int = 2,
-) -> dict[str, dict[str, float]]:
-    """Images/s of each fn on batch `x`, every round running all of them in turn (as
-    `compress.tradeoff` times ToMe): median, and the 25th/75th percentiles over the rounds."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup + rounds):
-        for name, fn in fns.items():
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    out = {}
-    for name, t in times.items():
-        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
-        out[name] = {
-            "img_per_s": len(x) / statistics.median(t),
-            "img_per_s_q25": len(x) / q[2],
-            "img_per_s_q75": len(x) / q[0],
-        }
-    return out
 
 
 # --- saving and loading -----------------------------------------------------------------------

@@ -73,6 +73,20 @@ def interleaved_rates(
 ) -> dict:
     """Median images/s of each function of `fns` (name -> images -> anything) on batch `x`,
     every round running all of them in turn, so a machine slowing down mid-way slows all alike."""
+    times = interleaved_times(fns, x, rounds, warmup, progress, desc)
+    return {name: len(x) / statistics.median(t) for name, t in times.items()}
+
+
+def interleaved_times(
+    fns: dict,
+    x: torch.Tensor,
+    rounds: int = 15,
+    warmup: int = 2,
+    progress: bool = False,
+    desc: str = "timing",
+) -> dict:
+    """Seconds of each timed round of each function of `fns` on batch `x` (warm-up rounds
+    dropped), every round running all of them in turn."""
     times: dict = {name: [] for name in fns}
     bar = tqdm(
         range(warmup + rounds),
@@ -92,7 +106,23 @@ def interleaved_rates(
                 torch.cuda.synchronize()
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    return {name: len(x) / statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_rate_quartiles(
+    fns: dict, x: torch.Tensor, rounds: int = 15, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+    """As `interleaved_rates`, with the spread: images/s at the median round and at the 25th/75th
+    percentiles of the round times (`img_per_s`, `img_per_s_q25`, `img_per_s_q75`)."""
+    out = {}
+    for name, t in interleaved_times(fns, x, rounds, warmup).items():
+        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
+        out[name] = {
+            "img_per_s": len(x) / statistics.median(t),
+            "img_per_s_q25": len(x) / q[2],
+            "img_per_s_q75": len(x) / q[0],
+        }
+    return out
 
 
 def interleaved_img_per_s(
