@@ -183,8 +183,8 @@ def bench_loader(
         "batch": batch,
         "seed": seed,
         "feed_target_img_per_s": target,
-        "prepare_s": round(prepared_s, 1),  # making the JPEGs and the pack (0 when kept)
-        "wall_s": round(time.perf_counter() - start, 1),
+        "prepare_s": round(prepared_s, 3),  # making the JPEGs and the pack (0 when kept)
+        "wall_s": round(time.perf_counter() - start, 3),
         "main_process_threads": 1,
         "paths": paths,
         "packed_over_jpeg_per_core": round(ratio, 2),
