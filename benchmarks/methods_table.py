@@ -27,8 +27,8 @@ def collect(root: Path) -> dict[str, list[dict]]:
             continue
         name, seed = run.name.rsplit("_seed", 1)
         results = run / "results.json"
-        linear = run / "checkpoint" / "eval_linear.json"
-        if not (results.is_file() and linear.is_file()):
+        linear = _linear_result(run)
+        if not (results.is_file() and linear is not None):
             continue
         rows[name].append({
             "seed": int(seed),
@@ -37,6 +37,14 @@ def collect(root: Path) -> dict[str, list[dict]]:
             "wall_s": times.get((name, int(seed))),
         })  # fmt: skip
     return rows
+
+
+def _linear_result(run: Path) -> Path | None:
+    """The run's linear-probe record: RUN/eval/eval_linear*.json, or before 0.2 in checkpoint/."""
+    found = sorted((run / "eval").glob("eval_linear*.json")) or sorted(
+        (run / "checkpoint").glob("eval_linear*.json")
+    )
+    return found[0] if found else None
 
 
 def fmt(values: list[float]) -> str:
