@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -123,6 +123,20 @@ def check_teacher_fits(
         )
     if same_prefix and teacher_cfg.cls_token != cfg.cls_token:
         raise ConfigError("method.teacher: teacher and student must agree on cls_token")
+
+
+def patch_feature_teacher(
+    settings: Any, cfg: ModelConfig, teacher: nn.Module | None
+) -> tuple[Any, nn.Module | None]:
+    """(settings, teacher encoder) of a student that matches a teacher's patch-token features
+    (MaskAlign, MR-MAE): the teacher's grid checked against `cfg`, its width recorded in
+    `teacher_dim`; without a teacher, the recorded width must be there."""
+    encoder = getattr(teacher, "encoder", teacher)
+    if encoder is not None:
+        check_teacher_fits(encoder.cfg, cfg, same_prefix=False)  # patch tokens only
+        settings = replace(settings, teacher_dim=encoder.cfg.embed_dim)
+    require_teacher_width(settings)
+    return settings, encoder
 
 
 def require_teacher_width(settings: Any) -> None:

@@ -11,7 +11,7 @@ width so a student checkpoint rebuilds without it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +24,8 @@ from mimkit.models.vit import VisionTransformer
 from mimkit.objectives.base import (
     MethodOutput,
     MethodSettings,
-    check_teacher_fits,
     frozen,
-    require_teacher_width,
+    patch_feature_teacher,
     teacher_missing,
 )
 
@@ -56,11 +55,7 @@ class MaskAlign(nn.Module):
     ) -> None:
         super().__init__()
         settings = settings or MaskAlignSettings()
-        teacher_encoder = getattr(teacher, "encoder", teacher)
-        if teacher_encoder is not None:
-            check_teacher_fits(teacher_encoder.cfg, cfg, same_prefix=False)  # patch tokens only
-            settings = replace(settings, teacher_dim=teacher_encoder.cfg.embed_dim)
-        require_teacher_width(settings)
+        settings, teacher_encoder = patch_feature_teacher(settings, cfg, teacher)
         self.cfg = cfg
         self.masking = masking or MaskingConfig()
         self.settings = settings
