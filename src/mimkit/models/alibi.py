@@ -86,37 +86,12 @@ class AlibiViT(VisionTransformer):
         p = self.cfg.patch_size
         return x.shape[-2] // p, x.shape[-1] // p
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        ids_keep: torch.Tensor | None = None,
-        return_hidden: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        h = self.embed(x, ids_keep)
+    def attention_bias(
+        self, x: torch.Tensor, ids_keep: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """2D-ALiBi distances between the `ids_keep` patches of `x`'s grid (all without)."""
         bias = alibi_bias(self.grid_of(x), self.cfg.num_heads, ids_keep, ids_keep, x.device)
-        bias = bias.to(h.dtype)
-        hidden = [h]
-        for block in self.blocks:
-            h = block(h, bias)
-            hidden.append(h)
-        out = self.norm(h)
-        return (out, hidden) if return_hidden else out
+        return bias.to(dtype)
 
     def forward_mask_tokens(self, *args, **kwargs):
         raise NotImplementedError("an ALiBi encoder encodes visible tokens only (no mask tokens)")
-
-    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per block, (B, heads, N, N) attention weights over the patches, ALiBi biases
-        included (no mask, eval mode); inspection only."""
-        was_training = self.training
-        self.eval()
-        try:
-            h = self.embed(x)
-            bias = alibi_bias(self.grid_of(x), self.cfg.num_heads, None, None, x.device)
-            maps = []
-            for block in self.blocks:
-                maps.append(block.attn.attention_weights(block.norm1(h), bias))
-                h = block(h, bias.to(h.dtype))
-            return maps
-        finally:
-            self.train(was_training)

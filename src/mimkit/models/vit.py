@@ -272,12 +272,20 @@ class VisionTransformer(nn.Module):
         return_hidden: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         h = self.embed(x, ids_keep)
+        bias = self.attention_bias(x, ids_keep, h.dtype)
         hidden = [h]
         for block in self.blocks:
-            h = block(h)
+            h = block(h, bias)
             hidden.append(h)
         out = self.norm(h)
         return (out, hidden) if return_hidden else out
+
+    def attention_bias(
+        self, x: torch.Tensor, ids_keep: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """The additive attention bias every block gets for batch `x` (`ids_keep` tokens):
+        None here, where positions come from the table; ALiBi encoders override it."""
+        return None
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -287,9 +295,10 @@ class VisionTransformer(nn.Module):
         self.eval()
         try:
             h, maps = self.embed(x), []
+            bias = self.attention_bias(x, None, h.dtype)
             for block in self.blocks:
-                maps.append(block.attn.attention_weights(block.norm1(h)))
-                h = block(h)
+                maps.append(block.attn.attention_weights(block.norm1(h), bias))
+                h = block(h, bias)
             return maps
         finally:
             self.train(was_training)
