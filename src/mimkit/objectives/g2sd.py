@@ -36,6 +36,7 @@ from mimkit.objectives.base import (
     require_teacher_width,
     teacher_missing,
 )
+from mimkit.objectives.mae import mae_decoder
 
 SMOOTH_L1_BETA = 2.0  # the authors' setting
 
@@ -85,18 +86,9 @@ class G2SD(nn.Module):
         self.settings = settings
         width = settings.teacher_dim
         self.encoder = VisionTransformer(cfg)
-        self.decoder = MAEDecoder(  # MAE's decoder, predicting teacher tokens from pre-norm ones
-            encoder_dim=cfg.embed_dim,
-            grid_hw=cfg.grid_shape,
-            out_dim=width,
-            dim=cfg.decoder_embed_dim,
-            depth=cfg.decoder_depth,
-            num_heads=cfg.decoder_num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            qkv_bias=cfg.qkv_bias,
-            eps=cfg.layer_norm_eps,
-            cls_token=cfg.cls_token,
-            pos_embed=cfg.pos_embed,
+        self.decoder = mae_decoder(  # MAE's decoder, predicting teacher tokens from pre-norm ones
+            cfg,
+            width,
             head=nn.Sequential(
                 nn.Linear(cfg.decoder_embed_dim, width), nn.GELU(), nn.Linear(width, width)
             ),

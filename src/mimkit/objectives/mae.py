@@ -64,8 +64,12 @@ class MAESettings(MethodSettings):
             )
 
 
-def mae_decoder(cfg: ModelConfig, out_dim: int) -> MAEDecoder:
-    """MAE's light decoder for this model's geometry, predicting `out_dim` values per patch."""
+def mae_decoder(cfg: ModelConfig, out_dim: int, **overrides) -> MAEDecoder:
+    """MAE's light decoder for this model's geometry, predicting `out_dim` values per patch.
+
+    `overrides` (e.g. `head=`, `final_norm=`) change only what a method's reference changes, so
+    the geometry stays in one place.
+    """
     return MAEDecoder(
         encoder_dim=cfg.embed_dim,
         grid_hw=cfg.grid_shape,
@@ -78,6 +82,7 @@ def mae_decoder(cfg: ModelConfig, out_dim: int) -> MAEDecoder:
         eps=cfg.layer_norm_eps,
         cls_token=cfg.cls_token,
         pos_embed=cfg.pos_embed,
+        **overrides,
     )
 
 
