@@ -1,6 +1,9 @@
 """Collect the runs of docs/results/methods.sh into a markdown table and a PNG.
 
-python benchmarks/methods_table.py runs/methods --out docs/results
+python benchmarks/methods_table.py runs/methods --out docs/results [--floor runs/floor/mae_seed0 ...]
+
+`--floor` names run folders evaluated with `--random-init` (the same architecture untrained);
+their kNN and linear records become the table's floor row and a dashed line in the plot.
 """
 
 from __future__ import annotations
@@ -39,6 +42,22 @@ def collect(root: Path) -> dict[str, list[dict]]:
     return rows
 
 
+def collect_floor(runs: list[Path]) -> list[dict]:
+    """The untrained floor, one entry per run folder holding both random-init records."""
+    floor = []
+    for run in runs:
+        knn = sorted((run / "eval").glob("eval_knn_random_init*.json"))
+        linear = sorted((run / "eval").glob("eval_linear_random_init*.json"))
+        if not (knn and linear):
+            raise SystemExit(f"--floor {run}: expected eval/eval_{{knn,linear}}_random_init*.json")
+        floor.append({
+            "run": str(run),
+            "knn": json.loads(knn[0].read_text())["top1"],
+            "linear": json.loads(linear[0].read_text())["top1"],
+        })  # fmt: skip
+    return floor
+
+
 def _linear_result(run: Path) -> Path | None:
     """The run's linear-probe record: RUN/eval/eval_linear*.json, or before 0.2 in checkpoint/."""
     found = sorted((run / "eval").glob("eval_linear*.json")) or sorted(
@@ -59,8 +78,10 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results")
     parser.add_argument("--tag", default="", help="suffix of the output names (methods<tag>.png)")
     parser.add_argument("--budget", default="1 epoch", help="the budget, for the plot's title")
+    parser.add_argument("--floor", nargs="*", default=[], help="run folders with random-init evals")
     args = parser.parse_args()
     rows = collect(Path(args.root))
+    floor = collect_floor([Path(f) for f in args.floor])
     lines = ["| method / masking | seeds | kNN top-1 (%) | linear top-1 (%) | wall time per run (s) |",
              "|---|---|---|---|---|"]  # fmt: skip
     for name, runs in sorted(
@@ -72,10 +93,16 @@ def main() -> None:
             f"| {name} | {len(runs)} | {fmt([r['knn'] for r in runs])} | "
             f"{fmt([r['linear'] for r in runs])} | {wall} |"
         )
+    if floor:
+        lines.append(
+            f"| random init (floor) | {len(floor)} | {fmt([f['knn'] for f in floor])} | "
+            f"{fmt([f['linear'] for f in floor])} | - |"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"methods{args.tag}_table.md").write_text("\n".join(lines) + "\n")
-    (out / f"methods{args.tag}.json").write_text(json.dumps(rows, indent=1))
+    record = {**rows, **({"random_init_floor": floor} if floor else {})}
+    (out / f"methods{args.tag}.json").write_text(json.dumps(record, indent=1))
     print("\n".join(lines))
     import matplotlib
 
@@ -91,6 +118,10 @@ def main() -> None:
         for x, n in zip(xs, names, strict=True):
             for r in rows[n]:
                 ax.plot(x + offset, 100 * r[key], "k.", markersize=4)
+    for key, colour in (("knn", "C0"), ("linear", "C1")):
+        if floor:
+            level = 100 * statistics.mean(f[key] for f in floor)
+            ax.axhline(level, color=colour, linestyle="--", linewidth=1, label=f"untrained, {key}")
     ax.set_xticks(list(xs), names, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("top-1 (%)")
     ax.set_ylim(50, 90)

@@ -71,6 +71,24 @@ def test_plan_fills_the_budget_at_the_measured_speed(tmp_path):
         plan_run(survey, cfg, 5, Speed(train_img_per_s=100, features_img_per_s=10))
 
 
+def test_an_unlabelled_folder_trains_for_the_whole_budget(tmp_path):
+    """No class folders means no report, so no share of the budget is kept for one."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (16, 16)).astype(np.uint8), mode="L").save(
+            flat / f"{i}.png"
+        )
+    survey = survey_folder(flat)
+    assert survey.classes == []
+    cfg = planned_config(survey, {"mean": [0.5], "std": [0.3]}, str(tmp_path / "run"))
+    plan = plan_run(survey, cfg, 60, Speed(train_img_per_s=100, features_img_per_s=1000))
+    assert plan.eval_seconds == 0 and plan.eval_items == (0, 0)
+    assert plan.train_seconds == pytest.approx(60, rel=0.05)
+    assert "no evaluation" in plan.lines()[1]
+
+
 def test_budget_parsing():
     assert parse_budget("5m") == 300 and parse_budget("90s") == 90 and parse_budget("1h") == 3600
     with pytest.raises(ConfigError, match="--budget"):

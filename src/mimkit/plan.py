@@ -222,8 +222,12 @@ class Plan:
             f"std {self.cfg.data.std}",
             f"plan: batch {t.batch_size}, base lr {t.base_lr:g}, {self.steps} steps "
             f"({self.epochs} epoch(s)) ~ {self.train_seconds:.0f} s of training at "
-            f"{self.speed.train_img_per_s:.0f} img/s measured here, then ~{self.eval_seconds:.0f} s "
-            "of evaluation",
+            f"{self.speed.train_img_per_s:.0f} img/s measured here, "
+            + (
+                f"then ~{self.eval_seconds:.0f} s of evaluation"
+                if self.eval_items[0]
+                else "no evaluation (no class folders, so no labels)"
+            ),
         ]
 
 
@@ -253,8 +257,11 @@ def plan_run(
     extracts features twice (pretrained, untrained) over its bank and test items.
     """
     speed = speed or measure_speed(cfg)
-    bank, test = eval_items(survey, budget_s, speed)
-    eval_s = 2 * (bank + test) / speed.features_img_per_s + reload_s + 15  # + probes and kNN
+    if survey.classes:
+        bank, test = eval_items(survey, budget_s, speed)
+        eval_s = 2 * (bank + test) / speed.features_img_per_s + reload_s + 15  # + probes, kNN
+    else:  # no labels, no report: the whole budget trains
+        bank, test, eval_s = 0, 0, 0.0
     train_s = budget_s - eval_s
     if train_s < 0.2 * budget_s:
         raise ConfigError(
