@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -23,7 +24,13 @@ from mimkit.eval.finetune import (
     load_classifier,
 )
 from mimkit.models.alibi import AlibiViT
-from mimkit.train.checkpoint import MODEL_FILE, method_from_config, read_weights, save_checkpoint
+from mimkit.train.checkpoint import (
+    MODEL_FILE,
+    load_model,
+    method_from_config,
+    read_weights,
+    save_checkpoint,
+)
 
 CROMA = "configs/synthetic_tiles_croma_tiny.yaml"
 MULTIMAE = "configs/fmnist_multimae_tiny.yaml"
@@ -140,3 +147,50 @@ def test_croco_classifier_trains_the_shared_encoder_and_freezes_the_decoder(tmp_
     assert not any(n.startswith("method.decoder.") for n in trainable)
     views = {"view1": torch.randn(2, 1, 16, 16), "view2": torch.randn(2, 1, 16, 16)}
     torch.testing.assert_close(model.eval().pooled(views), model.method.encode(views))
+
+
+@pytest.mark.parametrize("to", ["timm", "hf"])
+def test_alibi_encoder_export_to_timm_or_hf_says_why_and_what_works(
+    croma_run, tmp_path, capsys, to
+):
+    code = main(["export", str(croma_run), "--to", to, str(tmp_path / "out")])
+    target = "timm's VisionTransformer" if to == "timm" else "transformers' ViTMAE/ViT"
+    assert_one_line_error(
+        capsys, code, r"this encoder uses ALiBi attention biases for positions \(method "
+        r"'croma'\); it has no position table and no class token, which "
+        + target + r" needs, and cannot hold the biases; export it with --to safetensors "
+        r"\(a mimkit checkpoint\) or --to onnx"
+    )  # fmt: skip
+    assert "cls_token" not in capsys.readouterr().err
+
+
+def test_timm_export_of_a_multi_input_encoder_records_its_inputs_statistics(tmp_path):
+    cfg = _tiny("configs/fmnist_croco_tiny.yaml", tmp_path / "run", "model.cls_token=true")
+    folder = save_checkpoint(tmp_path / "run" / "checkpoint", method_from_config(cfg), cfg)
+    assert main(["export", str(folder), "--to", "timm", str(tmp_path / "timm")]) == 0
+    pretrained = json.loads((tmp_path / "timm" / "config.json").read_text())["pretrained_cfg"]
+    view1 = cfg.data.inputs["view1"]  # the masked view: the input CroCo's encoder reads
+    assert pretrained["mean"] == view1.mean and pretrained["std"] == view1.std
+    assert view1.mean != cfg.data.mean  # (data.mean, the single-image default, is not it)
+
+
+HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
+@pytest.mark.slow  # torch's ONNX exporter takes ~8 s to load and trace on a 2-core CPU
+@pytest.mark.skipif(not HAS_ONNX, reason="onnx/onnxruntime not installed (mimkit[onnx])")
+def test_alibi_encoder_exports_to_onnx_with_its_inputs_statistics(croma_run, tmp_path):
+    import onnxruntime  # optional: mimkit[onnx]
+
+    out = tmp_path / "onnx"
+    assert main(["export", str(croma_run), "--to", "onnx", str(out)]) == 0
+    meta = json.loads((out / "preprocess.json").read_text())
+    model, cfg = load_model(croma_run)
+    optical = cfg.data.inputs["optical"]
+    assert meta["mean"] == optical.mean and meta["std"] == optical.std
+    session = onnxruntime.InferenceSession(
+        str(out / "encoder.onnx"), providers=["CPUExecutionProvider"]
+    )
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    (got,) = session.run(["features"], {"pixels": x.numpy()})
+    np.testing.assert_allclose(got, model.encode(x).numpy(), atol=1e-4, rtol=0)
