@@ -97,6 +97,73 @@ def test_array_inputs_keep_values_and_check_channels(tmp_path):
         load_multi_split(_cfg(tmp_path, inputs=wrong, on_bad_item="fail"), "train", (4, 4))
 
 
+def _npz_samples(root: Path, n: int = 4) -> Path:
+    """root/{train,test}/{0,1}/s_K.npz, each {"opt": (3, 4, 4) uint16, "sar": (4, 4) float32}."""
+    for split in ("train", "test"):
+        for k in range(n):
+            path = root / split / f"{k % 2}" / f"s_{k}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            opt = np.full((3, 4, 4), 1000 + k, dtype=np.uint16)
+            np.savez(path, opt=opt, sar=np.full((4, 4), -k, dtype=np.float32))
+    return root
+
+
+NPZ_INPUTS = {"opt": InputConfig(channels=3), "sar": InputConfig(channels=1)}
+
+
+def test_npz_per_sample_layout_reads_one_array_per_input(tmp_path):
+    root = _npz_samples(tmp_path)
+    inputs, labels = load_multi_split(_cfg(root, inputs=NPZ_INPUTS), "train", (4, 4))
+    assert inputs["opt"].shape == (4, 3, 4, 4) and inputs["sar"].shape == (4, 1, 4, 4)
+    assert inputs["opt"].dtype == inputs["sar"].dtype == torch.float32  # values kept
+    assert labels.tolist() == [0, 0, 1, 1]  # s_0, s_2 in class 0; s_1, s_3 in class 1
+    assert inputs["opt"][1].max() == 1002 and inputs["sar"][1].min() == -2  # same sample
+    test, _ = load_multi_split(_cfg(root, inputs=NPZ_INPUTS), "test", (4, 4))
+    assert test.rows == 4
+    # the whole path a run takes: splits with labels, the training source's batches
+    x_train, y_train, x_test, _ = load_labelled_splits(_cfg(root, inputs=NPZ_INPUTS), 3, (4, 4))
+    assert set(x_train) == {"opt", "sar"} and len(y_train) == 4 and x_test.rows == 4
+
+
+def test_npz_bad_samples_are_counted_skips_naming_file_and_key(tmp_path, caplog):
+    root = _npz_samples(tmp_path, n=6)
+    train = root / "train"
+    np.savez(train / "0" / "s_0.npz", opt=np.zeros((3, 4, 4)))  # no sar
+    np.savez(train / "1" / "s_1.npz", opt=np.zeros((3, 4, 4)), sar=np.array([["a"] * 4] * 4))
+    np.savez(train / "0" / "s_2.npz", opt=np.zeros((2, 3, 4, 4)), sar=np.zeros((4, 4)))
+    np.savez(train / "1" / "s_3.npz", opt=np.zeros((3, 4, 4)), sar=np.zeros((5, 4)))
+    (train / "0" / "s_4.npz").write_bytes(b"not an archive")
+    skipped = __import__("collections").Counter()
+    with caplog.at_level(logging.WARNING):
+        inputs, labels = load_multi_split(_cfg(root, inputs=NPZ_INPUTS), "train", (4, 4), skipped)
+    assert labels.tolist() == [1] and inputs["opt"].shape == (1, 3, 4, 4)  # s_5 only
+    assert skipped == {"missing_input": 1, "dtype": 1, "shape": 1, "size": 1, "unreadable": 1}
+    text = caplog.text
+    assert "s_0.npz: no array for input(s) sar" in text
+    assert "s_1.npz: key 'sar': array of type <U1; expected real numbers" in text
+    assert "s_2.npz: key 'opt': array of shape (2, 3, 4, 4); expected (3, H, W)" in text
+    assert "s_3.npz: key 'sar': 5x4 but model.img_size is 4x4" in text
+    assert "s_4.npz: cannot read .npz archive" in text
+    with pytest.raises(DataError, match=r"s_0.npz: no array for input\(s\) sar.*on_bad_item"):
+        load_multi_split(_cfg(root, inputs=NPZ_INPUTS, on_bad_item="fail"), "train", (4, 4))
+
+
+def test_npz_object_arrays_are_refused_not_unpickled(tmp_path):
+    root = _npz_samples(tmp_path, n=2)
+    path = root / "train" / "0" / "s_0.npz"
+    np.savez(path, opt=np.zeros((3, 4, 4)), sar=np.array([{"x": 1}] * 16, dtype=object))
+    skipped = __import__("collections").Counter()
+    inputs, _ = load_multi_split(_cfg(root, inputs=NPZ_INPUTS), "train", (4, 4), skipped)
+    assert inputs.rows == 1 and skipped == {"dtype": 1}
+
+
+def test_split_with_neither_layout_is_one_line(tmp_path):
+    (tmp_path / "train" / "0").mkdir(parents=True)
+    (tmp_path / "train" / "0" / "x.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"train: neither a sub-folder per input \(opt, sar\)"):
+        load_multi_split(_cfg(tmp_path, inputs=NPZ_INPUTS), "train", (4, 4))
+
+
 def test_missing_input_folder_is_one_line(tmp_path):
     root = _two_inputs(tmp_path)
     cfg = _cfg(root, inputs={"a": InputConfig(), "depth": InputConfig()})

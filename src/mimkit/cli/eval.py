@@ -595,7 +595,6 @@ def cmd_eval_segment(args: argparse.Namespace) -> int:
     if args.random_init:
         torch.manual_seed(cfg.train.seed)  # the initialisation pretraining started from
         model = method_from_config(cfg)
-    weights = model.state_dict()
     chans = cfg.model.in_chans
     train = load_segmentation_split(args.data, "train", chans, args.train_limit)
     val = load_segmentation_split(args.data, "val", chans, args.val_limit)
@@ -616,7 +615,11 @@ def cmd_eval_segment(args: argparse.Namespace) -> int:
     record.update(train_items=len(train.labels), val_items=len(val.labels))
     record["skipped"] = len(train.skipped) + len(val.skipped)
     record["settings"] = vars(settings)
-    encoder = segment.build_encoder(cfg.model, weights, tuple(val.labels.shape[-2:]), str(folder))
+    scenes = segment.scene_encoder(model, cfg, tuple(val.labels.shape[-2:]), str(folder))
+    encoder = scenes.encoder
+    if scenes.note:  # several inputs per sample: which input's encoder reads the scenes
+        print(scenes.note)
+        record["encoder_input"] = scenes.note
     results = segment.evaluate_heads(
         encoder.to(device),
         heads,
@@ -624,8 +627,8 @@ def cmd_eval_segment(args: argparse.Namespace) -> int:
         (val.images, val.labels),
         val.num_classes,
         val.ignore_index,
-        cfg.data.mean,
-        cfg.data.std,
+        scenes.mean,
+        scenes.std,
         settings,
         device,
         finetune=args.finetune,

@@ -30,10 +30,11 @@ class InputConfig:
     """One input of a sample with several (`data.inputs.NAME`): a modality or one of two views.
 
     Its files are in the sub-folder NAME of each split (images, or .npy/.npz/TIFF arrays whose
-    values are kept), paired with the other inputs' files by sample id (class folder and file
-    stem). `mean`/`std` are in the pipeline's units (value / 255), one per channel or one for
-    all; `mimkit data stats --source multi` measures them. Crops and flips are the same for
-    every input of a sample; `interpolation: nearest` keeps label-like maps (segmentation) whole.
+    values are kept; or its array is the key NAME of each sample's .npz), paired with the other
+    inputs' files by sample id (class folder and file stem). `mean`/`std` are in the pipeline's
+    units (value / 255), one per channel or one for all; `mimkit data stats --source multi`
+    measures them. Crops and flips are the same for every input of a sample;
+    `interpolation: nearest` keeps label-like maps (segmentation) whole.
     """
 
     channels: int = 1

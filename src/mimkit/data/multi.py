@@ -15,6 +15,19 @@ first file. Every input must have the model's size (no resizing: resampling a la
 one view alone would break the alignment). A sample missing from one input, or whose file is
 unusable, is skipped with one line naming the file and counted by reason.
 
+Or one `.npz` file per sample (class folders as above, loose files unlabelled), holding one
+array per input under the input's name, each (C_k, H, W) or (H, W) for one channel:
+
+```
+root/train/3/tile_00007.npz   {"optical": (3, H, W), "radar": (2, H, W)}   (np.savez)
+root/test/...
+```
+
+The `.npz` layout is read when a split folder has none of the inputs' sub-folders. Its arrays
+are kept as float32 values, as array inputs; a file missing an input's key, with an array of
+the wrong type or rank, or not at the model's size is skipped with one line naming the
+file and the key, and counted by reason (`data.on_bad_item: fail` refuses it instead).
+
 A split is held as `Inputs`: a dict of (N, C_k, H, W) tensors keyed by input name, which
 slicing and indexing with rows (`inputs[:8]`, `inputs[idx]`) cut in every input at once, so
 the sources, the loop and the evaluation index it as they index an image tensor.
@@ -25,7 +38,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zipfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +157,93 @@ def _read_sample(
     }
 
 
+def _per_sample_npz(folder: Path, specs: dict[str, InputConfig]) -> bool:
+    """Whether `folder` is in the `.npz`-per-sample layout: none of the inputs' sub-folders."""
+    return folder.is_dir() and not any((folder / name).is_dir() for name in specs)
+
+
+def _npz_files(folder: Path, specs: dict[str, InputConfig]) -> tuple[dict[str, Path], dict]:
+    """({sample id: .npz file}, {sample id: class name}) of a split in the `.npz` layout."""
+    try:
+        files, labels, classes = list_images(folder, {".npz"})
+    except DataError:
+        raise DataError(
+            f"{folder}: neither a sub-folder per input ({', '.join(specs)}) nor one .npz file "
+            "per sample holding them (data.inputs)"
+        ) from None
+    by_id, class_of = {}, {}
+    for path, label in zip(files, labels, strict=True):
+        sample = path.relative_to(folder).with_suffix("").as_posix()
+        by_id[sample] = path
+        class_of[sample] = classes[label] if label >= 0 else ""
+    return by_id, class_of
+
+
+def _read_npz_sample(
+    path: Path, specs: dict[str, InputConfig], size: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """{input: (C, H, W) float32} from one sample's `.npz` (one array per input, never
+    unpickled); BadItem naming the file and the key when one is missing or unusable."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [name for name in specs if name not in archive.files]
+            if missing:
+                raise BadItem(
+                    "missing_input",
+                    f"{path}: no array for input(s) {', '.join(missing)} (keys: "
+                    f"{', '.join(archive.files) or 'none'}; data.inputs names them)",
+                )
+            arrays = {}
+            for name in specs:
+                try:
+                    arrays[name] = archive[name]
+                except ValueError as exc:  # object arrays need pickle: refused
+                    raise BadItem("dtype", f"{path}: key {name!r}: cannot read ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BadItem("unreadable", f"{path}: cannot read .npz archive ({exc})") from None
+    return {
+        name: _npz_item(arrays[name], f"{path}: key {name!r}", spec, size)
+        for name, spec in specs.items()
+    }
+
+
+def _npz_item(
+    array: np.ndarray, where: str, spec: InputConfig, size: tuple[int, int]
+) -> torch.Tensor:
+    """One input's array of a `.npz` sample as (C, H, W) float32, or BadItem naming `where`."""
+    if array.dtype.kind not in "biuf":
+        raise BadItem("dtype", f"{where}: array of type {array.dtype}; expected real numbers")
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] != spec.channels:
+        raise BadItem(
+            "shape", f"{where}: array of shape {array.shape}; expected ({spec.channels}, H, W) "
+            f"or (H, W) for one channel"
+        )  # fmt: skip
+    if tuple(array.shape[-2:]) != tuple(size):
+        raise BadItem(
+            "size", f"{where}: {array.shape[-2]}x{array.shape[-1]} but model.img_size is "
+            f"{size[0]}x{size[1]}"
+        )  # fmt: skip
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise BadItem("non_finite", f"{where}: {int((~np.isfinite(array)).sum())} NaN or inf")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _samples(
+    folder: Path, specs: dict[str, InputConfig], size: tuple[int, int]
+) -> tuple[list[str], dict[str, str], Callable[[str], dict[str, torch.Tensor]]]:
+    """(sample ids, {id: class name}, reader of one sample by id) of a split in either layout:
+    a sub-folder per input, or (none of them there) one `.npz` per sample."""
+    if _per_sample_npz(folder, specs):
+        files, class_of = _npz_files(folder, specs)
+        return sorted(files), class_of, lambda sample: _read_npz_sample(files[sample], specs, size)
+    listed = {name: _input_files(folder / name, name) for name in specs}
+    class_of = {s: c for _, classes, _ in listed.values() for s, c in classes.items()}
+    ids = sorted(set().union(*(by_id for by_id, _, _ in listed.values())))
+    return ids, class_of, lambda sample: _read_sample(sample, listed, specs, size)
+
+
 def load_multi_split(
     cfg: DataConfig,
     split: str,
@@ -158,15 +260,13 @@ def load_multi_split(
     if not cfg.inputs:
         raise DataError("data.inputs: the multi source needs the inputs' names (sub-folders)")
     folder = split_folder(Path(cfg.path), split)
-    listed = {name: _input_files(folder / name, name) for name in cfg.inputs}
-    first = next(iter(cfg.inputs))
-    class_names = sorted({c for _, classes, _ in listed.values() for c in classes.values() if c})
-    ids = sorted(set().union(*(by_id for by_id, _, _ in listed.values())))
+    ids, class_of, read = _samples(folder, cfg.inputs, size)
+    class_names = sorted({c for c in class_of.values() if c})
     items: dict[str, list[torch.Tensor]] = {name: [] for name in cfg.inputs}
     labels, skipped = [], Counter()
     for sample in ids:
         try:
-            row = _read_sample(sample, listed, cfg.inputs, size)
+            row = read(sample)
         except DataError as exc:
             if cfg.on_bad_item == "fail":
                 raise DataError(f"{exc} (data.on_bad_item=fail)") from None
@@ -175,7 +275,7 @@ def load_multi_split(
             continue
         for name, item in row.items():
             items[name].append(item)
-        klass = listed[first][1][sample]
+        klass = class_of[sample]  # ids hold the class folder: one class in every input
         labels.append(class_names.index(klass) if klass else -1)
     if skipped_by is not None:
         skipped_by.update(skipped)

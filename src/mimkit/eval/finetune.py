@@ -7,6 +7,13 @@ student gets a second head that learns the teacher's predicted class (DeiT's har
 distillation, as the G2SD authors do), the two losses weigh half each, and at test time the
 two heads' logits are averaged.
 
+A checkpoint trained on samples with several inputs (`data.source: multi`: MultiMAE, CroCo,
+CROMA) is fine-tuned through the feature path its kNN and linear probes read (`encode`, here
+`pooled` with gradients): the whole method with a linear head (`InputsClassifier`), on the
+same dict batches, each input normalised with its own statistics. What needs one image per
+sample (Mixup/CutMix, RandAugment, random erasing, a test-time crop, a new resolution or
+pooling, MAE's fc_norm head, a G2SD teacher) is off and refused in one line when asked for.
+
 It is a configuration of the pretraining loop (`mimkit.train.loop`): a `TrainConfig` with the
 fine-tuning defaults, a `FinetuneConfig` for what only fine-tuning has, and `ClassifierLoss`,
 one more thing that returns a loss. So it has the same seeded, resumable data source, device
@@ -34,19 +41,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mimkit.config import RunConfig, TrainConfig
+from mimkit.data.config import DataConfig
+from mimkit.data.multi import Inputs, sample_count
 from mimkit.data.sources import Batch, TrainSource, load_split
 from mimkit.data.transforms import denormalize, normalize
 from mimkit.errors import ConfigError
 from mimkit.eval.augment import rand_augment, random_erasing
+from mimkit.eval.features import feature_stats
 from mimkit.eval.mixup import mix_batch, soft_cross_entropy
 from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.models.pos_embed import adapt_pos_embed
-from mimkit.models.vit import VisionTransformer, prefix_token_count
+from mimkit.models.vit import PatchEmbed, VisionTransformer, prefix_token_count
 from mimkit.train.checkpoint import (
     MODEL_FILE,
     Checkpointer,
     load_config_file,
     load_state_into,
+    method_from_config,
     read_weights,
     resolve_checkpoint_dir,
 )
@@ -54,7 +65,12 @@ from mimkit.train.distributed import DistContext, init_distributed, shutdown_dis
 from mimkit.train.lock import run_lock, stop_signals
 from mimkit.train.logging import MetricsWriter, progress_interval
 from mimkit.train.loop import Rows, assemble, train_loop
-from mimkit.train.optim import layer_decay_param_groups
+from mimkit.train.optim import (
+    decays,
+    encoders_with_layer_ids,
+    layer_decay_param_groups,
+    no_weight_decay_names,
+)
 from mimkit.train.runtime import autocast, pick_device
 
 log = logging.getLogger(__name__)
@@ -319,6 +335,140 @@ class ViTClassifier(nn.Module):
         return sum(self.both_heads(x)) / 2
 
 
+class InputsClassifier(nn.Module):
+    """A method whose samples have several inputs (`data.source: multi`) + a linear head on its
+    features (`method.*`, `head.*`): `method.pooled`, the path its `encode` (kNN, linear
+    probe) takes, trained end to end. Parts the features do not reach (decoders, pretraining
+    heads) stay in the checkpoint, frozen (`freeze_unused`)."""
+
+    dist_head = None  # no G2SD teacher for several inputs
+
+    def __init__(self, method: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.method = method
+        self.head = _near_zero_head(method.encoder.cfg.embed_dim, num_classes)
+
+    @property
+    def encoder(self) -> VisionTransformer:
+        """The method's encoder: its config gives the width and resolution."""
+        return self.method.encoder
+
+    def pooled(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.method.pooled(x)
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.pooled(x))
+
+
+def freeze_unused(model: InputsClassifier, data: DataConfig) -> None:
+    """Freeze the method's parameters its features of `data.inputs` do not reach (found by one
+    backward pass from a zero batch in eval mode), so the optimiser and DDP see only what the
+    loss trains; refuse in one line inputs the method cannot take."""
+    method, hw = model.method, model.encoder.cfg.image_hw
+    probe = {name: torch.zeros(1, spec.channels, *hw) for name, spec in data.inputs.items()}
+    was_training = method.training
+    method.eval()
+    try:
+        method.pooled(probe).sum().backward()
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ConfigError(
+            f"finetune: data.inputs {sorted(data.inputs)} do not fit the checkpoint's method "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
+    finally:
+        method.train(was_training)
+    for param in method.parameters():
+        if param.grad is None:
+            param.requires_grad_(False)
+        param.grad = None
+
+
+def inputs_param_groups(
+    model: InputsClassifier, weight_decay: float, layer_decay: float
+) -> list[dict]:
+    """Parameter groups of an `InputsClassifier` with layer-wise lr decay over each encoder of
+    its method by that encoder's own depth (embeddings `layer_decay ** (depth + 1)`, block i
+    `layer_decay ** (depth - i)`, as `layer_decay_param_groups`); patch embeddings outside an
+    encoder (MultiMAE's adapters) at the main encoder's embedding rate; the rest (CROMA's
+    fusion encoder, the head) at the full rate. Weight decay split as in `param_groups`."""
+    encoders = encoders_with_layer_ids(model)
+    top = len(model.encoder.blocks) + 1
+    embeddings = [n for n, m in model.named_modules() if isinstance(m, PatchEmbed)]
+    exempt = no_weight_decay_names(model)
+    groups: dict[tuple[float, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        where = next((w for w in encoders if name.startswith(w + ".")), None)
+        if where is not None:
+            encoder = encoders[where]
+            layer = encoder.layer_id(name.removeprefix(where + "."))
+            scale = layer_decay ** (len(encoder.blocks) + 1 - layer)
+        elif any(name.startswith(e + ".") for e in embeddings):
+            scale = layer_decay**top
+        else:
+            scale = 1.0
+        no_decay = not decays(name, param, exempt)
+        group = groups.setdefault(
+            (scale, no_decay),
+            {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale},
+        )
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+def build_inputs_classifier(
+    cfg: RunConfig,
+    weights: dict[str, torch.Tensor] | None,
+    num_classes: int,
+    ft: FinetuneConfig,
+    seed: int = 0,
+    where: str = "checkpoint",
+) -> InputsClassifier:
+    """The method of `cfg` (a run on samples with several inputs) with a linear head;
+    pretrained when `weights` (a full checkpoint's) are given."""
+    torch.manual_seed(seed)
+    method = method_from_config(cfg)
+    if weights is not None:
+        load_state_into(method, weights, where)
+    if ft.learn_pos:
+        for module in method.modules():
+            if isinstance(module, VisionTransformer):
+                learnable_position_table(module)
+    model = InputsClassifier(method, num_classes)
+    freeze_unused(model, cfg.data)
+    return model
+
+
+def inputs_settings(ft: FinetuneConfig, model: ModelConfig) -> FinetuneConfig:
+    """`ft` for samples with several inputs: what needs one image per sample off when left to
+    the recipe, refused in one line when asked for (see the module docstring)."""
+    asked = [
+        name
+        for name, value in (
+            ("mixup", ft.mixup), ("cutmix", ft.cutmix), ("randaug_ops", ft.randaug_ops),
+            ("erase_prob", ft.erase_prob), ("teacher", ft.teacher),
+        )
+        if value
+    ]  # fmt: skip
+    if ft.img_size is not None and (ft.img_size, ft.img_size) != tuple(model.image_hw):
+        asked.append("img_size")
+    if ft.pool not in (None, model.pool):
+        asked.append("pool")
+    if ft.head not in (None, "norm"):
+        asked.append("head")
+    if ft.test_crop not in (None, 1.0):
+        asked.append("test_crop")
+    if asked:
+        raise ConfigError(
+            f"finetune: {', '.join(asked)}: not available for a checkpoint trained on samples "
+            "with several inputs (data.source: multi); it is fine-tuned on its dict batches "
+            f"through its own features (pool {model.pool!r}, {model.image_hw[0]}x"
+            f"{model.image_hw[1]}, head norm), with crop and flip as augmentation"
+        )
+    return replace(ft, randaug_ops=0, erase_prob=0.0, test_crop=1.0, head="norm", img_size=None)
+
+
 def load_classifier(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[ViTClassifier, RunConfig]:
@@ -331,6 +481,10 @@ def load_classifier(
             f"{folder}: not a fine-tuned classifier (no head.weight); the teacher of the "
             "specific stage is the checkpoint `mimkit eval finetune` writes"
         )
+    if any(k.startswith("method.") for k in weights):  # several inputs per sample
+        model = InputsClassifier(method_from_config(cfg), weights["head.weight"].shape[0])
+        load_state_into(model, weights, str(folder / MODEL_FILE))
+        return model.to(device).eval().requires_grad_(False), cfg
     encoder = VisionTransformer(resolve_model_config(cfg.model))
     if "pos_embed" in weights and "pos_embed" not in encoder.state_dict():
         raise ConfigError(f"{folder}: its position table does not fit its model config")
@@ -410,11 +564,11 @@ def resize_to(x: torch.Tensor, hw: tuple[int, int], crop: float = 1.0) -> torch.
 
 @torch.no_grad()
 def classifier_accuracy(
-    model: ViTClassifier,
-    images: torch.Tensor,
+    model: ViTClassifier | InputsClassifier,
+    images: torch.Tensor | dict[str, torch.Tensor],
     labels: torch.Tensor,
-    mean: list[float],
-    std: list[float],
+    mean: list[float] | dict[str, list[float]],
+    std: list[float] | dict[str, list[float]],
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     batch_size: int = 512,
@@ -422,18 +576,23 @@ def classifier_accuracy(
     crop: float = 1.0,
 ) -> float:
     """Top-1 on uint8 images, resized to the model's resolution when it differs (see
-    `resize_to` for `crop`)."""
+    `resize_to` for `crop`). Several inputs per sample: `images` a dict, `mean`/`std` dicts
+    by input (`feature_stats`), each input at the model's size already."""
     model.eval()
     hw = model.encoder.cfg.image_hw
     correct = 0
     for start in tqdm(
-        range(0, len(images), batch_size),
+        range(0, sample_count(images), batch_size),
         desc="finetune test",
         disable=not progress,
         mininterval=progress_interval(),
     ):
-        x = normalize(images[start : start + batch_size].to(device), mean, std)
-        x = resize_to(x, hw, crop)
+        if isinstance(images, dict):  # several inputs: each with its own statistics
+            rows = Inputs(images)[start : start + batch_size].to(device)
+            x = Inputs({k: normalize(v, mean[k], std[k]) for k, v in rows.items()})
+        else:
+            x = normalize(images[start : start + batch_size].to(device), mean, std)
+            x = resize_to(x, hw, crop)
         with autocast(device, amp_dtype):
             preds = model(x).argmax(1).cpu()
         correct += (preds == labels[start : start + batch_size]).sum().item()
@@ -620,6 +779,8 @@ def _finetune(
     start_time = time.perf_counter()
     device = pick_device(device_name)
     base = resolve_model_config(base_cfg.model)
+    if base_cfg.data.source == "multi":  # several inputs per sample: the method's features
+        ft = inputs_settings(ft, base)
     side = ft.img_size or min(base.input_size[-2:])
     ft = resolve_recipe(ft, train, side, weights is not None, base_cfg.data.hflip)
     cfg = copy.deepcopy(base_cfg)  # the classifier's run config, saved with its checkpoint
@@ -637,7 +798,8 @@ def _finetune(
     if train.base_lr is None:
         train = replace(train, base_lr=auto_base_lr(train.epochs))
     cfg.train = train
-    model = build_classifier(base, weights, num_classes, ft, train.seed).to(device)
+    model, groups = _classifier(cfg, base, weights, num_classes, ft)
+    model = model.to(device)
     teacher = None
     if ft.teacher:
         teacher, teacher_cfg = load_classifier(ft.teacher, device)
@@ -652,9 +814,6 @@ def _finetune(
         out.mkdir(parents=True, exist_ok=True)
         (out / SETTINGS_FILE).write_text(json.dumps(record, indent=1))
 
-    def groups(wrapped: nn.Module) -> list[dict]:  # the classifier's names, after wrapping
-        return layer_decay_param_groups(model, train.weight_decay, ft.layer_decay, cfg.model.depth)
-
     objective = ClassifierLoss(model, teacher)
     run, state = assemble(
         cfg, ctx, device, model, objective, groups, source, checkpointer, "finetune"
@@ -666,14 +825,15 @@ def _finetune(
     # score the saved classifier: under FSDP the trained one is sharded across processes
     scored, _ = load_classifier(checkpointer.folder, device)
     progress = train.progress and ctx.is_main
+    mean, std = feature_stats(cfg.data)  # per input for samples with several inputs
     top1 = classifier_accuracy(
-        scored, x_test, y_test, cfg.data.mean, cfg.data.std, device, run.amp_dtype,
-        progress=progress, crop=ft.test_crop,
+        scored, x_test, y_test, mean, std, device, run.amp_dtype, progress=progress,
+        crop=ft.test_crop,
     )  # fmt: skip
     x_fit, y_fit = _fit_items(cfg, base, source)
     train_top1 = classifier_accuracy(
-        scored, x_fit, y_fit, cfg.data.mean, cfg.data.std, device, run.amp_dtype,
-        progress=progress, crop=ft.test_crop,
+        scored, x_fit, y_fit, mean, std, device, run.amp_dtype, progress=progress,
+        crop=ft.test_crop,
     )  # fmt: skip
     if ctx.is_main:
         MetricsWriter(out / "metrics.jsonl").write(
@@ -691,6 +851,25 @@ def _finetune(
         checkpointer.folder,
         state.nonfinite,
         record,
+    )
+
+
+def _classifier(
+    cfg: RunConfig,
+    base: ModelConfig,
+    weights: dict[str, torch.Tensor] | None,
+    num_classes: int,
+    ft: FinetuneConfig,
+) -> tuple[nn.Module, Callable[[nn.Module], list[dict]]]:
+    """(classifier, its optimiser groups given the wrapped module): a ViT with a head, or for
+    samples with several inputs the method with a head. Groups use the classifier's names."""
+    tc = cfg.train
+    if cfg.data.source == "multi":
+        multi = build_inputs_classifier(cfg, weights, num_classes, ft, tc.seed)
+        return multi, lambda wrapped: inputs_param_groups(multi, tc.weight_decay, ft.layer_decay)
+    model = build_classifier(base, weights, num_classes, ft, tc.seed)
+    return model, lambda wrapped: layer_decay_param_groups(
+        model, tc.weight_decay, ft.layer_decay, cfg.model.depth
     )
 
 

@@ -13,6 +13,12 @@ it when they are not one); its fixed position table is regenerated at the new gr
 Scores are the confusion-matrix mIoU (over classes present in prediction or truth), pixel
 accuracy and per-class IoU on the validation split, at the label's own resolution; pixels at
 the ignore index count for nothing. Training uses no augmentation and sees no val data.
+
+Scenes are single images. A checkpoint trained on samples with several inputs (`data.source:
+multi`: MultiMAE, CroCo, CROMA) is evaluated through the encoder of the one input its
+`encoder` reads (`method.encoder_input`), the scenes normalised with that input's statistics
+and standing in for it; the other inputs' encoders and a fusion encoder are not used
+(`scene_encoder` says so in its note).
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimkit.config import RunConfig
 from mimkit.data.transforms import normalize
+from mimkit.errors import ConfigError
 from mimkit.eval.finetune import encoder_weights, resize_to
 from mimkit.eval.segment_settings import SegmentSettings
 from mimkit.models.config import ModelConfig, resolve_model_config
@@ -80,13 +88,51 @@ def segment_model_config(base: ModelConfig, image_hw: tuple[int, int]) -> ModelC
 
 
 def build_encoder(
-    base: ModelConfig, weights: dict[str, torch.Tensor], image_hw: tuple[int, int], where: str
+    base: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    image_hw: tuple[int, int],
+    where: str,
+    kind: type[VisionTransformer] = VisionTransformer,
 ) -> VisionTransformer:
-    """An encoder at the scenes' resolution with the weights of a full checkpoint."""
+    """An encoder (of class `kind`: an ALiBi encoder has no table) at the scenes' resolution
+    with the weights of a full checkpoint."""
     cfg = segment_model_config(base, image_hw)
-    encoder = VisionTransformer(cfg)
+    encoder = kind(cfg)
     load_state_into(encoder, encoder_weights(weights, base, cfg), where)
     return encoder
+
+
+@dataclass
+class SceneEncoder:
+    encoder: VisionTransformer
+    mean: list[float]
+    std: list[float]
+    note: str | None = None  # several inputs per sample: which input's encoder is evaluated
+
+
+def scene_encoder(
+    method: nn.Module, run: RunConfig, image_hw: tuple[int, int], where: str
+) -> SceneEncoder:
+    """The encoder segmentation scenes are read with, at their resolution, and the statistics
+    they are normalised with: the checkpoint's encoder and `data.mean/std`; for samples with
+    several inputs the encoder of `method.encoder_input` and that input's statistics."""
+    weights = method.state_dict()
+    if run.data.source != "multi":
+        encoder = build_encoder(run.model, weights, image_hw, where)
+        return SceneEncoder(encoder, run.data.mean, run.data.std)
+    name = getattr(method, "encoder_input", None)
+    if name not in run.data.inputs:
+        raise ConfigError(
+            f"{where}: segmentation scenes are single images, and method {run.method.name!r} "
+            f"names no input of data.inputs ({', '.join(run.data.inputs)}) its encoder reads"
+        )
+    spec = run.data.inputs[name]
+    encoder = build_encoder(run.model, weights, image_hw, where, type(method.encoder))
+    note = (
+        f"scenes are single images: {run.method.name}'s encoder of input {name!r} is evaluated "
+        f"(data.inputs.{name} statistics); the other inputs and any fusion are not used"
+    )
+    return SceneEncoder(encoder, spec.mean, spec.std, note)
 
 
 def pyramid_blocks(depth: int) -> list[int]:

@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from mimkit.config import RunConfig, config_from_dict, config_to_dict, parse_override
 from mimkit.errors import CheckpointError, ConfigError
 from mimkit.interop.common import ImportedModel, model_from_imported
@@ -21,6 +23,7 @@ from mimkit.interop.hf import read_hf_folder, write_hf_folder
 from mimkit.interop.official_mae import read_official
 from mimkit.interop.safe_load import PICKLE_SUFFIXES, safetensors_keys
 from mimkit.interop.timm import read_timm, write_timm
+from mimkit.models.alibi import AlibiViT
 from mimkit.objectives.base import MaskedMethod
 from mimkit.train.checkpoint import (
     MODEL_FILE,
@@ -198,13 +201,23 @@ def import_checkpoint(
     return ImportResult(out, loaded.fmt, loaded.has_decoder, loaded.notes, loaded.run)
 
 
-def refuse_unrepresentable(run: RunConfig, to: str, where: str | Path) -> None:
+def refuse_unrepresentable(
+    run: RunConfig, to: str, where: str | Path, encoder: nn.Module | None = None
+) -> None:
     """One line when the target format cannot hold this encoder: transformers' ViTMAE/ViT and
-    timm's VisionTransformer are 2-D image models with a class token."""
+    timm's VisionTransformer are 2-D image models with a position table and a class token
+    (an ALiBi `encoder` has neither: its positions are attention biases)."""
     if to not in ("hf", "timm"):
         return
     target = "transformers' ViTMAE/ViT" if to == "hf" else "timm's VisionTransformer"
     m = run.model
+    if isinstance(encoder, AlibiViT):
+        raise CheckpointError(
+            f"{where}: this encoder uses ALiBi attention biases for positions (method "
+            f"{run.method.name!r}); it has no position table and no class token, which "
+            f"{target} needs, and cannot hold the biases; export it with --to safetensors "
+            "(a mimkit checkpoint) or --to onnx (features at the trained image size)"
+        )
     if len(m.input_size) != 2:
         kind = "video" if run.data.source == "video" else "video/volume"
         raise CheckpointError(
@@ -224,19 +237,31 @@ def refuse_unrepresentable(run: RunConfig, to: str, where: str | Path) -> None:
         )
 
 
+def encoder_stats(model: nn.Module, run: RunConfig) -> tuple[list[float], list[float]]:
+    """(mean, std) the exported encoder's pixels are normalised with: `data.mean/std`, or for
+    samples with several inputs (`data.source: multi`) those of the input the method's
+    `encoder` reads (`encoder_input`: MultiMAE's and CROMA's first, CroCo's masked view)."""
+    name = getattr(model, "encoder_input", None)
+    if run.data.source == "multi" and name in run.data.inputs:
+        return run.data.inputs[name].mean, run.data.inputs[name].std
+    return run.data.mean, run.data.std
+
+
 def export_checkpoint(
     checkpoint: str | Path, to: str, out: str | Path, hf_arch: str = "pretraining"
 ) -> Path:
     """Write a mimkit checkpoint as a HF folder, a timm folder or weights-only safetensors.
 
     Refused in one line when the target cannot represent the encoder (3-D inputs, no class
-    token). The feature pooling (`model.pool`) travels: timm's global_pool, and a
+    token, ALiBi position biases). For samples with several inputs the recorded mean/std are
+    those of the input the method's encoder reads (`encoder_stats`). The feature pooling (`model.pool`) travels: timm's global_pool, and a
     `mimkit_features` entry in HF's config.json; `mimkit import` reads both back."""
     out = Path(out)
     refuse_existing(out)
     model, run = load_model(checkpoint)
-    refuse_unrepresentable(run, to, checkpoint)
+    refuse_unrepresentable(run, to, checkpoint, model.encoder)
     state = model.state_dict()
+    mean, std = encoder_stats(model, run)
     if to == "hf":
         if hf_arch == "pretraining" and run.method.name != "mae":
             raise CheckpointError(
@@ -244,11 +269,9 @@ def export_checkpoint(
                 "counterpart (only MAE's pixel decoder has one); export its encoder with "
                 "--hf-arch vit or --to timm"
             )
-        return write_hf_folder(
-            state, run.model, out, run.data.mean, run.data.std, hf_arch, run.masking, run.method
-        )
+        return write_hf_folder(state, run.model, out, mean, std, hf_arch, run.masking, run.method)
     if to == "timm":
-        return write_timm(state, run.model, out, run.data.mean, run.data.std)
+        return write_timm(state, run.model, out, mean, std)
     if to == "safetensors":
         return save_checkpoint(out, model, run)
     raise CheckpointError(f"--to {to!r}: expected one of {', '.join(EXPORT_FORMATS)}")

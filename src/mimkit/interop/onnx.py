@@ -1,7 +1,9 @@
 """The encoder as ONNX: normalised pixels in, pooled features out, any batch size.
 
 `OUT/encoder.onnx` takes `pixels` (batch, C, *input_size), float32, already normalised with
-the run's mean and std, and returns `features` (batch, embed_dim): what `mimkit eval` uses
+the run's mean and std (for samples with several inputs, those of the input the method's
+encoder reads; an ALiBi encoder, which timm and transformers cannot hold, exports here at the
+size it is traced at), and returns `features` (batch, embed_dim): what `mimkit eval` uses
 (`VisionTransformer.features`: no mask, the run's pool). `OUT/preprocess.json` holds the mean,
 std, input size and pool, so a consumer needs nothing else. Needs the `onnx` extra (onnx,
 onnxscript for torch's exporter; onnxruntime to run it).
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from mimkit.errors import ConfigError
-from mimkit.interop.convert import refuse_existing
+from mimkit.interop.convert import encoder_stats, refuse_existing
 from mimkit.models.vit import VisionTransformer
 from mimkit.train.checkpoint import load_model
 
@@ -68,12 +70,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
             opset_version=OPSET,
             dynamo=False,
         )
+    mean, std = encoder_stats(model, cfg)  # several inputs: those of the encoder's input
     meta = {
         "input": "pixels",
         "output": "features",
         "input_shape": ["batch", cfg.model.in_chans, *cfg.model.input_size],
-        "mean": cfg.data.mean,
-        "std": cfg.data.std,
+        "mean": mean,
+        "std": std,
         "pixel_scale": "images / 255, then (x - mean) / std per channel",
         "pool": cfg.model.pool,
         "embed_dim": cfg.model.embed_dim,

@@ -174,6 +174,18 @@ def check_inputs(inputs: dict[str, int], model: ModelConfig, count: int) -> None
         raise ConfigError("method.inputs: several inputs are for 2-D images")
 
 
+@torch.no_grad()
+def pooled_in_eval_mode(method: nn.Module, images: Any) -> torch.Tensor:
+    """`method.pooled(images)` computed deterministically (eval mode, no gradients), the mode
+    restored after: the `encode` of methods whose trainable feature path is `pooled`."""
+    was_training = method.training
+    method.eval()
+    try:
+        return method.pooled(images)
+    finally:
+        method.train(was_training)
+
+
 def frozen(model: nn.Module | None) -> FrozenTeacher | None:
     """The teacher a method holds: frozen, or None when it was not found (rebuilt alone)."""
     return FrozenTeacher(model) if model is not None else None

@@ -31,7 +31,7 @@ from mimkit.models.config import ModelConfig
 from mimkit.models.cross_decoder import CrossAttentionBlock
 from mimkit.models.pos_embed import position_table
 from mimkit.models.vit import Attention, VisionTransformer, init_vit_weights
-from mimkit.objectives.base import MethodOutput, MethodSettings
+from mimkit.objectives.base import MethodOutput, MethodSettings, pooled_in_eval_mode
 from mimkit.objectives.targets import masked_mse, pixel_target
 from mimkit.patches import patchify
 
@@ -187,10 +187,20 @@ class CroCo(nn.Module):
         patches = patchify(images, self.cfg.patch_shape)
         return pixel_target(patches, self.settings.norm_pix_loss, "patch", self.cfg.in_chans)
 
-    def encode(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        """Features of single images, or of a sample's masked view (either view, if only one
-        is given): the encoder alone, no mask."""
+    @property
+    def encoder_input(self) -> str:
+        """The input whose features the encoder gives (it is shared: either view's)."""
+        return self.settings.masked_view
+
+    def pooled(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D) features of single images, or of a sample's masked view (either view, if only
+        one is given): the encoder alone, no mask, pooled per `model.pool`. Trainable (in the
+        module's mode, gradients kept): what fine-tuning trains and `encode` computes."""
         if isinstance(images, dict):
             s = self.settings
             images = images[s.masked_view] if s.masked_view in images else images[s.reference_view]
-        return self.encoder.features(images)
+        return self.encoder.pool(self.encoder(images))
+
+    def encode(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """`pooled` features, deterministic: eval mode, no gradients."""
+        return pooled_in_eval_mode(self, images)

@@ -32,7 +32,7 @@ from mimkit.models.alibi import AlibiViT, alibi_bias
 from mimkit.models.config import ModelConfig
 from mimkit.models.decoders import MAEDecoder
 from mimkit.models.vit import Attention, Mlp, VisionTransformer, init_vit_weights
-from mimkit.objectives.base import MethodOutput, MethodSettings, check_inputs
+from mimkit.objectives.base import MethodOutput, MethodSettings, check_inputs, pooled_in_eval_mode
 from mimkit.objectives.targets import masked_mse, pixel_target
 from mimkit.patches import patchify
 
@@ -256,28 +256,33 @@ class CROMA(nn.Module):
         patches = patchify(x, self.cfg.patch_shape)
         return pixel_target(patches, self.settings.norm_pix_loss, "patch", x.shape[1]).float()
 
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    @property
+    def encoder_input(self) -> str:
+        """The input `encoder` (the full-depth one, exported and probed) reads."""
+        return self.names[0]
+
+    def pooled(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, D) features: a tensor (the first input) or a dict with one input gives that
         input's encoder's average token; a dict with both gives the fusion's average token.
-        Any image size whose sides are multiples of the patch (ALiBi needs no table)."""
+        Any image size whose sides are multiples of the patch (ALiBi needs no table).
+        Trainable (in the module's mode, gradients kept): what fine-tuning trains and `encode`
+        computes."""
         if not isinstance(images, dict):
             images = {self.names[0]: images}
         first, second = self.names
         unknown = set(images) - {first, second}
         if unknown or not images:
             raise ValueError(f"croma: inputs are {[first, second]}, got {sorted(images)}")
-        was_training = self.training
-        self.eval()
-        try:
-            if second not in images:
-                return self.encoder(images[first]).mean(dim=1)
-            tokens2 = self.second_encoder(images[second])
-            if first not in images:
-                return tokens2.mean(dim=1)
-            tokens1 = self.encoder(images[first])
-            p = self.cfg.patch_size
-            grid = (images[second].shape[-2] // p, images[second].shape[-1] // p)
-            return self.fuse(tokens2, tokens1, grid).mean(dim=1)
-        finally:
-            self.train(was_training)
+        if second not in images:
+            return self.encoder(images[first]).mean(dim=1)
+        tokens2 = self.second_encoder(images[second])
+        if first not in images:
+            return tokens2.mean(dim=1)
+        tokens1 = self.encoder(images[first])
+        p = self.cfg.patch_size
+        grid = (images[second].shape[-2] // p, images[second].shape[-1] // p)
+        return self.fuse(tokens2, tokens1, grid).mean(dim=1)
+
+    def encode(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """`pooled` features, deterministic: eval mode, no gradients."""
+        return pooled_in_eval_mode(self, images)

@@ -31,7 +31,7 @@ from mimkit.models.config import ModelConfig
 from mimkit.models.cross_decoder import CrossAttentionBlock
 from mimkit.models.pos_embed import sincos_2d
 from mimkit.models.vit import Block, PatchEmbed, VisionTransformer, init_vit_weights
-from mimkit.objectives.base import MethodOutput, MethodSettings, check_inputs
+from mimkit.objectives.base import MethodOutput, MethodSettings, check_inputs, pooled_in_eval_mode
 from mimkit.objectives.targets import pixel_target
 from mimkit.patches import patchify
 
@@ -243,20 +243,24 @@ class MultiMAE(nn.Module):
         patches = patchify(x, self.cfg.patch_shape)
         return pixel_target(patches, self.settings.norm_pix_loss, "patch", x.shape[1]).float()
 
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    @property
+    def encoder_input(self) -> str:
+        """The input `encoder` reads on its own (its patch embedding is the encoder's)."""
+        return self.names[0]
+
+    def pooled(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, D) features from every patch of the modalities given (any non-empty subset of
-        `method.inputs`; a tensor is the first input), pooled per `model.pool`."""
+        `method.inputs`; a tensor is the first input), pooled per `model.pool`; trainable (in
+        the module's mode, gradients kept): what fine-tuning trains and `encode` computes."""
         if not isinstance(images, dict):
             images = {self.names[0]: images}
         unknown = set(images) - set(self.names)
         if unknown or not images:
             raise ValueError(f"multimae: inputs are {self.names}, got {sorted(images)}")
-        was_training = self.training
-        self.eval()
-        try:
-            names = [name for name in self.names if name in images]
-            tokens = torch.cat([self.tokens(name, images[name]) for name in names], dim=1)
-            return self.encoder.pool(self.encode_tokens(tokens))
-        finally:
-            self.train(was_training)
+        names = [name for name in self.names if name in images]
+        tokens = torch.cat([self.tokens(name, images[name]) for name in names], dim=1)
+        return self.encoder.pool(self.encode_tokens(tokens))
+
+    def encode(self, images: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """`pooled` features, deterministic: eval mode, no gradients."""
+        return pooled_in_eval_mode(self, images)
