@@ -13,6 +13,10 @@ Seeds: everything that draws (the calibration images of OPTIN and DiffRate, Diff
 IA-RED²'s policy training, the linear probe) runs once per seed; ToMe and block pruning draw
 nothing, so only their probe changes with the seed. One IA-RED² policy is trained per seed
 (at the middle target's keep counts) and applied at every target with that target's counts.
+Beside it, its chance control ("IA-RED² counts, random tokens", `iared2.RandomTokenPolicy`):
+the same stages and keep counts, the kept tokens drawn uniformly at random per image (seeded),
+so the table shows whether the learned policy beats chance at the same FLOPs (the control's
+FLOPs omit the interpreters it does not run).
 
     PYTHONPATH=src python3 benchmarks/compression_compare.py /work/runs/h22b/demo-checkpoint \\
         --out docs/results/compression
@@ -194,8 +198,12 @@ def deterministic_variants(model, targets: list[float], full: float) -> list[Var
     return variants
 
 
+RANDOM_ROW = "IA-RED² counts, random tokens"
+
+
 def iared2_variants(model, data, args, seed: int, full: float) -> list[Variant]:
-    """One policy per seed, trained at the middle target's counts, applied at every target."""
+    """One policy per seed, trained at the middle target's counts, applied at every target;
+    beside each, its chance control: the same counts per stage, tokens drawn at random."""
     encoder, mcfg = model.encoder, model.encoder.cfg
     x_all, y_all, mean, std = data
     starts = ia.stage_starts_for(mcfg.depth, 3)
@@ -226,6 +234,13 @@ def iared2_variants(model, data, args, seed: int, full: float) -> list[Variant]:
             "IA-RED²", target, ia.iared2_flops(mcfg, starts, counts) / full,
             lambda x, c=counts: ia.iared2_features(encoder, policy, x, c), seed,
             {"counts": counts, **record},
+        ))  # fmt: skip
+        # the chance control: the same stages and counts, the tokens drawn at random (seeded)
+        control = ia.RandomTokenPolicy(starts, seed=seed)
+        variants.append(Variant(
+            RANDOM_ROW, target, ia.iared2_flops(mcfg, starts, counts, heads=0) / full,
+            lambda x, c=counts, r=control: ia.iared2_features(encoder, r, x, c), seed,
+            {"counts": counts, "random_seed": seed},
         ))  # fmt: skip
     return variants
 

@@ -4,6 +4,7 @@ import torch
 from mimkit.cli import main
 from mimkit.compress.iared2 import (
     PolicySpec,
+    RandomTokenPolicy,
     TokenPolicy,
     TrainSettings,
     counts_for_flops,
@@ -116,6 +117,57 @@ def test_pixels_of_dropped_patches_do_not_change_the_features():
     assert torch.allclose(iared2_features(encoder, policy, x, [6]), expected, atol=1e-5)
 
 
+def recording(policy):
+    """Wrap `policy.choose` so every (stage, positions) it returns is kept in a list."""
+    seen, choose = [], policy.choose
+
+    def record(stage, patches, count):
+        pick = choose(stage, patches, count)
+        seen.append((stage, pick))
+        return pick
+
+    policy.choose = record
+    return seen
+
+
+def test_random_control_keeps_the_policys_counts_per_stage():
+    encoder = tiny(depth=4).encoder
+    policy = policy_for(encoder, [0, 2])
+    control = RandomTokenPolicy(policy.stage_starts, seed=3)
+    x = torch.randn(5, 1, 16, 16)
+    counts = [11, 6]
+    learned, chance = recording(policy), recording(control)
+    tokens_p, ids_p = iared2_tokens(encoder, policy, x, counts)
+    tokens_c, ids_c = iared2_tokens(encoder, control, x, counts)
+    assert [s for s, _ in learned] == [s for s, _ in chance] == [0, 1]
+    for (_, a), (_, b), count in zip(learned, chance, counts, strict=True):
+        assert a.shape == b.shape == (5, count)
+    assert tokens_p.shape == tokens_c.shape == (5, 1 + 6, 32) and ids_c.shape == (5, 6)
+    assert all(len(set(row.tolist())) == 6 for row in ids_c)
+    # same stages and counts: the same FLOPs but for the interpreters the control does not run
+    cfg = encoder.cfg
+    assert iared2_flops(cfg, [0, 2], counts, heads=0) < iared2_flops(cfg, [0, 2], counts, heads=2)
+
+
+def test_random_control_ignores_the_image():
+    encoder = tiny(depth=4).encoder
+    policy = policy_for(encoder, [0, 2])
+    a, b = torch.randn(4, 1, 16, 16), 3 * torch.randn(4, 1, 16, 16) + 1
+    same_seed = [iared2_tokens(encoder, RandomTokenPolicy([0, 2], 7), x, [9, 4])[1] for x in (a, b)]
+    assert torch.equal(*same_seed)  # two different batches, one seed: the same positions
+    # the learned policy, on the same two batches, does read the images (the check can fail)
+    assert not torch.equal(*[iared2_tokens(encoder, policy, x, [9, 4])[1] for x in (a, b)])
+    other = iared2_tokens(encoder, RandomTokenPolicy([0, 2], 8), a, [9, 4])[1]
+    assert not torch.equal(other, same_seed[0])
+    # uniform: over 4000 draws of 8 of 16 tokens on one constant image, each position is kept
+    # about half the time (binomial sd 0.008: 0.05 is over 6 sd), and rows are not all alike
+    control = RandomTokenPolicy([0], seed=0)
+    ids = iared2_tokens(encoder, control, torch.zeros(4000, 1, 16, 16), [8])[1]
+    frequency = torch.zeros(16).index_add_(0, ids.flatten(), torch.ones(ids.numel())) / 4000
+    assert (frequency - 0.5).abs().max() < 0.05
+    assert len({tuple(row.tolist()) for row in ids[:100]}) > 90
+
+
 def test_reward_is_the_papers():
     r = reward(torch.tensor([True, True, False]), torch.tensor([1.0, 0.5, 0.25]), tau=0.5)
     assert torch.allclose(r, torch.tensor([0.0, 0.75, -0.5]))
@@ -203,7 +255,9 @@ def test_iared2_command_trains_saves_and_reports(tmp_path, capsys):
     assert main(args) == 0
     policy, record = load_policy(out)
     assert record["counts"] == [8, 4] and policy.spec.stage_starts == [0, 1]
-    assert set(record["knn_top1"]) == {"full", "iared2"} and record["flops_ratio"] < 1
+    assert set(record["knn_top1"]) == {"full", "iared2", "random"} and record["flops_ratio"] < 1
+    assert set(record["rates"]) == {"full", "iared2", "random"}
+    assert record["flops_random"] < record["flops"]
     assert "kNN top-1" in capsys.readouterr().out
 
 

@@ -337,9 +337,12 @@ def cmd_iared2(args: argparse.Namespace) -> int:
     history = ia.train_policy(
         encoder, policy, head, x_train, y_train, mean, std, counts, settings, progress=True
     )
+    control = ia.RandomTokenPolicy(starts, seed=args.seed)
     variants = {
         "full": encoder.features,
         "iared2": lambda x: ia.iared2_features(encoder, policy, x, counts),
+        # the chance control: the same counts per stage, the tokens drawn at random
+        "random": lambda x: ia.iared2_features(encoder, control, x, counts),
     }
     top1 = {}
     for name, fn in variants.items():
@@ -357,6 +360,7 @@ def cmd_iared2(args: argparse.Namespace) -> int:
         "flops": flops,
         "flops_full": full,
         "flops_ratio": flops / full,
+        "flops_random": ia.iared2_flops(mcfg, starts, counts, heads=0),
         "labels": "the checkpoint's data labels; correctness by a linear head on full features",
         "settings": vars(settings),
         "reward_first_last": [[h[0], sum(h[-10:]) / len(h[-10:])] for h in history],
@@ -370,7 +374,8 @@ def cmd_iared2(args: argparse.Namespace) -> int:
     ia.save_policy(policy, args.out, record)
     print(
         f"kept {counts} tokens per stage ({100 * flops / full:.1f}% of the encoder's FLOPs); "
-        f"kNN top-1 {100 * top1['full']:.2f}% -> {100 * top1['iared2']:.2f}%; "
+        f"kNN top-1 {100 * top1['full']:.2f}% -> {100 * top1['iared2']:.2f}% "
+        f"(random tokens at the same counts: {100 * top1['random']:.2f}%); "
         f"{rates['full']['img_per_s']:.0f} -> {rates['iared2']['img_per_s']:.0f} img/s; "
         f"written {args.out}"
     )

@@ -93,6 +93,34 @@ class TokenPolicy(nn.Module):
             Interpreter(spec.dim, spec.heads, spec.head_dim) for _ in spec.stage_starts
         )
 
+    @property
+    def stage_starts(self) -> list[int]:
+        return self.spec.stage_starts
+
+    def choose(self, stage: int, patches: torch.Tensor, count: int) -> torch.Tensor:
+        """(B, count) positions, in sequence order, of the patch tokens stage `stage` keeps."""
+        return policy_choice(self.interpreters[stage], patches, count)
+
+
+class RandomTokenPolicy(nn.Module):
+    """The chance control of a `TokenPolicy`: the same stages and keep counts, the kept tokens
+    drawn uniformly at random, independently of the image (only their number is read).
+
+    One generator, seeded once, serves every call: each image gets its own draw, and the same
+    sequence of calls gives the same draws (the draws are made on the CPU, so on any device).
+    No interpreter runs: its FLOPs are `iared2_flops(..., heads=0)`.
+    """
+
+    def __init__(self, stage_starts: list[int], seed: int = 0) -> None:
+        super().__init__()
+        self.stage_starts = list(stage_starts)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def choose(self, stage: int, patches: torch.Tensor, count: int) -> torch.Tensor:
+        noise = torch.rand(patches.shape[:2], generator=self.generator)
+        return noise.topk(count, dim=1).indices.sort(dim=1).values.to(patches.device)
+
 
 def stage_starts_for(depth: int, stages: int) -> list[int]:
     """First block of each of `stages` near-equal groups of `depth` blocks: 6, 3 -> [0, 2, 4]."""
@@ -135,23 +163,28 @@ def policy_choice(interpreter: Interpreter, patches: torch.Tensor, count: int) -
 
 @torch.no_grad()
 def iared2_tokens(
-    encoder: VisionTransformer, policy: TokenPolicy, images: torch.Tensor, counts: list[int]
+    encoder: VisionTransformer,
+    policy: TokenPolicy | RandomTokenPolicy,
+    images: torch.Tensor,
+    counts: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(normalised tokens (B, prefix + counts[-1], D), kept patch ids (B, counts[-1])).
 
     The ids are positions in the original patch grid. Dropped tokens leave the sequence: no
     later block sees them.
     """
-    check_counts(counts, len(policy.interpreters), encoder.cfg.num_patches)
-    stages = zip(policy.interpreters, counts, strict=True)
-    starts = dict(zip(policy.spec.stage_starts, stages, strict=True))
+    check_counts(counts, len(policy.stage_starts), encoder.cfg.num_patches)
+    starts = {
+        start: (s, count)
+        for s, (start, count) in enumerate(zip(policy.stage_starts, counts, strict=True))
+    }
     prefix = encoder.num_prefix_tokens
     x = encoder.embed(images)
     ids = torch.arange(x.shape[1] - prefix, device=x.device).expand(x.shape[0], -1)
     for i, block in enumerate(encoder.blocks):
         if i in starts:
-            interpreter, count = starts[i]
-            pick = policy_choice(interpreter, x[:, prefix:], count)
+            stage, count = starts[i]
+            pick = policy.choose(stage, x[:, prefix:], count)
             x = torch.cat([x[:, :prefix], take_tokens(x[:, prefix:], pick)], dim=1)
             ids = ids.gather(1, pick)
         x = block(x)
@@ -160,7 +193,10 @@ def iared2_tokens(
 
 @torch.no_grad()
 def iared2_features(
-    encoder: VisionTransformer, policy: TokenPolicy, images: torch.Tensor, counts: list[int]
+    encoder: VisionTransformer,
+    policy: TokenPolicy | RandomTokenPolicy,
+    images: torch.Tensor,
+    counts: list[int],
 ) -> torch.Tensor:
     """Pooled features as `encoder.features`, over the tokens the policy kept."""
     was = encoder.training, policy.training
@@ -172,7 +208,8 @@ def iared2_features(
 
 
 def iared2_flops(encoder_cfg, stage_starts: list[int], counts: list[int], heads=4, head_dim=32):
-    """Forward FLOPs per image (`bench.flops.encoder_inference_flops`), interpreters included."""
+    """Forward FLOPs per image (`bench.flops.encoder_inference_flops`), interpreters included
+    (heads=0: none, as for `RandomTokenPolicy`)."""
     prefix = 1 if encoder_cfg.cls_token else 0
     d = encoder_cfg.embed_dim
     tokens, per_block, interpreters = encoder_cfg.num_patches, [], 0.0
