@@ -1,12 +1,16 @@
 import pytest
 import torch
 
+from mimkit.bench.flops import encoder_inference_flops
 from mimkit.cli import main
 from mimkit.compress.iared2 import (
     PolicySpec,
     RandomTokenPolicy,
     TokenPolicy,
     TrainSettings,
+    adaptive_features,
+    adaptive_report,
+    adaptive_tokens,
     counts_for_flops,
     iared2_features,
     iared2_flops,
@@ -18,6 +22,7 @@ from mimkit.compress.iared2 import (
     reward,
     save_policy,
     stage_starts_for,
+    tokens_per_image,
     train_policy,
 )
 from mimkit.errors import CheckpointError, ConfigError
@@ -168,6 +173,69 @@ def test_random_control_ignores_the_image():
     assert len({tuple(row.tolist()) for row in ids[:100]}) > 90
 
 
+def decisive_policy(encoder, starts):
+    """A policy whose keep probabilities spread well away from 0.5 (so counts differ per image)."""
+    policy = policy_for(encoder, starts)
+    with torch.no_grad():
+        for interpreter in policy.interpreters:
+            interpreter.policy_token.mul_(200)
+    return policy
+
+
+@pytest.mark.parametrize("pool", ["avg", "cls"])
+def test_adaptive_counts_are_the_tokens_each_image_keeps(pool):
+    """Reference: each image alone, its dropped tokens removed from the sequence for real; the
+    batched rule must report that image's sequence lengths and give its features."""
+    encoder = tiny(depth=4, pool=pool).encoder
+    policy = decisive_policy(encoder, [0, 2])
+    x = torch.randn(6, 1, 16, 16)
+    tokens, kept, counts = adaptive_tokens(encoder, policy, x, threshold=0.5)
+    features = adaptive_features(encoder, policy, x, threshold=0.5)
+    assert counts.shape == (6, 2) and tokens.shape == (6, 17, 32)
+    assert len(set(counts[:, 1].tolist())) > 1  # the rule is input-adaptive here
+    with torch.no_grad():
+        for row in range(6):
+            h, lengths = encoder.embed(x[row : row + 1]), []
+            for i, block in enumerate(encoder.blocks):
+                if i in (0, 2):
+                    p = policy.interpreters[(0, 2).index(i)](h[:, 1:])[0]
+                    keep = (p > 0.5) | (torch.arange(len(p)) == p.argmax())
+                    h = torch.cat([h[:, :1], h[:, 1:][:, keep]], dim=1)
+                    lengths.append(h.shape[1] - 1)
+                h = block(h)
+            assert counts[row].tolist() == lengths
+            assert kept[row, 1:].sum().item() == lengths[-1]
+            assert torch.allclose(features[row], encoder.pool(encoder.norm(h))[0], atol=1e-4)
+
+
+def test_tokens_per_image_reports_each_images_counts_and_flops():
+    encoder = tiny(depth=4).encoder
+    policy = decisive_policy(encoder, [0, 2])
+    images = (torch.rand(40, 1, 16, 16) * 255).to(torch.uint8)
+    report = adaptive_report(encoder, policy, images, [0.0], [1.0], threshold=0.5, batch=16)
+    counts = adaptive_tokens(encoder, policy, images.float() / 255, 0.5)[2]
+    assert report["images"] == 40 and report["threshold"] == 0.5
+    for s, stats in enumerate(report["kept_per_stage"]):
+        c = counts[:, s].double()
+        assert stats["mean"] == pytest.approx(c.mean().item())
+        assert (stats["min"], stats["max"]) == (c.min().item(), c.max().item())
+        assert stats["min"] <= stats["q25"] <= stats["median"] <= stats["q75"] <= stats["max"]
+    per_image = [iared2_flops(encoder.cfg, [0, 2], row, heads=2) for row in counts.tolist()]
+    assert report["flops"]["mean"] == pytest.approx(sum(per_image) / 40)
+    assert report["flops"]["min"] == pytest.approx(min(per_image))
+    assert report["flops"]["max"] == pytest.approx(max(per_image))
+    plain = encoder_inference_flops(encoder.cfg)  # the fraction is of the encoder alone
+    assert report["flops_fraction"]["mean"] == pytest.approx(report["flops"]["mean"] / plain)
+    assert report["flops_fraction"]["max"] < 1
+    # fixed counts (top-k): every image keeps the same number, a distribution of one value
+    fixed = tokens_per_image(encoder.cfg, [0, 2], torch.tensor([[8, 4]] * 5), heads=2)
+    assert fixed["kept_per_stage"][1] == dict.fromkeys(
+        ("mean", "min", "q25", "median", "q75", "max"), 4.0
+    )
+    with pytest.raises(ConfigError, match="--threshold"):
+        adaptive_tokens(encoder, policy, images[:2].float(), threshold=1.0)
+
+
 def test_reward_is_the_papers():
     r = reward(torch.tensor([True, True, False]), torch.tensor([1.0, 0.5, 0.25]), tau=0.5)
     assert torch.allclose(r, torch.tensor([0.0, 0.75, -0.5]))
@@ -255,22 +323,34 @@ def test_iared2_command_trains_saves_and_reports(tmp_path, capsys):
     assert main(args) == 0
     policy, record = load_policy(out)
     assert record["counts"] == [8, 4] and policy.spec.stage_starts == [0, 1]
-    assert set(record["knn_top1"]) == {"full", "iared2", "random"} and record["flops_ratio"] < 1
+    assert record["flops_ratio"] < 1
     assert set(record["rates"]) == {"full", "iared2", "random"}
     assert record["flops_random"] < record["flops"]
-    assert "kNN top-1" in capsys.readouterr().out
+    assert set(record["knn_top1"]) == {"full", "iared2", "random", "adaptive"}
+    fixed, adaptive = record["tokens_per_image"]["fixed"], record["tokens_per_image"]["adaptive"]
+    assert fixed["images"] == adaptive["images"] == 16
+    assert [(d["min"], d["max"]) for d in fixed["kept_per_stage"]] == [(8, 8), (4, 4)]
+    assert fixed["flops"]["mean"] == pytest.approx(record["flops"])
+    for d in adaptive["kept_per_stage"]:
+        assert 1 <= d["min"] <= d["mean"] <= d["max"] <= 16
+    out = capsys.readouterr().out
+    assert "kNN top-1" in out and "adaptive rule (keep probability > 0.5)" in out
 
 
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
-    [("--keep", "1.5", "--keep must be a fraction"), ("--flops", "0", "--flops must be")],
+    [
+        ("--keep", "1.5", "--keep must be a fraction"),
+        ("--flops", "0", "--flops must be"),
+        ("--threshold", "1.5", "--threshold must be a keep probability"),
+    ],
 )
 def test_iared2_command_rejects_a_bad_budget_in_one_line(tmp_path, capsys, flag, value, expected):
     from eval_helpers import make_learnable_idx, save_tiny_checkpoint
 
     checkpoint, _, _ = save_tiny_checkpoint(tmp_path, make_learnable_idx(tmp_path / "idx"))
     args = ["compress", "iared2", str(checkpoint), flag, value, "--out", str(tmp_path / "p")]
-    args += ["--stages", "2"]
+    args += ["--stages", "2"] + (["--keep", "0.5"] if flag == "--threshold" else [])
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0]

@@ -300,6 +300,13 @@ def add_iared2_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-limit", type=int, default=2000, help="test images for kNN")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and batches")
     p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="also report the paper's input-adaptive rule: keep tokens with keep probability "
+        "above this (tokens and FLOPs per image, kNN)",
+    )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_iared2)
 
@@ -307,6 +314,8 @@ def add_iared2_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_iared2(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
     import time
+
+    import torch
 
     from mimkit.compress import iared2 as ia
     from mimkit.compress.tradeoff import interleaved_rate_quartiles
@@ -316,6 +325,7 @@ def cmd_iared2(args: argparse.Namespace) -> int:
     from mimkit.train.runtime import pick_device
 
     start = time.perf_counter()
+    ia.check_threshold(args.threshold)
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)
     encoder, mcfg = model.encoder.eval(), cfg.model
@@ -344,14 +354,21 @@ def cmd_iared2(args: argparse.Namespace) -> int:
         # the chance control: the same counts per stage, the tokens drawn at random
         "random": lambda x: ia.iared2_features(encoder, control, x, counts),
     }
+    # the adaptive rule keeps the dropped tokens in the tensor (masked): no speed to time
+    adaptive = {"adaptive": lambda x: ia.adaptive_features(encoder, policy, x, args.threshold)}
     top1 = {}
-    for name, fn in variants.items():
+    for name, fn in {**variants, **adaptive}.items():
         f_train = ia.batched_features(fn, x_train, mean, std, 256, device)
         f_test = ia.batched_features(fn, x_test, mean, std, 256, device)
         top1[name] = knn_top1(f_train, y_train, f_test, y_test)
     x = normalize(x_test[:256].to(device), mean, std)
     rates = interleaved_rate_quartiles(variants, x, rounds=args.rounds)
     flops = ia.iared2_flops(mcfg, starts, counts)
+    fixed = torch.tensor([counts] * len(y_test))  # top-k: every image keeps `counts`
+    per_image = {
+        "fixed": {"rule": "top-k, the counts above", **ia.tokens_per_image(mcfg, starts, fixed)},
+        "adaptive": ia.adaptive_report(encoder, policy, x_test, mean, std, args.threshold),
+    }
     record = {
         "source": str(resolve_checkpoint_dir(args.checkpoint)),
         "counts": counts,
@@ -364,6 +381,7 @@ def cmd_iared2(args: argparse.Namespace) -> int:
         "labels": "the checkpoint's data labels; correctness by a linear head on full features",
         "settings": vars(settings),
         "reward_first_last": [[h[0], sum(h[-10:]) / len(h[-10:])] for h in history],
+        "tokens_per_image": per_image,
         "knn_top1": top1,
         "knn_bank": len(y_train),
         "knn_test": len(y_test),
@@ -379,4 +397,23 @@ def cmd_iared2(args: argparse.Namespace) -> int:
         f"{rates['full']['img_per_s']:.0f} -> {rates['iared2']['img_per_s']:.0f} img/s; "
         f"written {args.out}"
     )
+    print(_adaptive_line(per_image["adaptive"], top1["adaptive"]))
     return 0
+
+
+def _adaptive_line(report: dict, top1: float) -> str:
+    """Per-image kept tokens and FLOPs under the adaptive rule, in one line."""
+
+    def spread(d: dict, fmt: str) -> str:
+        return f"mean {d['mean']:{fmt}} [min {d['min']:{fmt}}, q25 {d['q25']:{fmt}}, " + (
+            f"median {d['median']:{fmt}}, q75 {d['q75']:{fmt}}, max {d['max']:{fmt}}]"
+        )
+
+    stages = "; ".join(
+        f"stage {s + 1} {spread(d, '.1f')}" for s, d in enumerate(report["kept_per_stage"])
+    )
+    return (
+        f"adaptive rule ({report['rule']}), per image over {report['images']} test images: "
+        f"patch tokens kept {stages}; FLOPs {spread(report['flops_fraction'], '.3f')} of the "
+        f"encoder's; kNN top-1 {100 * top1:.2f}%"
+    )

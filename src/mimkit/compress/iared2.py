@@ -222,6 +222,103 @@ def iared2_flops(encoder_cfg, stage_starts: list[int], counts: list[int], heads=
     return float(encoder_inference_flops(encoder_cfg, per_block)) + interpreters
 
 
+# --- the paper's input-adaptive rule: each image keeps its own number of tokens ---------------
+
+
+def check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold < 1.0:
+        raise ConfigError(f"--threshold must be a keep probability in [0, 1), got {threshold}")
+
+
+@torch.no_grad()
+def adaptive_tokens(
+    encoder: VisionTransformer, policy: TokenPolicy, images: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalised tokens (B, prefix + N, D), kept (B, prefix + N) bool, counts (B, stages)).
+
+    Each stage keeps every patch token still in the sequence whose keep probability exceeds
+    `threshold` (the most probable one if none does), so each image keeps its own number of
+    tokens: counts[b, s] is what image b keeps at stage s. Batched: a dropped token stays in the
+    tensor but is hidden from attention and pooling from its stage on (`masked_block`), which
+    gives the kept tokens the outputs they would have were it removed; the interpreters score
+    each token on its own, so scoring the dropped ones as well changes nothing.
+    """
+    check_threshold(threshold)
+    prefix = encoder.num_prefix_tokens
+    starts = {start: s for s, start in enumerate(policy.stage_starts)}
+    x = encoder.embed(images)
+    kept = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    counts = []
+    for i, block in enumerate(encoder.blocks):
+        if i in starts:
+            probs = policy.interpreters[starts[i]](x[:, prefix:]).masked_fill(~kept[:, prefix:], -1)
+            top = F.one_hot(probs.argmax(dim=1), probs.shape[1]).bool()
+            kept = torch.cat([kept[:, :prefix], (probs > threshold) | top], dim=1)
+            counts.append(kept[:, prefix:].sum(dim=1))
+        x = masked_block(block, x, kept)
+    return encoder.norm(x), kept, torch.stack(counts, dim=1)
+
+
+@torch.no_grad()
+def adaptive_features(
+    encoder: VisionTransformer, policy: TokenPolicy, images: torch.Tensor, threshold: float = 0.5
+) -> torch.Tensor:
+    """Pooled features over the tokens `adaptive_tokens` kept."""
+    was = encoder.training, policy.training
+    encoder.eval(), policy.eval()
+    try:
+        tokens, kept, _ = adaptive_tokens(encoder, policy, images, threshold)
+        return masked_pool(encoder, tokens, kept)
+    finally:
+        encoder.train(was[0]), policy.train(was[1])
+
+
+def distribution(values) -> dict[str, float]:
+    """mean, min, quartiles and max of a list of numbers."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    q = torch.quantile(v, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+    keys = ("min", "q25", "median", "q75", "max")
+    return {"mean": v.mean().item(), **dict(zip(keys, q.tolist(), strict=True))}
+
+
+def tokens_per_image(encoder_cfg, stage_starts: list[int], counts: torch.Tensor, **kw) -> dict:
+    """What each image kept: counts (images, stages) -> the distribution of kept patch tokens
+    at each stage and of each image's FLOPs (`iared2_flops` of its own counts), also as a
+    fraction of the plain encoder's (no interpreters: what the comparison table divides by)."""
+    full = encoder_inference_flops(encoder_cfg)
+    flops = [iared2_flops(encoder_cfg, stage_starts, row, **kw) for row in counts.tolist()]
+    return {
+        "images": len(flops),
+        "kept_per_stage": [distribution(counts[:, s]) for s in range(counts.shape[1])],
+        "flops": distribution(flops),
+        "flops_fraction": distribution([f / full for f in flops]),
+    }
+
+
+@torch.no_grad()
+def adaptive_report(
+    encoder: VisionTransformer,
+    policy: TokenPolicy,
+    images: torch.Tensor,
+    mean,
+    std,
+    threshold: float = 0.5,
+    batch: int = 256,
+) -> dict:
+    """`tokens_per_image` of uint8 `images` under the adaptive rule at `threshold`."""
+    device = next(encoder.parameters()).device
+    counts = torch.cat([
+        adaptive_tokens(encoder, policy, normalize(images[i : i + batch].to(device), mean, std),
+                        threshold)[2].cpu()
+        for i in range(0, len(images), batch)
+    ])  # fmt: skip
+    spec = policy.spec
+    stats = tokens_per_image(
+        encoder.cfg, spec.stage_starts, counts, heads=spec.heads, head_dim=spec.head_dim
+    )
+    return {"rule": f"keep probability > {threshold}", "threshold": threshold, **stats}
+
+
 def counts_for_flops(encoder_cfg, stage_starts: list[int], target: float, **kw) -> list[int]:
     """The non-increasing keep counts whose FLOPs are nearest `target` (ties: more tokens early).
 
