@@ -264,7 +264,7 @@ def calibrated_variants(model, calib, args, seed: int, full: float) -> list[Vari
         variants.append(Variant(
             "DiffRate", target, schedule_flops(mcfg, schedule) / full,
             lambda x, s=schedule: diffrate_features(encoder, x, s), seed,
-            {k: dr[k] for k in ("prune_keep", "merge_keep", "seconds")},
+            {k: dr[k] for k in ("prune_keep", "merge_keep", "learned", "projection", "seconds")},
         ))  # fmt: skip
         optin, _, orec = optin_prune(model, calib, target, probes=args.optin_probes, seed=seed)
         variants.append(Variant(

@@ -165,6 +165,13 @@ def _diffrate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="calibration images per step")
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the rates")
     p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="the learned counts are then moved a token at a time to within this fraction of "
+        "the target",
+    )
+    p.add_argument(
         "--train-limit", type=int, default=2000, help="kNN bank size; 0: no kNN, no timing"
     )
     p.add_argument("--test-limit", type=int, help="kNN: use only the first N test items")
@@ -227,11 +234,12 @@ def cmd_optin(args: argparse.Namespace) -> int:
 def cmd_diffrate(args: argparse.Namespace) -> int:
     _check_calibration_args(args)
     # torch loads only when a command runs: --help stays fast
-    from mimkit.compress.diffrate import diffrate_report, learn_schedule
+    from mimkit.compress.diffrate import check_tolerance, diffrate_report, learn_schedule
     from mimkit.eval.cache import eval_dir
     from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device
 
+    check_tolerance(args.tolerance)
     device = pick_device(args.device)
     folder = resolve_checkpoint_dir(args.checkpoint)
     model, cfg = load_model(folder, device)
@@ -243,14 +251,22 @@ def cmd_diffrate(args: argparse.Namespace) -> int:
     )
     schedule, record = learn_schedule(
         model.encoder, images, args.flops, args.steps, args.batch_size, args.lr,
-        seed=args.seed, progress=True,
+        seed=args.seed, progress=True, tolerance=args.tolerance,
     )  # fmt: skip
     attn, mlp = schedule.tokens(cfg.model.num_patches)
     print(f"patch tokens per block (attention) {attn}; after the last block {mlp[-1]}")
     print(
-        f"encoder FLOPs {record['flops_fraction']:.3f}x of full (target {args.flops}); "
-        f"feature distance {record['distance_first_last'][-1]:.4f} (1 - cosine)"
+        f"encoder FLOPs {record['flops_fraction']:.3f}x of full (target {args.flops}; learned "
+        f"{record['learned']['flops_fraction']:.3f}x, then {len(record['projection']['moves'])} "
+        f"one-token moves); feature distance {record['distance_first_last'][-1]:.4f} "
+        f"(1 - cosine, while learning)"
     )
+    if not record["within_tolerance"]:
+        print(
+            f"warning: {record['flops_fraction']:.3f}x is not within {args.tolerance:g} of the "
+            f"target; the fewest FLOPs any schedule reaches here is "
+            f"{record['flops_floor_fraction']:.3f}x (block 0 compresses nothing)"
+        )
     if args.train_limit:
         splits = _splits_for(cfg, args.train_limit)
         if args.test_limit:
