@@ -9,6 +9,9 @@ linear probe (`eval.linear.linear_probe`), beside the full encoder, the same arc
 untrained (the floor) and raw pixels. Speed: all variants interleaved on one batch, each
 round running every variant once (as `mimkit tome` does), median img/s and quartiles.
 
+DiffRate's learned counts are projected onto each target (`diffrate.project_schedule`, 1%
+tolerance); its rows' detail keeps the learned schedule before the projection and the moves.
+
 Seeds: everything that draws (the calibration images of OPTIN and DiffRate, DiffRate's batches,
 IA-RED²'s policy training, the linear probe) runs once per seed; ToMe and block pruning draw
 nothing, so only their probe changes with the seed. One IA-RED² policy is trained per seed

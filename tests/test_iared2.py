@@ -164,12 +164,12 @@ def test_random_control_ignores_the_image():
     assert not torch.equal(*[iared2_tokens(encoder, policy, x, [9, 4])[1] for x in (a, b)])
     other = iared2_tokens(encoder, RandomTokenPolicy([0, 2], 8), a, [9, 4])[1]
     assert not torch.equal(other, same_seed[0])
-    # uniform: over 4000 draws of 8 of 16 tokens on one constant image, each position is kept
-    # about half the time (binomial sd 0.008: 0.05 is over 6 sd), and rows are not all alike
+    # uniform: over 2000 draws of 8 of 16 tokens on one constant image, each position is kept
+    # about half the time (binomial sd 0.011: 0.06 is over 5 sd), and rows are not all alike
     control = RandomTokenPolicy([0], seed=0)
-    ids = iared2_tokens(encoder, control, torch.zeros(4000, 1, 16, 16), [8])[1]
-    frequency = torch.zeros(16).index_add_(0, ids.flatten(), torch.ones(ids.numel())) / 4000
-    assert (frequency - 0.5).abs().max() < 0.05
+    ids = iared2_tokens(encoder, control, torch.zeros(2000, 1, 16, 16), [8])[1]
+    frequency = torch.zeros(16).index_add_(0, ids.flatten(), torch.ones(ids.numel())) / 2000
+    assert (frequency - 0.5).abs().max() < 0.06
     assert len({tuple(row.tolist()) for row in ids[:100]}) > 90
 
 

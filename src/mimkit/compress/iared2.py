@@ -21,7 +21,11 @@ Where this differs from the paper, on purpose:
 - inference keeps a fixed number of tokens per stage, the ones with the highest keep
   probability (the paper keeps every token whose sampled/thresholded action is "keep", a
   count that varies per image): a fixed count gives rectangular batches (real speed on any
-  device, no padding) and an exact FLOPs budget, so methods compare at matched FLOPs;
+  device, no padding) and an exact FLOPs budget, so methods compare at matched FLOPs. The
+  paper's rule is here too (`adaptive_tokens`, keep probability > a threshold), batched with
+  masked attention (exact outputs, no speed-up): it reports how many tokens, and FLOPs, each
+  image keeps (`adaptive_report`);
+- the chance control (`RandomTokenPolicy`) keeps the same counts per stage, drawn at random;
 - the REINFORCE baseline is the batch's mean reward (variance reduction the paper does not
   spell out);
 - labels are required: there is no pseudo-label mode (the head that judges correctness is fit
