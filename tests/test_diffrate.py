@@ -227,7 +227,7 @@ def test_compress_commands_run_on_a_checkpoint(tmp_path, capsys, monkeypatch):
     assert set(record["learned"]) >= {"prune_keep", "merge_keep", "flops_fraction"}
     assert abs(record["flops_fraction"] - 0.7) <= 0.01 * 0.7 and record["within_tolerance"]
     out = capsys.readouterr().out
-    assert "patch tokens per block" in out and "one-token moves" in out
+    assert "patch tokens per block" in out and "one-token move" in out
     bad = ["compress", "diffrate", str(source), "--flops", "0.5", "--tolerance", "1.5"]
     assert main(bad) == 2
     err = capsys.readouterr().err.strip()

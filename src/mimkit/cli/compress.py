@@ -254,11 +254,12 @@ def cmd_diffrate(args: argparse.Namespace) -> int:
         seed=args.seed, progress=True, tolerance=args.tolerance,
     )  # fmt: skip
     attn, mlp = schedule.tokens(cfg.model.num_patches)
+    moves = len(record["projection"]["moves"])
     print(f"patch tokens per block (attention) {attn}; after the last block {mlp[-1]}")
     print(
         f"encoder FLOPs {record['flops_fraction']:.3f}x of full (target {args.flops}; learned "
-        f"{record['learned']['flops_fraction']:.3f}x, then {len(record['projection']['moves'])} "
-        f"one-token moves); feature distance {record['distance_first_last'][-1]:.4f} "
+        f"{record['learned']['flops_fraction']:.3f}x, then {moves} one-token "
+        f"move{'' if moves == 1 else 's'}); feature distance {record['distance_first_last'][-1]:.4f} "
         f"(1 - cosine, while learning)"
     )
     if not record["within_tolerance"]:
