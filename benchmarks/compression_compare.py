@@ -9,10 +9,20 @@ linear probe (`eval.linear.linear_probe`), beside the full encoder, the same arc
 untrained (the floor) and raw pixels. Speed: all variants interleaved on one batch, each
 round running every variant once (as `mimkit tome` does), median img/s and quartiles.
 
+DiffRate's learned counts are projected onto each target (`diffrate.project_schedule`, 1%
+tolerance); its rows' detail keeps the learned schedule before the projection and the moves.
+
 Seeds: everything that draws (the calibration images of OPTIN and DiffRate, DiffRate's batches,
 IA-RED²'s policy training, the linear probe) runs once per seed; ToMe and block pruning draw
 nothing, so only their probe changes with the seed. One IA-RED² policy is trained per seed
 (at the middle target's keep counts) and applied at every target with that target's counts.
+Beside it, its chance control ("IA-RED² counts, random tokens", `iared2.RandomTokenPolicy`):
+the same stages and keep counts, the kept tokens drawn uniformly at random per image (seeded),
+so the table shows whether the learned policy beats chance at the same FLOPs (the control's
+FLOPs omit the interpreters it does not run). The IA-RED² rows' detail also holds the tokens
+kept per image and each image's FLOPs (mean, min, quartiles, max per stage) on the test
+images: at fixed counts (every image keeps the same) and under the paper's input-adaptive rule
+(keep probability > 0.5, `iared2.adaptive_report`), which the table does not score.
 
     PYTHONPATH=src python3 benchmarks/compression_compare.py /work/runs/h22b/demo-checkpoint \\
         --out docs/results/compression
@@ -194,10 +204,14 @@ def deterministic_variants(model, targets: list[float], full: float) -> list[Var
     return variants
 
 
+RANDOM_ROW = "IA-RED² counts, random tokens"
+
+
 def iared2_variants(model, data, args, seed: int, full: float) -> list[Variant]:
-    """One policy per seed, trained at the middle target's counts, applied at every target."""
+    """One policy per seed, trained at the middle target's counts, applied at every target;
+    beside each, its chance control: the same counts per stage, tokens drawn at random."""
     encoder, mcfg = model.encoder, model.encoder.cfg
-    x_all, y_all, mean, std = data
+    x_all, y_all, x_test, mean, std = data
     starts = ia.stage_starts_for(mcfg.depth, 3)
     mid = sorted(args.targets)[len(args.targets) // 2]
     counts_mid = ia.counts_for_budget(mcfg, starts, None, mid)
@@ -217,15 +231,26 @@ def iared2_variants(model, data, args, seed: int, full: float) -> list[Variant]:
         ],
         "train_seconds": round(time.time() - t0, 1),
     }
+    # the paper's input-adaptive rule on the test images: tokens and FLOPs per image
+    record["tokens_per_image_adaptive"] = ia.adaptive_report(encoder, policy, x_test, mean, std)
     ia.save_policy(policy, Path(args.out) / f"iared2-seed{seed}", record)
-    log(f"seed {seed}: IA-RED² trained ({record})")
+    log(f"seed {seed}: IA-RED² trained ({record['reward_first10_last10']})")
     variants = []
     for target in args.targets:
         counts = ia.counts_for_budget(mcfg, starts, None, target)
+        # top-k at fixed counts: every image keeps `counts` (a one-value distribution)
+        fixed = ia.tokens_per_image(mcfg, starts, torch.tensor([counts] * len(x_test)))
         variants.append(Variant(
             "IA-RED²", target, ia.iared2_flops(mcfg, starts, counts) / full,
             lambda x, c=counts: ia.iared2_features(encoder, policy, x, c), seed,
-            {"counts": counts, **record},
+            {"counts": counts, "tokens_per_image": fixed, **record},
+        ))  # fmt: skip
+        # the chance control: the same stages and counts, the tokens drawn at random (seeded)
+        control = ia.RandomTokenPolicy(starts, seed=seed)
+        variants.append(Variant(
+            RANDOM_ROW, target, ia.iared2_flops(mcfg, starts, counts, heads=0) / full,
+            lambda x, c=counts, r=control: ia.iared2_features(encoder, r, x, c), seed,
+            {"counts": counts, "random_seed": seed},
         ))  # fmt: skip
     return variants
 
@@ -242,7 +267,7 @@ def calibrated_variants(model, calib, args, seed: int, full: float) -> list[Vari
         variants.append(Variant(
             "DiffRate", target, schedule_flops(mcfg, schedule) / full,
             lambda x, s=schedule: diffrate_features(encoder, x, s), seed,
-            {k: dr[k] for k in ("prune_keep", "merge_keep", "seconds")},
+            {k: dr[k] for k in ("prune_keep", "merge_keep", "learned", "projection", "seconds")},
         ))  # fmt: skip
         optin, _, orec = optin_prune(model, calib, target, probes=args.optin_probes, seed=seed)
         variants.append(Variant(
@@ -336,7 +361,8 @@ def main() -> int:
     for seed in args.seeds:
         gen = torch.Generator().manual_seed(seed)
         calib = normalize(x_all[torch.randperm(len(x_all), generator=gen)[: args.calib]], mean, std)
-        variants += iared2_variants(model, (x_all, y_all, mean, std), args, seed, full)
+        data = (x_all, y_all, splits[2], mean, std)
+        variants += iared2_variants(model, data, args, seed, full)
         variants += calibrated_variants(model, calib, args, seed, full)
     # speed: the first seed's variants and the deterministic ones, interleaved on one batch
     timed = {f"{v.name}@{v.target}": v.fn for v in variants if v.seed in (None, args.seeds[0])}

@@ -1,11 +1,16 @@
 import pytest
 import torch
 
+from mimkit.bench.flops import encoder_inference_flops
 from mimkit.cli import main
 from mimkit.compress.iared2 import (
     PolicySpec,
+    RandomTokenPolicy,
     TokenPolicy,
     TrainSettings,
+    adaptive_features,
+    adaptive_report,
+    adaptive_tokens,
     counts_for_flops,
     iared2_features,
     iared2_flops,
@@ -17,6 +22,7 @@ from mimkit.compress.iared2 import (
     reward,
     save_policy,
     stage_starts_for,
+    tokens_per_image,
     train_policy,
 )
 from mimkit.errors import CheckpointError, ConfigError
@@ -116,6 +122,120 @@ def test_pixels_of_dropped_patches_do_not_change_the_features():
     assert torch.allclose(iared2_features(encoder, policy, x, [6]), expected, atol=1e-5)
 
 
+def recording(policy):
+    """Wrap `policy.choose` so every (stage, positions) it returns is kept in a list."""
+    seen, choose = [], policy.choose
+
+    def record(stage, patches, count):
+        pick = choose(stage, patches, count)
+        seen.append((stage, pick))
+        return pick
+
+    policy.choose = record
+    return seen
+
+
+def test_random_control_keeps_the_policys_counts_per_stage():
+    encoder = tiny(depth=4).encoder
+    policy = policy_for(encoder, [0, 2])
+    control = RandomTokenPolicy(policy.stage_starts, seed=3)
+    x = torch.randn(5, 1, 16, 16)
+    counts = [11, 6]
+    learned, chance = recording(policy), recording(control)
+    tokens_p, ids_p = iared2_tokens(encoder, policy, x, counts)
+    tokens_c, ids_c = iared2_tokens(encoder, control, x, counts)
+    assert [s for s, _ in learned] == [s for s, _ in chance] == [0, 1]
+    for (_, a), (_, b), count in zip(learned, chance, counts, strict=True):
+        assert a.shape == b.shape == (5, count)
+    assert tokens_p.shape == tokens_c.shape == (5, 1 + 6, 32) and ids_c.shape == (5, 6)
+    assert all(len(set(row.tolist())) == 6 for row in ids_c)
+    # same stages and counts: the same FLOPs but for the interpreters the control does not run
+    cfg = encoder.cfg
+    assert iared2_flops(cfg, [0, 2], counts, heads=0) < iared2_flops(cfg, [0, 2], counts, heads=2)
+
+
+def test_random_control_ignores_the_image():
+    encoder = tiny(depth=4).encoder
+    policy = policy_for(encoder, [0, 2])
+    a, b = torch.randn(4, 1, 16, 16), 3 * torch.randn(4, 1, 16, 16) + 1
+    same_seed = [iared2_tokens(encoder, RandomTokenPolicy([0, 2], 7), x, [9, 4])[1] for x in (a, b)]
+    assert torch.equal(*same_seed)  # two different batches, one seed: the same positions
+    # the learned policy, on the same two batches, does read the images (the check can fail)
+    assert not torch.equal(*[iared2_tokens(encoder, policy, x, [9, 4])[1] for x in (a, b)])
+    other = iared2_tokens(encoder, RandomTokenPolicy([0, 2], 8), a, [9, 4])[1]
+    assert not torch.equal(other, same_seed[0])
+    # uniform: over 2000 draws of 8 of 16 tokens on one constant image, each position is kept
+    # about half the time (binomial sd 0.011: 0.06 is over 5 sd), and rows are not all alike
+    control = RandomTokenPolicy([0], seed=0)
+    ids = iared2_tokens(encoder, control, torch.zeros(2000, 1, 16, 16), [8])[1]
+    frequency = torch.zeros(16).index_add_(0, ids.flatten(), torch.ones(ids.numel())) / 2000
+    assert (frequency - 0.5).abs().max() < 0.06
+    assert len({tuple(row.tolist()) for row in ids[:100]}) > 90
+
+
+def decisive_policy(encoder, starts):
+    """A policy whose keep probabilities spread well away from 0.5 (so counts differ per image)."""
+    policy = policy_for(encoder, starts)
+    with torch.no_grad():
+        for interpreter in policy.interpreters:
+            interpreter.policy_token.mul_(200)
+    return policy
+
+
+@pytest.mark.parametrize("pool", ["avg", "cls"])
+def test_adaptive_counts_are_the_tokens_each_image_keeps(pool):
+    """Reference: each image alone, its dropped tokens removed from the sequence for real; the
+    batched rule must report that image's sequence lengths and give its features."""
+    encoder = tiny(depth=4, pool=pool).encoder
+    policy = decisive_policy(encoder, [0, 2])
+    x = torch.randn(6, 1, 16, 16)
+    tokens, kept, counts = adaptive_tokens(encoder, policy, x, threshold=0.5)
+    features = adaptive_features(encoder, policy, x, threshold=0.5)
+    assert counts.shape == (6, 2) and tokens.shape == (6, 17, 32)
+    assert len(set(counts[:, 1].tolist())) > 1  # the rule is input-adaptive here
+    with torch.no_grad():
+        for row in range(6):
+            h, lengths = encoder.embed(x[row : row + 1]), []
+            for i, block in enumerate(encoder.blocks):
+                if i in (0, 2):
+                    p = policy.interpreters[(0, 2).index(i)](h[:, 1:])[0]
+                    keep = (p > 0.5) | (torch.arange(len(p)) == p.argmax())
+                    h = torch.cat([h[:, :1], h[:, 1:][:, keep]], dim=1)
+                    lengths.append(h.shape[1] - 1)
+                h = block(h)
+            assert counts[row].tolist() == lengths
+            assert kept[row, 1:].sum().item() == lengths[-1]
+            assert torch.allclose(features[row], encoder.pool(encoder.norm(h))[0], atol=1e-4)
+
+
+def test_tokens_per_image_reports_each_images_counts_and_flops():
+    encoder = tiny(depth=4).encoder
+    policy = decisive_policy(encoder, [0, 2])
+    images = (torch.rand(40, 1, 16, 16) * 255).to(torch.uint8)
+    report = adaptive_report(encoder, policy, images, [0.0], [1.0], threshold=0.5, batch=16)
+    counts = adaptive_tokens(encoder, policy, images.float() / 255, 0.5)[2]
+    assert report["images"] == 40 and report["threshold"] == 0.5
+    for s, stats in enumerate(report["kept_per_stage"]):
+        c = counts[:, s].double()
+        assert stats["mean"] == pytest.approx(c.mean().item())
+        assert (stats["min"], stats["max"]) == (c.min().item(), c.max().item())
+        assert stats["min"] <= stats["q25"] <= stats["median"] <= stats["q75"] <= stats["max"]
+    per_image = [iared2_flops(encoder.cfg, [0, 2], row, heads=2) for row in counts.tolist()]
+    assert report["flops"]["mean"] == pytest.approx(sum(per_image) / 40)
+    assert report["flops"]["min"] == pytest.approx(min(per_image))
+    assert report["flops"]["max"] == pytest.approx(max(per_image))
+    plain = encoder_inference_flops(encoder.cfg)  # the fraction is of the encoder alone
+    assert report["flops_fraction"]["mean"] == pytest.approx(report["flops"]["mean"] / plain)
+    assert report["flops_fraction"]["max"] < 1
+    # fixed counts (top-k): every image keeps the same number, a distribution of one value
+    fixed = tokens_per_image(encoder.cfg, [0, 2], torch.tensor([[8, 4]] * 5), heads=2)
+    assert fixed["kept_per_stage"][1] == dict.fromkeys(
+        ("mean", "min", "q25", "median", "q75", "max"), 4.0
+    )
+    with pytest.raises(ConfigError, match="--threshold"):
+        adaptive_tokens(encoder, policy, images[:2].float(), threshold=1.0)
+
+
 def test_reward_is_the_papers():
     r = reward(torch.tensor([True, True, False]), torch.tensor([1.0, 0.5, 0.25]), tau=0.5)
     assert torch.allclose(r, torch.tensor([0.0, 0.75, -0.5]))
@@ -203,20 +323,34 @@ def test_iared2_command_trains_saves_and_reports(tmp_path, capsys):
     assert main(args) == 0
     policy, record = load_policy(out)
     assert record["counts"] == [8, 4] and policy.spec.stage_starts == [0, 1]
-    assert set(record["knn_top1"]) == {"full", "iared2"} and record["flops_ratio"] < 1
-    assert "kNN top-1" in capsys.readouterr().out
+    assert record["flops_ratio"] < 1
+    assert set(record["rates"]) == {"full", "iared2", "random"}
+    assert record["flops_random"] < record["flops"]
+    assert set(record["knn_top1"]) == {"full", "iared2", "random", "adaptive"}
+    fixed, adaptive = record["tokens_per_image"]["fixed"], record["tokens_per_image"]["adaptive"]
+    assert fixed["images"] == adaptive["images"] == 16
+    assert [(d["min"], d["max"]) for d in fixed["kept_per_stage"]] == [(8, 8), (4, 4)]
+    assert fixed["flops"]["mean"] == pytest.approx(record["flops"])
+    for d in adaptive["kept_per_stage"]:
+        assert 1 <= d["min"] <= d["mean"] <= d["max"] <= 16
+    out = capsys.readouterr().out
+    assert "kNN top-1" in out and "adaptive rule (keep probability > 0.5)" in out
 
 
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
-    [("--keep", "1.5", "--keep must be a fraction"), ("--flops", "0", "--flops must be")],
+    [
+        ("--keep", "1.5", "--keep must be a fraction"),
+        ("--flops", "0", "--flops must be"),
+        ("--threshold", "1.5", "--threshold must be a keep probability"),
+    ],
 )
 def test_iared2_command_rejects_a_bad_budget_in_one_line(tmp_path, capsys, flag, value, expected):
     from eval_helpers import make_learnable_idx, save_tiny_checkpoint
 
     checkpoint, _, _ = save_tiny_checkpoint(tmp_path, make_learnable_idx(tmp_path / "idx"))
     args = ["compress", "iared2", str(checkpoint), flag, value, "--out", str(tmp_path / "p")]
-    args += ["--stages", "2"]
+    args += ["--stages", "2"] + (["--keep", "0.5"] if flag == "--threshold" else [])
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0]

@@ -165,6 +165,13 @@ def _diffrate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="calibration images per step")
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of the rates")
     p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="the learned counts are then moved a token at a time to within this fraction of "
+        "the target",
+    )
+    p.add_argument(
         "--train-limit", type=int, default=2000, help="kNN bank size; 0: no kNN, no timing"
     )
     p.add_argument("--test-limit", type=int, help="kNN: use only the first N test items")
@@ -227,11 +234,12 @@ def cmd_optin(args: argparse.Namespace) -> int:
 def cmd_diffrate(args: argparse.Namespace) -> int:
     _check_calibration_args(args)
     # torch loads only when a command runs: --help stays fast
-    from mimkit.compress.diffrate import diffrate_report, learn_schedule
+    from mimkit.compress.diffrate import check_tolerance, diffrate_report, learn_schedule
     from mimkit.eval.cache import eval_dir
     from mimkit.train.checkpoint import load_model, resolve_checkpoint_dir
     from mimkit.train.runtime import pick_device
 
+    check_tolerance(args.tolerance)
     device = pick_device(args.device)
     folder = resolve_checkpoint_dir(args.checkpoint)
     model, cfg = load_model(folder, device)
@@ -243,14 +251,23 @@ def cmd_diffrate(args: argparse.Namespace) -> int:
     )
     schedule, record = learn_schedule(
         model.encoder, images, args.flops, args.steps, args.batch_size, args.lr,
-        seed=args.seed, progress=True,
+        seed=args.seed, progress=True, tolerance=args.tolerance,
     )  # fmt: skip
     attn, mlp = schedule.tokens(cfg.model.num_patches)
+    moves = len(record["projection"]["moves"])
     print(f"patch tokens per block (attention) {attn}; after the last block {mlp[-1]}")
     print(
-        f"encoder FLOPs {record['flops_fraction']:.3f}x of full (target {args.flops}); "
-        f"feature distance {record['distance_first_last'][-1]:.4f} (1 - cosine)"
+        f"encoder FLOPs {record['flops_fraction']:.3f}x of full (target {args.flops}; learned "
+        f"{record['learned']['flops_fraction']:.3f}x, then {moves} one-token "
+        f"move{'' if moves == 1 else 's'}); feature distance {record['distance_first_last'][-1]:.4f} "
+        f"(1 - cosine, while learning)"
     )
+    if not record["within_tolerance"]:
+        print(
+            f"warning: {record['flops_fraction']:.3f}x is not within {args.tolerance:g} of the "
+            f"target; the fewest FLOPs any schedule reaches here is "
+            f"{record['flops_floor_fraction']:.3f}x (block 0 compresses nothing)"
+        )
     if args.train_limit:
         splits = _splits_for(cfg, args.train_limit)
         if args.test_limit:
@@ -300,6 +317,13 @@ def add_iared2_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-limit", type=int, default=2000, help="test images for kNN")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and batches")
     p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="also report the paper's input-adaptive rule: keep tokens with keep probability "
+        "above this (tokens and FLOPs per image, kNN)",
+    )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_iared2)
 
@@ -307,6 +331,8 @@ def add_iared2_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_iared2(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
     import time
+
+    import torch
 
     from mimkit.compress import iared2 as ia
     from mimkit.compress.tradeoff import interleaved_rate_quartiles
@@ -316,6 +342,7 @@ def cmd_iared2(args: argparse.Namespace) -> int:
     from mimkit.train.runtime import pick_device
 
     start = time.perf_counter()
+    ia.check_threshold(args.threshold)
     device = pick_device(args.device)
     model, cfg = load_model(args.checkpoint, device)
     encoder, mcfg = model.encoder.eval(), cfg.model
@@ -337,18 +364,28 @@ def cmd_iared2(args: argparse.Namespace) -> int:
     history = ia.train_policy(
         encoder, policy, head, x_train, y_train, mean, std, counts, settings, progress=True
     )
+    control = ia.RandomTokenPolicy(starts, seed=args.seed)
     variants = {
         "full": encoder.features,
         "iared2": lambda x: ia.iared2_features(encoder, policy, x, counts),
+        # the chance control: the same counts per stage, the tokens drawn at random
+        "random": lambda x: ia.iared2_features(encoder, control, x, counts),
     }
+    # the adaptive rule keeps the dropped tokens in the tensor (masked): no speed to time
+    adaptive = {"adaptive": lambda x: ia.adaptive_features(encoder, policy, x, args.threshold)}
     top1 = {}
-    for name, fn in variants.items():
+    for name, fn in {**variants, **adaptive}.items():
         f_train = ia.batched_features(fn, x_train, mean, std, 256, device)
         f_test = ia.batched_features(fn, x_test, mean, std, 256, device)
         top1[name] = knn_top1(f_train, y_train, f_test, y_test)
     x = normalize(x_test[:256].to(device), mean, std)
     rates = interleaved_rate_quartiles(variants, x, rounds=args.rounds)
     flops = ia.iared2_flops(mcfg, starts, counts)
+    fixed = torch.tensor([counts] * len(y_test))  # top-k: every image keeps `counts`
+    per_image = {
+        "fixed": {"rule": "top-k, the counts above", **ia.tokens_per_image(mcfg, starts, fixed)},
+        "adaptive": ia.adaptive_report(encoder, policy, x_test, mean, std, args.threshold),
+    }
     record = {
         "source": str(resolve_checkpoint_dir(args.checkpoint)),
         "counts": counts,
@@ -357,9 +394,11 @@ def cmd_iared2(args: argparse.Namespace) -> int:
         "flops": flops,
         "flops_full": full,
         "flops_ratio": flops / full,
+        "flops_random": ia.iared2_flops(mcfg, starts, counts, heads=0),
         "labels": "the checkpoint's data labels; correctness by a linear head on full features",
         "settings": vars(settings),
         "reward_first_last": [[h[0], sum(h[-10:]) / len(h[-10:])] for h in history],
+        "tokens_per_image": per_image,
         "knn_top1": top1,
         "knn_bank": len(y_train),
         "knn_test": len(y_test),
@@ -370,8 +409,28 @@ def cmd_iared2(args: argparse.Namespace) -> int:
     ia.save_policy(policy, args.out, record)
     print(
         f"kept {counts} tokens per stage ({100 * flops / full:.1f}% of the encoder's FLOPs); "
-        f"kNN top-1 {100 * top1['full']:.2f}% -> {100 * top1['iared2']:.2f}%; "
+        f"kNN top-1 {100 * top1['full']:.2f}% -> {100 * top1['iared2']:.2f}% "
+        f"(random tokens at the same counts: {100 * top1['random']:.2f}%); "
         f"{rates['full']['img_per_s']:.0f} -> {rates['iared2']['img_per_s']:.0f} img/s; "
         f"written {args.out}"
     )
+    print(_adaptive_line(per_image["adaptive"], top1["adaptive"]))
     return 0
+
+
+def _adaptive_line(report: dict, top1: float) -> str:
+    """Per-image kept tokens and FLOPs under the adaptive rule, in one line."""
+
+    def spread(d: dict, fmt: str) -> str:
+        return f"mean {d['mean']:{fmt}} [min {d['min']:{fmt}}, q25 {d['q25']:{fmt}}, " + (
+            f"median {d['median']:{fmt}}, q75 {d['q75']:{fmt}}, max {d['max']:{fmt}}]"
+        )
+
+    stages = "; ".join(
+        f"stage {s + 1} {spread(d, '.1f')}" for s, d in enumerate(report["kept_per_stage"])
+    )
+    return (
+        f"adaptive rule ({report['rule']}), per image over {report['images']} test images: "
+        f"patch tokens kept {stages}; FLOPs {spread(report['flops_fraction'], '.3f')} of the "
+        f"encoder's; kNN top-1 {100 * top1:.2f}%"
+    )

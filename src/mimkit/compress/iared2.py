@@ -21,7 +21,11 @@ Where this differs from the paper, on purpose:
 - inference keeps a fixed number of tokens per stage, the ones with the highest keep
   probability (the paper keeps every token whose sampled/thresholded action is "keep", a
   count that varies per image): a fixed count gives rectangular batches (real speed on any
-  device, no padding) and an exact FLOPs budget, so methods compare at matched FLOPs;
+  device, no padding) and an exact FLOPs budget, so methods compare at matched FLOPs. The
+  paper's rule is here too (`adaptive_tokens`, keep probability > a threshold), batched with
+  masked attention (exact outputs, no speed-up): it reports how many tokens, and FLOPs, each
+  image keeps (`adaptive_report`);
+- the chance control (`RandomTokenPolicy`) keeps the same counts per stage, drawn at random;
 - the REINFORCE baseline is the batch's mean reward (variance reduction the paper does not
   spell out);
 - labels are required: there is no pseudo-label mode (the head that judges correctness is fit
@@ -93,6 +97,34 @@ class TokenPolicy(nn.Module):
             Interpreter(spec.dim, spec.heads, spec.head_dim) for _ in spec.stage_starts
         )
 
+    @property
+    def stage_starts(self) -> list[int]:
+        return self.spec.stage_starts
+
+    def choose(self, stage: int, patches: torch.Tensor, count: int) -> torch.Tensor:
+        """(B, count) positions, in sequence order, of the patch tokens stage `stage` keeps."""
+        return policy_choice(self.interpreters[stage], patches, count)
+
+
+class RandomTokenPolicy(nn.Module):
+    """The chance control of a `TokenPolicy`: the same stages and keep counts, the kept tokens
+    drawn uniformly at random, independently of the image (only their number is read).
+
+    One generator, seeded once, serves every call: each image gets its own draw, and the same
+    sequence of calls gives the same draws (the draws are made on the CPU, so on any device).
+    No interpreter runs: its FLOPs are `iared2_flops(..., heads=0)`.
+    """
+
+    def __init__(self, stage_starts: list[int], seed: int = 0) -> None:
+        super().__init__()
+        self.stage_starts = list(stage_starts)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def choose(self, stage: int, patches: torch.Tensor, count: int) -> torch.Tensor:
+        noise = torch.rand(patches.shape[:2], generator=self.generator)
+        return noise.topk(count, dim=1).indices.sort(dim=1).values.to(patches.device)
+
 
 def stage_starts_for(depth: int, stages: int) -> list[int]:
     """First block of each of `stages` near-equal groups of `depth` blocks: 6, 3 -> [0, 2, 4]."""
@@ -135,23 +167,28 @@ def policy_choice(interpreter: Interpreter, patches: torch.Tensor, count: int) -
 
 @torch.no_grad()
 def iared2_tokens(
-    encoder: VisionTransformer, policy: TokenPolicy, images: torch.Tensor, counts: list[int]
+    encoder: VisionTransformer,
+    policy: TokenPolicy | RandomTokenPolicy,
+    images: torch.Tensor,
+    counts: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(normalised tokens (B, prefix + counts[-1], D), kept patch ids (B, counts[-1])).
 
     The ids are positions in the original patch grid. Dropped tokens leave the sequence: no
     later block sees them.
     """
-    check_counts(counts, len(policy.interpreters), encoder.cfg.num_patches)
-    stages = zip(policy.interpreters, counts, strict=True)
-    starts = dict(zip(policy.spec.stage_starts, stages, strict=True))
+    check_counts(counts, len(policy.stage_starts), encoder.cfg.num_patches)
+    starts = {
+        start: (s, count)
+        for s, (start, count) in enumerate(zip(policy.stage_starts, counts, strict=True))
+    }
     prefix = encoder.num_prefix_tokens
     x = encoder.embed(images)
     ids = torch.arange(x.shape[1] - prefix, device=x.device).expand(x.shape[0], -1)
     for i, block in enumerate(encoder.blocks):
         if i in starts:
-            interpreter, count = starts[i]
-            pick = policy_choice(interpreter, x[:, prefix:], count)
+            stage, count = starts[i]
+            pick = policy.choose(stage, x[:, prefix:], count)
             x = torch.cat([x[:, :prefix], take_tokens(x[:, prefix:], pick)], dim=1)
             ids = ids.gather(1, pick)
         x = block(x)
@@ -160,7 +197,10 @@ def iared2_tokens(
 
 @torch.no_grad()
 def iared2_features(
-    encoder: VisionTransformer, policy: TokenPolicy, images: torch.Tensor, counts: list[int]
+    encoder: VisionTransformer,
+    policy: TokenPolicy | RandomTokenPolicy,
+    images: torch.Tensor,
+    counts: list[int],
 ) -> torch.Tensor:
     """Pooled features as `encoder.features`, over the tokens the policy kept."""
     was = encoder.training, policy.training
@@ -172,7 +212,8 @@ def iared2_features(
 
 
 def iared2_flops(encoder_cfg, stage_starts: list[int], counts: list[int], heads=4, head_dim=32):
-    """Forward FLOPs per image (`bench.flops.encoder_inference_flops`), interpreters included."""
+    """Forward FLOPs per image (`bench.flops.encoder_inference_flops`), interpreters included
+    (heads=0: none, as for `RandomTokenPolicy`)."""
     prefix = 1 if encoder_cfg.cls_token else 0
     d = encoder_cfg.embed_dim
     tokens, per_block, interpreters = encoder_cfg.num_patches, [], 0.0
@@ -183,6 +224,103 @@ def iared2_flops(encoder_cfg, stage_starts: list[int], counts: list[int], heads=
             tokens = starts[i]
         per_block.append(tokens + prefix)
     return float(encoder_inference_flops(encoder_cfg, per_block)) + interpreters
+
+
+# --- the paper's input-adaptive rule: each image keeps its own number of tokens ---------------
+
+
+def check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold < 1.0:
+        raise ConfigError(f"--threshold must be a keep probability in [0, 1), got {threshold}")
+
+
+@torch.no_grad()
+def adaptive_tokens(
+    encoder: VisionTransformer, policy: TokenPolicy, images: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalised tokens (B, prefix + N, D), kept (B, prefix + N) bool, counts (B, stages)).
+
+    Each stage keeps every patch token still in the sequence whose keep probability exceeds
+    `threshold` (the most probable one if none does), so each image keeps its own number of
+    tokens: counts[b, s] is what image b keeps at stage s. Batched: a dropped token stays in the
+    tensor but is hidden from attention and pooling from its stage on (`masked_block`), which
+    gives the kept tokens the outputs they would have were it removed; the interpreters score
+    each token on its own, so scoring the dropped ones as well changes nothing.
+    """
+    check_threshold(threshold)
+    prefix = encoder.num_prefix_tokens
+    starts = {start: s for s, start in enumerate(policy.stage_starts)}
+    x = encoder.embed(images)
+    kept = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    counts = []
+    for i, block in enumerate(encoder.blocks):
+        if i in starts:
+            probs = policy.interpreters[starts[i]](x[:, prefix:]).masked_fill(~kept[:, prefix:], -1)
+            top = F.one_hot(probs.argmax(dim=1), probs.shape[1]).bool()
+            kept = torch.cat([kept[:, :prefix], (probs > threshold) | top], dim=1)
+            counts.append(kept[:, prefix:].sum(dim=1))
+        x = masked_block(block, x, kept)
+    return encoder.norm(x), kept, torch.stack(counts, dim=1)
+
+
+@torch.no_grad()
+def adaptive_features(
+    encoder: VisionTransformer, policy: TokenPolicy, images: torch.Tensor, threshold: float = 0.5
+) -> torch.Tensor:
+    """Pooled features over the tokens `adaptive_tokens` kept."""
+    was = encoder.training, policy.training
+    encoder.eval(), policy.eval()
+    try:
+        tokens, kept, _ = adaptive_tokens(encoder, policy, images, threshold)
+        return masked_pool(encoder, tokens, kept)
+    finally:
+        encoder.train(was[0]), policy.train(was[1])
+
+
+def distribution(values) -> dict[str, float]:
+    """mean, min, quartiles and max of a list of numbers."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    q = torch.quantile(v, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+    keys = ("min", "q25", "median", "q75", "max")
+    return {"mean": v.mean().item(), **dict(zip(keys, q.tolist(), strict=True))}
+
+
+def tokens_per_image(encoder_cfg, stage_starts: list[int], counts: torch.Tensor, **kw) -> dict:
+    """What each image kept: counts (images, stages) -> the distribution of kept patch tokens
+    at each stage and of each image's FLOPs (`iared2_flops` of its own counts), also as a
+    fraction of the plain encoder's (no interpreters: what the comparison table divides by)."""
+    full = encoder_inference_flops(encoder_cfg)
+    flops = [iared2_flops(encoder_cfg, stage_starts, row, **kw) for row in counts.tolist()]
+    return {
+        "images": len(flops),
+        "kept_per_stage": [distribution(counts[:, s]) for s in range(counts.shape[1])],
+        "flops": distribution(flops),
+        "flops_fraction": distribution([f / full for f in flops]),
+    }
+
+
+@torch.no_grad()
+def adaptive_report(
+    encoder: VisionTransformer,
+    policy: TokenPolicy,
+    images: torch.Tensor,
+    mean,
+    std,
+    threshold: float = 0.5,
+    batch: int = 256,
+) -> dict:
+    """`tokens_per_image` of uint8 `images` under the adaptive rule at `threshold`."""
+    device = next(encoder.parameters()).device
+    counts = torch.cat([
+        adaptive_tokens(encoder, policy, normalize(images[i : i + batch].to(device), mean, std),
+                        threshold)[2].cpu()
+        for i in range(0, len(images), batch)
+    ])  # fmt: skip
+    spec = policy.spec
+    stats = tokens_per_image(
+        encoder.cfg, spec.stage_starts, counts, heads=spec.heads, head_dim=spec.head_dim
+    )
+    return {"rule": f"keep probability > {threshold}", "threshold": threshold, **stats}
 
 
 def counts_for_flops(encoder_cfg, stage_starts: list[int], target: float, **kw) -> list[int]:
