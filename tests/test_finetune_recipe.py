@@ -7,6 +7,7 @@ import pytest
 import torch
 from eval_helpers import make_learnable_idx, save_tiny_checkpoint
 
+from mimkit.errors import ConfigError
 from mimkit.eval.augment import rand_augment, random_erasing
 from mimkit.eval.finetune import (
     FinetuneConfig,
@@ -18,6 +19,7 @@ from mimkit.eval.finetune import (
     resolve_recipe,
     split_settings,
 )
+from mimkit.eval.head_init import fit_linear_head, probe_initialised_head
 from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.models.vit import VisionTransformer
 from mimkit.train.checkpoint import load_config_file, read_weights
@@ -150,3 +152,54 @@ def test_probe_warns_when_the_chosen_lr_is_on_the_grid_edge(caplog):
     with caplog.at_level(logging.WARNING, logger="mimkit"):
         result = linear_probe(*train, *test, lrs=[1e-4, 2e-4], settings=ProbeSettings(epochs=2))
     assert result.lr_at_grid_edge and "edge of the grid" in caplog.text
+
+
+def test_head_fit_separates_separable_features():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(90) % 3
+    centres = torch.randn(3, 8, generator=gen) * 4
+    features = centres[labels] + 0.3 * torch.randn(90, 8, generator=gen)
+    weight, bias = fit_linear_head(features, labels, 3)
+    assert ((features @ weight.T + bias).argmax(1) == labels).all()
+    again = fit_linear_head(features, labels, 3)
+    assert torch.equal(weight, again[0]) and torch.equal(bias, again[1])  # no randomness
+
+
+def test_probe_initialised_head_predicts_as_the_probe_it_reports():
+    # LP-FT: the classifier's own forward pass must give the probe's accuracy; MAE's
+    # near-zero head (the old start) predicts one class almost everywhere
+    torch.manual_seed(0)
+    model = ViTClassifier(tiny_encoder(), num_classes=2, head="fc_norm")
+    images = torch.randint(0, 256, (64, 1, 16, 16), dtype=torch.uint8)
+    images[32:, :, :8] = 255  # class 1: bright top half, easy for any features
+    labels = (torch.arange(64) >= 32).long()
+
+    def prepare(batch):
+        return (batch.float() / 255 - 0.5) / 0.25
+
+    fit = probe_initialised_head(model, images, labels, prepare, torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():
+        own = (model(prepare(images)).argmax(1) == labels).float().mean().item()
+    assert fit == pytest.approx(own) and fit > 0.9
+
+
+def test_head_init_defaults_to_probe_and_recipe_mae_keeps_the_near_zero_head(tmp_path):
+    train, ft = split_settings({})
+    assert resolve_recipe(ft, train, side=28, pretrained=True, hflip=True).head_init == "probe"
+    train, ft = split_settings({"recipe": "mae"})
+    assert resolve_recipe(ft, train, side=28, pretrained=True, hflip=True).head_init == "zero"
+    with pytest.raises(ConfigError, match="head_init"):
+        FinetuneConfig(head_init="linear").check()
+    data = make_learnable_idx(tmp_path / "idx", n_train=32, n_test=16)
+    folder, _, _ = save_tiny_checkpoint(tmp_path, data)
+    results = {}
+    for init in ("probe", "zero"):
+        train, ft = split_settings({"epochs": 1, "batch_size": 16, "max_steps": 1, "base_lr": 1e-12,
+                                    "progress": False, "head_init": init})  # fmt: skip
+        result = finetune(load_config_file(folder), read_weights(folder / "model.safetensors"),
+                          train, ft, tmp_path / f"ft_{init}")  # fmt: skip
+        results[init] = result
+        assert result.settings["head_init"] == init
+    # one step at lr ~0: what differs is only where the head starts
+    assert results["probe"].train_top1 > results["zero"].train_top1

@@ -49,6 +49,8 @@ FINETUNE_HELP = {
     "head": "fc_norm: MAE's head, a new LayerNorm on the mean of pre-norm tokens (default for "
     "pool avg); norm: pool the encoder's normalised tokens",
     "learn_pos": "train the position table (MAE does)",
+    "head_init": "probe: the head starts as a linear probe fitted on the frozen features "
+    "(LP-FT; default); zero: MAE's near-zero head (--recipe mae)",
     "label_smoothing": "label smoothing of the cross-entropy",
     "mixup": "mixup Beta(alpha, alpha); 0 turns it off (MAE: 0.8 for 100 epochs)",
     "cutmix": "cutmix alpha; 0 turns it off (MAE: 1.0 for 100 epochs)",
@@ -176,11 +178,12 @@ def _finetune_options(p: argparse.ArgumentParser) -> None:
         kw: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_text)
         if f.name in ("betas", "crop_scale", "crop_ratio"):
             p.add_argument(flag, type=float, nargs=2, **kw)
-        elif f.name in ("pool", "head", "recipe"):
+        elif f.name in ("pool", "head", "recipe", "head_init"):
             choices = {
                 "pool": ("cls", "avg"),
                 "head": ("fc_norm", "norm"),
                 "recipe": ("auto", "mae"),
+                "head_init": ("probe", "zero"),
             }
             p.add_argument(flag, choices=choices[f.name], **kw)
         elif f.name in ("hflip", "learn_pos"):

@@ -48,6 +48,7 @@ from mimkit.data.transforms import denormalize, normalize
 from mimkit.errors import ConfigError
 from mimkit.eval.augment import rand_augment, random_erasing
 from mimkit.eval.features import feature_stats
+from mimkit.eval.head_init import probe_initialised_head
 from mimkit.eval.mixup import mix_batch, soft_cross_entropy
 from mimkit.models.config import ModelConfig, resolve_model_config
 from mimkit.models.pos_embed import adapt_pos_embed
@@ -140,6 +141,7 @@ class FinetuneConfig:
     test_crop: float | None = None  # test: resize to side / test_crop, centre-crop; auto: by crop
     head: str | None = None  # fc_norm (MAE: LayerNorm on the mean of pre-norm tokens) | norm
     learn_pos: bool = True  # the position table is trained (MAE fine-tunes timm's parameter)
+    head_init: str | None = None  # probe (LP-FT: fitted on frozen features) | zero; auto: probe
     img_size: int | None = None  # None: the checkpoint's resolution
     pool: str | None = None  # None: the checkpoint's model.pool
     train_limit: int | None = None
@@ -160,6 +162,8 @@ class FinetuneConfig:
             raise ConfigError(f"finetune: pool must be cls or avg, got {self.pool!r}")
         if self.head not in (None, "fc_norm", "norm"):
             raise ConfigError(f"finetune: head must be fc_norm or norm, got {self.head!r}")
+        if self.head_init not in (None, "probe", "zero"):
+            raise ConfigError(f"finetune: head_init must be probe or zero, got {self.head_init!r}")
         if self.crop_scale is not None and not (
             len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1
         ):
@@ -180,6 +184,7 @@ MAE_FINETUNE = dict(
     layer_decay=0.75, drop_path=0.1, label_smoothing=0.1, mixup=0.0, cutmix=0.0,
     crop_scale=[0.08, 1.0], crop_ratio=[3 / 4, 4 / 3], hflip=True, randaug_ops=2,
     randaug_magnitude=9.0, erase_prob=0.25, test_crop=224 / 256, head="fc_norm", learn_pos=True,
+    head_init="zero",
 )  # fmt: skip
 RECIPES = ("auto", "mae")
 #: Below this many epochs a run underfits (train accuracy ~ test accuracy, measured on
@@ -233,6 +238,7 @@ def resolve_recipe(
         test_crop=ft.test_crop
         if ft.test_crop is not None
         else (1.0 if crop_scale[0] >= 1.0 else 224 / 256),
+        head_init=ft.head_init or "probe",
     )
 
 
@@ -459,6 +465,8 @@ def inputs_settings(ft: FinetuneConfig, model: ModelConfig) -> FinetuneConfig:
         asked.append("head")
     if ft.test_crop not in (None, 1.0):
         asked.append("test_crop")
+    if ft.head_init == "probe":
+        asked.append("head_init")
     if asked:
         raise ConfigError(
             f"finetune: {', '.join(asked)}: not available for a checkpoint trained on samples "
@@ -466,7 +474,10 @@ def inputs_settings(ft: FinetuneConfig, model: ModelConfig) -> FinetuneConfig:
             f"through its own features (pool {model.pool!r}, {model.image_hw[0]}x"
             f"{model.image_hw[1]}, head norm), with crop and flip as augmentation"
         )
-    return replace(ft, randaug_ops=0, erase_prob=0.0, test_crop=1.0, head="norm", img_size=None)
+    return replace(
+        ft, randaug_ops=0, erase_prob=0.0, test_crop=1.0, head="norm", img_size=None,
+        head_init="zero",
+    )  # fmt: skip
 
 
 def load_classifier(
@@ -807,12 +818,12 @@ def _finetune(
     record = dict(settings_record(train, ft), pretrained=weights is not None)
     record["num_classes"] = num_classes
     checkpointer = Checkpointer(out / "checkpoint", cfg, ctx, resume)
-    if checkpointer.found:
+    if checkpointer.found:  # resumed: the saved weights, head included
         _check_same_settings(out, record)
         checkpointer.load_weights(model)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / SETTINGS_FILE).write_text(json.dumps(record, indent=1))
+    elif ft.head_init == "probe":  # LP-FT: the head starts as a probe on the frozen features
+        _start_head_as_probe(model, cfg, base, source, ft, device)
+    _write_settings(out, record, ctx.is_main)
 
     objective = ClassifierLoss(model, teacher)
     run, state = assemble(
@@ -871,6 +882,36 @@ def _classifier(
     return model, lambda wrapped: layer_decay_param_groups(
         model, tc.weight_decay, ft.layer_decay, cfg.model.depth
     )
+
+
+def _write_settings(out: Path, record: dict, is_main: bool) -> None:
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SETTINGS_FILE).write_text(json.dumps(record, indent=1))
+
+
+def _start_head_as_probe(
+    model: ViTClassifier,
+    cfg: RunConfig,
+    base: ModelConfig,
+    source: TrainSource,
+    ft: FinetuneConfig,
+    device: torch.device,
+) -> None:
+    """Fit the head on the frozen encoder's pooled features of (at most `FIT_ITEMS`)
+    un-augmented training items, as the test images are read (see `eval/head_init.py`)."""
+    images, labels = _fit_items(cfg, base, source)
+    hw = model.encoder.cfg.image_hw
+
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        return resize_to(normalize(batch, cfg.data.mean, cfg.data.std), hw, ft.test_crop)
+
+    start = time.perf_counter()
+    fit = probe_initialised_head(model, images, labels, prepare, device)
+    log.info(
+        "head initialised as a linear probe on the frozen features of %d training items "
+        "(train top-1 %.2f%%, %.0f s)", len(labels), 100 * fit, time.perf_counter() - start,
+    )  # fmt: skip
 
 
 #: Training items scored un-augmented after fine-tuning (the fit beside the test accuracy).
