@@ -204,4 +204,11 @@ def test_two_processes_fine_tune_like_one_with_the_same_global_batch(ckpt, tmp_p
     b = load_file(tmp_path / "two" / "checkpoint" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
+        x, y = b[key], a[key]
+        if key.endswith("attn.qkv.bias"):
+            # the key bias adds the same q.b_k to every logit of a row, which softmax ignores:
+            # its gradient is rounding noise, and AdamW turns noise into lr-sized steps that
+            # differ with the reduction order (this showed once the head started as a probe)
+            third = len(x) // 3
+            x, y = torch.cat([x[:third], x[2 * third :]]), torch.cat([y[:third], y[2 * third :]])
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4, msg=key)
