@@ -8,7 +8,7 @@
 # RUNS_ROOT/seg_times.log. The floor: --random-init on the mae rows (their own seeds' init).
 set -euo pipefail
 ROOT=$1; shift
-ROWS=${*:-"mae mae_block colormae_green colormae_red colormae_blue colormae_purple simmim crossmae maskfeat mfm maskalign hpm"}
+ROWS=${*:-"mae mae_block colormae_green colormae_red colormae_blue colormae_purple simmim crossmae maskfeat mfm maskalign hpm cae droppos mrmae ibot"}
 SCENES=${SCENES:-runs/fmnist_scenes}
 MIMKIT=${MIMKIT:-"python3 -m mimkit.cli"}
 SEG="--data $SCENES --train-limit 1000 --val-limit 300 --epochs 10 --width 32 --device cpu"
@@ -29,7 +29,8 @@ root = Path(sys.argv[1])
 rows = [("random init (floor)", "mae", "eval_segment_random_init.json")] + [
     (r, r, "eval_segment.json")
     for r in ("mae", "mae_block", "colormae_green", "colormae_red", "colormae_blue",
-              "colormae_purple", "simmim", "crossmae", "maskfeat", "mfm", "maskalign", "hpm")]
+              "colormae_purple", "simmim", "crossmae", "maskfeat", "mfm", "maskalign", "hpm", "cae", "droppos",
+              "mrmae", "ibot")]
 def cell(values):
     if not values:
         return "not run"

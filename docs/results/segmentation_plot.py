@@ -17,7 +17,8 @@ root = Path(sys.argv[1])
 rows = [("floor", "mae", "eval_segment_random_init.json")] + [
     (r, r, "eval_segment.json")
     for r in ("mae", "mae_block", "colormae_green", "colormae_red", "colormae_blue",
-              "colormae_purple", "simmim", "crossmae", "maskfeat", "mfm", "maskalign", "hpm")
+              "colormae_purple", "simmim", "crossmae", "maskfeat", "mfm", "maskalign", "hpm",
+              "cae", "droppos", "mrmae", "ibot")
 ]  # fmt: skip
 fig, ax = plt.subplots(figsize=(9, 3.6))
 for x, (label, run, name) in enumerate(rows):
