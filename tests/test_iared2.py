@@ -269,7 +269,7 @@ def test_the_policy_learns_to_keep_the_informative_patch():
     assert (head(feats).argmax(1) == labels).float().mean() > 0.95
     policy = policy_for(encoder, [0]).train()
     # 60 steps: at 30 the rise over the first 10 steps was 0.17-0.41 across settings seeds 0-4
-    # (one below 0.2), and a full CI run, whose earlier tests leave other numerics, drew 0.16;
+    # (one below 0.2), and a full CI run drew 0.16;
     # at 60 it was 0.28-0.46 for seeds 0-4
     settings = TrainSettings(steps_per_stage=60, batch_size=32, lr=5e-3, tau=0.5, seed=0)
     (history,) = train_policy(encoder, policy, head, images, labels, [0.0], [1.0], [4], settings)
