@@ -43,30 +43,8 @@ for seed in 0 1; do
 done
 # 2b. raw-input baselines on the same scenes: a linear head on the raw 7x7 patch pixels (the
 #     encoder's input grid, 63 px), and the constant "background everywhere" predictor
-[ "$ONLY" = "  " ] || [[ "$ONLY" == *" pixels "* ]] && python3 - > "$LOG/pixels.out" <<'PY'
-import json, time, torch
-from mimkit.data.segmentation import load_segmentation_split
-from mimkit.eval import segment as S
-from mimkit.eval.segment_settings import SegmentSettings
-from mimkit.patches import patchify
-tr = load_segmentation_split("runs/fmnist_scenes", "train", 1, 200)
-va = load_segmentation_split("runs/fmnist_scenes", "val", 1, 100)
-def maps(split):
-    x = S.resize_to((split.images.float() / 255 - 0.286) / 0.353, (63, 63))
-    return [patchify(x, 7).transpose(1, 2).reshape(len(x), 49, 9, 9)]
-out = {}
-for seed in (0, 1):
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    head = S.LinearSegHead(49, 11)
-    S.train_on_maps(head, maps(tr), tr.labels, 255, SegmentSettings(epochs=5, lr=1e-2, seed=seed), torch.device("cpu"))
-    pred = S.predict_maps(head, maps(va), (64, 64), torch.device("cpu"))
-    sc = S.scores_from_confusion(S.confusion_matrix(pred, va.labels, 11, 255))
-    out[f"pixels_linear_seed{seed}"] = {"miou": sc.miou, "pixel_acc": sc.pixel_acc, "seconds": time.perf_counter() - start}
-sc = S.scores_from_confusion(S.confusion_matrix(torch.zeros_like(va.labels), va.labels, 11, 255))
-out["constant_background"] = {"miou": sc.miou, "pixel_acc": sc.pixel_acc}
-print(json.dumps(out, indent=1))
-PY
+[ "$ONLY" = "  " ] || [[ "$ONLY" == *" pixels "* ]] && \
+  python3 docs/results/segmentation_pixels.py "$SCENES" 200 100 5 > "$LOG/pixels.out"
 # 3. the table: mean ± std over the seeds of each row, from the JSON beside each checkpoint
 [ "$ONLY" = "  " ] || [[ "$ONLY" == *" table "* ]] && python3 - <<'PY'
 import json, statistics as st
