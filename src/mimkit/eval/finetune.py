@@ -821,8 +821,9 @@ def _finetune(
     if checkpointer.found:  # resumed: the saved weights, head included
         _check_same_settings(out, record)
         checkpointer.load_weights(model)
-    elif ft.head_init == "probe":  # LP-FT: the head starts as a probe on the frozen features
-        _start_head_as_probe(model, cfg, base, source, ft, device)
+    fit_items = _fit_items(cfg, base, source)  # read once: the probe's data, then the fit score
+    if not checkpointer.found and ft.head_init == "probe":  # LP-FT: the head starts as a probe
+        _start_head_as_probe(model, cfg, fit_items, ft, device)
     _write_settings(out, record, ctx.is_main)
 
     objective = ClassifierLoss(model, teacher)
@@ -841,7 +842,7 @@ def _finetune(
         scored, x_test, y_test, mean, std, device, run.amp_dtype, progress=progress,
         crop=ft.test_crop,
     )  # fmt: skip
-    x_fit, y_fit = _fit_items(cfg, base, source)
+    x_fit, y_fit = fit_items
     train_top1 = classifier_accuracy(
         scored, x_fit, y_fit, mean, std, device, run.amp_dtype, progress=progress,
         crop=ft.test_crop,
@@ -893,14 +894,13 @@ def _write_settings(out: Path, record: dict, is_main: bool) -> None:
 def _start_head_as_probe(
     model: ViTClassifier,
     cfg: RunConfig,
-    base: ModelConfig,
-    source: TrainSource,
+    fit_items: tuple[torch.Tensor, torch.Tensor],
     ft: FinetuneConfig,
     device: torch.device,
 ) -> None:
     """Fit the head on the frozen encoder's pooled features of (at most `FIT_ITEMS`)
     un-augmented training items, as the test images are read (see `eval/head_init.py`)."""
-    images, labels = _fit_items(cfg, base, source)
+    images, labels = fit_items
     hw = model.encoder.cfg.image_hw
 
     def prepare(batch: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimkit.eval.linear import few_cpu_threads
+
 #: Full-batch L-BFGS iterations and L2 strength of the head fit (on <= 10k items: seconds).
 PROBE_ITERATIONS = 100
 PROBE_L2 = 1e-4
@@ -54,12 +56,8 @@ def fit_linear_head(
     differences that other thread counts give to the gradient's reductions (measured: 5e-3 in
     the weights between 1 and 2 threads), and one process and a `torchrun` of two must start
     their fine-tunes from the same head."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with few_cpu_threads(torch.device("cpu")):
         return _lbfgs_fit(features, labels, num_classes, iterations, l2)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _lbfgs_fit(
