@@ -335,3 +335,31 @@ def test_tile_groups_split_the_bands(tmp_path):
     assert labels.tolist() == [0, 1, 2]
     band_means = torch.cat([inputs["optical"], inputs["radar"]], 1).mean(dim=(0, 2, 3))
     assert (band_means.diff() > 0).all()  # the band offsets rise with the band index
+
+
+def _stripe_orientation(group: np.ndarray) -> int:
+    """0 when a group's spectral power lies mostly where kx and ky share a sign (stripes along
+    x + y), 1 where they do not (x - y): an oracle independent of the generator's code."""
+    power = (np.abs(np.fft.fft2(group - group.mean(axis=(1, 2), keepdims=True))) ** 2).sum(0)
+    k = np.fft.fftfreq(group.shape[-1])
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    return 0 if power[ky * kx > 0].sum() > power[ky * kx < 0].sum() else 1
+
+
+def test_joint_tile_groups_need_both_groups(tmp_path):
+    """`--joint`: the class is 2 * optical's stripe orientation + radar's, so each group alone
+    tells only one bit of the two; and the class means are flat (no fixed pixel tells it)."""
+    root = make_tile_groups(tmp_path, train=24, test=4, size=32, joint=True, progress=False)
+    specs = {"optical": InputConfig(channels=3), "radar": InputConfig(channels=3)}
+    inputs, labels = load_multi_split(
+        DataConfig("multi", str(root), inputs=specs), "train", (32, 32)
+    )
+    assert sorted(set(labels.tolist())) == [0, 1, 2, 3]
+    optical, radar = inputs["optical"].double().numpy(), inputs["radar"].double().numpy()
+    for i, label in enumerate(labels.tolist()):
+        assert _stripe_orientation(optical[i]) == label // 2
+        assert _stripe_orientation(radar[i]) == label % 2
+    both = np.concatenate([optical, radar], 1)
+    class_means = np.stack([both[labels.numpy() == c].mean(0) for c in range(4)])
+    spread = class_means.std(0).mean() / both.std(0).mean()
+    assert spread < 0.5, spread  # the patterns' random phases average out

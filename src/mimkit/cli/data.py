@@ -57,6 +57,11 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--optical-bands", type=int, help="tile-groups: bands in the optical group (default half)"
     )
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="tile-groups: four classes that need both groups (each alone tells at most half)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the generator")
     p.set_defaults(func=cmd_data_synth)
 
@@ -150,8 +155,9 @@ def _synth_multi(args: argparse.Namespace, counts: dict[str, int]) -> Path:
             args.out, size=size, shift=args.shift, seed=args.seed, **counts
         )
     return multi_synth.make_tile_groups(
-        args.out, bands=args.bands, optical=args.optical_bands, size=size, seed=args.seed, **counts
-    )
+        args.out, bands=args.bands, optical=args.optical_bands, size=size, seed=args.seed,
+        joint=args.joint, **counts,
+    )  # fmt: skip
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:

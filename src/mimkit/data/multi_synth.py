@@ -18,6 +18,10 @@ interpolation: the `data.inputs` section a config needs, statistics aside).
 - `tile-groups`: the multi-band tiles of `synth tiles`, each split into two modality groups:
   the first `optical` bands (`optical/`) and the rest (`radar/`, standing in for a second
   sensor). The class sets which bands carry a pattern, so each group alone is informative.
+  With `joint=True` (`--joint`) the class needs both groups: each group carries one faint,
+  windowed stripe pattern (random frequency, phase, window and per-band gain, under noise)
+  whose orientation is either diagonal; the class is 2 * (optical's orientation) + (radar's),
+  so either group alone can tell at most two of the four classes apart (50%).
 
 Training scenes use Fashion-MNIST's training items, test scenes its test items.
 """
@@ -180,9 +184,11 @@ def make_tile_groups(
     size: int = 32,
     seed: int = 0,
     progress: bool = True,
+    joint: bool = False,
 ) -> Path:
     """Write multi-band tiles split into `optical/` (the first `optical` bands, default half)
-    and `radar/` (the rest), uint16 .npy (C, H, W) each."""
+    and `radar/` (the rest), uint16 .npy (C, H, W) each. `joint`: four classes that need both
+    groups (see the module docstring) instead of three that either group tells."""
     optical = bands // 2 if optical is None else optical
     if bands < 2 or not 1 <= optical < bands:
         raise ConfigError(
@@ -194,8 +200,11 @@ def make_tile_groups(
     bar = _bar(train + test, "tile-groups", progress)
     for split, count in (("train", train), ("test", test)):
         for n in range(count):
-            label = n % 3
-            tile = make_tile(label, bands, size, rng)
+            label = n % (4 if joint else 3)
+            if joint:
+                tile = joint_tile(label, bands, optical, size, rng)
+            else:
+                tile = make_tile(label, bands, size, rng)
             for group, part in (("optical", tile[:optical]), ("radar", tile[optical:])):
                 path = root / split / group / f"{label}" / f"tile_{n:05d}.npy"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,5 +214,30 @@ def make_tile_groups(
     _write_inputs(
         root, {"optical": {"channels": optical}, "radar": {"channels": bands - optical}},
         kind="tile-groups", seed=seed, size=size, bands=bands, train=train, test=test,
+        joint=joint,
     )  # fmt: skip
     return root
+
+
+def joint_tile(
+    label: int, bands: int, optical: int, size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """uint16 (bands, size, size) of `joint` class `label` (0-3): band offsets and noise (std
+    100), and in each group a stripe pattern of amplitude 80-160 inside a random window of at
+    least half the side, along x + y (orientation 0) or x - y (1). Optical's orientation is
+    label // 2, radar's label % 2. The pattern's frequency, phase, window and per-band gains are
+    drawn per group, so no fixed pixel tells the orientation: a model must see the stripes."""
+    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+    tile = np.linspace(500, 3000, bands)[:, None, None] + rng.normal(0, 100, (bands, size, size))
+    for group, orientation in ((slice(0, optical), label // 2), (slice(optical, bands), label % 2)):
+        freq, phase = rng.uniform(2.5, 5), rng.uniform(0, 2 * np.pi)
+        along = xx + yy if orientation == 0 else xx - yy
+        pattern = np.sin(2 * np.pi * freq * along + phase)
+        side = int(rng.integers(size // 2, size + 1))
+        y, x = rng.integers(0, size - side + 1, 2)
+        window = np.zeros((size, size))
+        window[y : y + side, x : x + side] = 1.0
+        count = len(range(bands)[group])
+        gains = rng.uniform(80, 160, count) * rng.choice([-1.0, 1.0], count)
+        tile[group] += gains[:, None, None] * (pattern * window)[None]
+    return np.clip(tile, 0, 65535).astype(np.uint16)
