@@ -226,11 +226,13 @@ def joint_tile(
     100), and in each group a stripe pattern of amplitude 80-160 inside a random window of at
     least half the side, along x + y (orientation 0) or x - y (1). Optical's orientation is
     label // 2, radar's label % 2. The pattern's frequency, phase, window and per-band gains are
-    drawn per group, so no fixed pixel tells the orientation: a model must see the stripes."""
+    drawn per group, so no fixed pixel tells the orientation: a model must see the stripes. The
+    stripes' period is set in pixels (2.5-5 cycles per 32 pixels), so a larger tile is a larger
+    scene at the same resolution: what a size-extrapolation check needs."""
     yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
     tile = np.linspace(500, 3000, bands)[:, None, None] + rng.normal(0, 100, (bands, size, size))
     for group, orientation in ((slice(0, optical), label // 2), (slice(optical, bands), label % 2)):
-        freq, phase = rng.uniform(2.5, 5), rng.uniform(0, 2 * np.pi)
+        freq, phase = rng.uniform(2.5, 5) * size / 32, rng.uniform(0, 2 * np.pi)
         along = xx + yy if orientation == 0 else xx - yy
         pattern = np.sin(2 * np.pi * freq * along + phase)
         side = int(rng.integers(size // 2, size + 1))
