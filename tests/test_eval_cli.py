@@ -26,6 +26,7 @@ def test_linear_prints_top1_writes_json_and_reuses_cached_features(ckpt, capsys,
     results = ckpt.parent / "eval"  # beside checkpoint/, which training replaces
     first = json.loads((results / "eval_linear.json").read_text())
     assert 0.0 <= first["top1"] <= 1.0 and first["lr"] in (0.01, 0.1)
+    assert 0.0 <= first["train_top1"] <= 1.0 and "(train " in out
     assert first["train_items"] == 80 and first["test_items"] == 24
     assert len(list((results / "features").glob("*.safetensors"))) == 2  # train and test
 

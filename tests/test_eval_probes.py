@@ -36,6 +36,18 @@ def test_linear_probe_learns_separable_features():
     assert result.train_items == 240 and result.test_items == 80
 
 
+def test_linear_probe_reports_train_accuracy_apart_from_test():
+    # 40 items in 64 dimensions with random labels: the probe memorises its training items,
+    # while new items with random labels stay near chance; a mixed-up report cannot pass both
+    gen = torch.Generator().manual_seed(0)
+    f_train, y_train = torch.randn(40, 64, generator=gen), torch.randint(0, 2, (40,), generator=gen)
+    f_test, y_test = torch.randn(400, 64, generator=gen), torch.randint(0, 2, (400,), generator=gen)
+    settings = ProbeSettings(epochs=200, batch_size=40)
+    result = linear_probe(f_train, y_train, f_test, y_test, [1.0], 0.1, settings)
+    assert result.train_top1 >= 0.95
+    assert abs(result.top1 - 0.5) < 0.1
+
+
 def test_validation_split_is_carved_from_train_and_disjoint():
     fit, val = carve_validation(100, 0.2, seed=0)
     assert len(val) == 20 and len(fit) == 80

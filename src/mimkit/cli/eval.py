@@ -369,8 +369,9 @@ def cmd_eval_linear(args: argparse.Namespace) -> int:
     n_val = round(result.train_items * args.val_fraction)
     print(
         f"linear probe top-1 ({_name(args)}, pool {feats['pool']}, block {feats['block']}/{feats['depth']}): "
-        f"{100 * result.top1:.2f}%  (lr {result.lr:g} chosen on {n_val} validation items carved "
-        f"from train; train {result.train_items}, test {result.test_items})"
+        f"{100 * result.top1:.2f}%  (train {100 * result.train_top1:.2f}%; lr {result.lr:g} chosen "
+        f"on {n_val} validation items carved from train; train {result.train_items}, test "
+        f"{result.test_items})"
     )
     print("  lr        val top-1")
     for lr, acc in sorted(result.val_top1.items()):
@@ -389,6 +390,7 @@ def cmd_eval_linear(args: argparse.Namespace) -> int:
         args.random_init,
         {
             "top1": result.top1,
+            "train_top1": result.train_top1,
             "lr": result.lr,
             "val_top1": {str(k): v for k, v in result.val_top1.items()},
             "val_fraction": args.val_fraction,

@@ -230,6 +230,7 @@ class LinearResult:
     test_items: int = 0
     seconds: float = 0.0
     lr_at_grid_edge: bool = False  # the best rate may lie outside the grid
+    train_top1: float | None = None  # the final probe on its own training items: underfit or not
 
 
 def linear_probe(
@@ -252,12 +253,14 @@ def linear_probe(
         train_features, train_labels, num_classes, [lr], settings, progress, f"final lr {lr:g}"
     )
     top1 = probe_accuracy(probe, test_features, test_labels)
+    train_top1 = probe_accuracy(probe, train_features, train_labels)
     edge = lr_on_grid_edge(lr, list(lrs))
     if edge:
         log.warning(
             "linear probe: the chosen lr %g is at the edge of the grid %s; the best rate may "
             "lie beyond it (widen --lrs)", lr, sorted(lrs),
         )  # fmt: skip
+    seconds = time.perf_counter() - start
     return LinearResult(
-        top1, lr, scores, len(train_labels), len(test_labels), time.perf_counter() - start, edge
+        top1, lr, scores, len(train_labels), len(test_labels), seconds, edge, train_top1
     )
