@@ -39,7 +39,10 @@ def collect(ckpt: Path, pixels: Path) -> dict[str, dict[str, float | None]]:
     for suffix, name in (("_random_init", "random init"), ("", "MAE pretrained")):
         knn = read(ckpt / f"eval_knn{suffix}.json")
         lin = read(ckpt / f"eval_linear{suffix}.json")
-        ft = read(ckpt / f"eval_finetune{suffix}.json")
+        # the 5k-label fine-tune of fashion-mnist.sh (its JSON is named by its --train-limit)
+        ft = read(ckpt / f"eval_finetune{suffix}.json") or read(
+            ckpt / f"eval_finetune{suffix}_train-5000.json"
+        )
         rows[name] = {
             "kNN": knn and knn["top1"],
             "linear": lin and lin["top1"],
