@@ -70,6 +70,11 @@ def main() -> None:
             lin = 100 * statistics.mean(raw["linear"])
             print(f"| {label} (no seed) | {100 * raw['knn']:.1f} | {lin:.1f} |" + " |" * 4)
     print()
+    print_reconstruction()
+
+
+def print_reconstruction() -> None:
+    """The masked-reconstruction losses, seeds 0 / 1, at each size."""
     print("| model | " + " | ".join(f"{s}x{s}" for s in SIZES) + " |")
     print("|---" * (1 + len(SIZES)) + "|")
     for label, run in (("CROMA, ALiBi", "croma"), ("CROMA, sin-cos table", "croma_sincos")):
