@@ -13,12 +13,14 @@ mkdir -p "$RUNS/long"
   mimkit pretrain configs/fmnist_mae_tiny.yaml out_dir="$RUNS/demo" --no-resume
 mimkit eval knn "$RUNS/demo"
 mimkit eval linear "$RUNS/demo"
-# 1. 20 epochs of MAE, seeds 0 and 1. The checkpoint after epochs 5, 10 and 15 was copied to
-#    snap_epN by a watcher while each run went on (the schedule is the 20-epoch one throughout)
+# 1. 20 epochs of MAE, seeds 0 and 1. The checkpoint after epochs 5, 10 and 15 is copied to
+#    snap_epN by a watcher while each run goes on (the schedule is the 20-epoch one throughout)
 for p in 0 1; do
   L=$RUNS/long/s$p
-  mimkit pretrain configs/fmnist_mae_tiny.yaml train.epochs=20 train.seed=$p out_dir="$L" \
-    --no-resume   # copy $L/checkpoint to $L/snap_ep{5,10,15} after those epochs
+  mkdir -p "$L" && rm -f "$L/done"
+  bash docs/results/fashion-mnist-long-runs/snap.sh "$L" 5 10 15 &
+  mimkit pretrain configs/fmnist_mae_tiny.yaml train.epochs=20 train.seed=$p out_dir="$L" --no-resume
+  touch "$L/done"; wait
   mimkit eval knn "$L"; mimkit eval knn "$L" --random-init
   mimkit eval linear "$L"; mimkit eval linear "$L" --random-init
   for e in 5 10 15; do

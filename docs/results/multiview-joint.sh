@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the "two sensors that are both needed" section of docs/results/multiview.md: CROMA
 # (ALiBi and sin-cos) against MAE on all six bands, on `tile-groups --joint` tiles (4 classes;
-# each sensor alone tells at most half), pretrained for ~570 steps, probed at the trained size
+# each sensor alone tells at most half), pretrained for 540 steps, probed at the trained size
 # (32x32) and at 2x and 4x the side (the size-extrapolation check). Run from a folder where
 # data/ and res/ may be written, with mimkit importable (PYTHONPATH=REPO/src).
 #   bash docs/results/multiview-joint.sh [data|pretrain|probe|all]   (default all)

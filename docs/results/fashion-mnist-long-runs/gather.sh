@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Copy the result JSONs of the runs of docs/results/fashion-mnist-long.md here, under the names
-# collect.py reads. RUNS is where fashion-mnist-long.sh wrote them (default /work/runs).
+# collect.py reads. RUNS is where fashion-mnist-long.sh wrote them (default runs/; the
+# session's were in /work/runs).
 set -eu
-RUNS=${RUNS:-/work/runs}
+RUNS=${RUNS:-runs}
 here=$(cd "$(dirname "$0")" && pwd)
 cp "$RUNS/demo/eval/eval_knn.json" "$here/demo3_knn.json"
 cp "$RUNS/demo/eval/eval_linear.json" "$here/demo3_linear.json"
