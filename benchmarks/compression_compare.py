@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import statistics
@@ -51,7 +50,7 @@ from mimkit.compress.diffrate import diffrate_features, learn_schedule, schedule
 from mimkit.compress.importance import block_scores, blocks_to_keep
 from mimkit.compress.optin import optin_prune
 from mimkit.compress.prune import prune_blocks
-from mimkit.compress.tome import block_with_merging
+from mimkit.compress.tome import tome_features, tome_flops, tome_schedule_for
 from mimkit.compress.tradeoff import interleaved_rate_quartiles
 from mimkit.data.sources import load_labelled_splits
 from mimkit.data.transforms import normalize
@@ -63,57 +62,6 @@ from mimkit.train.checkpoint import load_model
 
 def log(msg: str) -> None:
     print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
-
-
-# --- ToMe with a per-block schedule -----------------------------------------------------------
-
-
-def tome_token_counts(patches: int, prefix: int, rs: list[int]) -> tuple[list[int], list[int]]:
-    """Tokens (prefix included) each block's attention and MLP see under ToMe with r_i per block
-    (bipartite matching merges at most min(|A| - prefix A, |B| - prefix B) tokens)."""
-    attn, mlp, n = [], [], patches + prefix
-    fixed_a, fixed_b = (prefix + 1) // 2, prefix // 2
-    for r in rs:
-        attn.append(n)
-        n -= max(0, min(r, (n + 1) // 2 - fixed_a, n // 2 - fixed_b))
-        mlp.append(n)
-    return attn, mlp
-
-
-def tome_schedule_for(cfg, target: float) -> list[int]:
-    """ToMe's near-constant schedule (r + 1 in the first blocks, r after) nearest `target` x
-    the full FLOPs of `cfg`'s encoder."""
-    full = encoder_inference_flops(cfg)
-    prefix = 1 if cfg.cls_token else 0
-    best, gap = [0] * cfg.depth, math.inf
-    for r in range(cfg.num_patches):
-        for first in range(cfg.depth):
-            rs = [r + 1] * first + [r] * (cfg.depth - first)
-            attn, mlp = tome_token_counts(cfg.num_patches, prefix, rs)
-            g = abs(encoder_inference_flops(cfg, attn, mlp) / full - target)
-            if g < gap - 1e-12:
-                best, gap = rs, g
-    return best
-
-
-def tome_flops(cfg, rs: list[int]) -> float:
-    prefix = 1 if cfg.cls_token else 0
-    return encoder_inference_flops(cfg, *tome_token_counts(cfg.num_patches, prefix, rs))
-
-
-@torch.no_grad()
-def tome_schedule_features(encoder, x: torch.Tensor, rs: list[int]) -> torch.Tensor:
-    """`compress.tome.tome_features` with r_i merged after block i's attention."""
-    h = encoder.embed(x)
-    size = torch.ones(h.shape[0], h.shape[1], 1, dtype=h.dtype)
-    prefix = encoder.num_prefix_tokens
-    for block, r in zip(encoder.blocks, rs, strict=True):
-        h, size = block_with_merging(block, h, size, r, True, prefix)
-    h = encoder.norm(h)
-    if encoder.cfg.pool == "avg":
-        w = size[:, prefix:]
-        return (h[:, prefix:] * w).sum(1) / w.sum(1)
-    return encoder.pool(h)
 
 
 # --- the variants -----------------------------------------------------------------------------
@@ -185,7 +133,7 @@ def deterministic_variants(model, targets: list[float], full: float) -> list[Var
         rs = tome_schedule_for(mcfg, target)
         variants.append(Variant(
             "ToMe", target, tome_flops(mcfg, rs) / full,
-            lambda x, rs=rs: tome_schedule_features(encoder, x, rs), None, {"r_per_block": rs},
+            lambda x, rs=rs: tome_features(encoder, x, rs), None, {"r_per_block": rs},
         ))  # fmt: skip
         pruned, detail = block_prune_variant(model, target, full)
         variants.append(Variant(
@@ -198,7 +146,7 @@ def deterministic_variants(model, targets: list[float], full: float) -> list[Var
         rs1 = tome_schedule_for(pcfg, target * full / encoder_inference_flops(pcfg))
         variants.append(Variant(
             "block pruning + ToMe", target, tome_flops(pcfg, rs1) / full,
-            lambda x, e=pruned1.encoder, rs=rs1: tome_schedule_features(e, x, rs), None,
+            lambda x, e=pruned1.encoder, rs=rs1: tome_features(e, x, rs), None,
             {**detail1, "r_per_block": rs1},
         ))  # fmt: skip
     return variants
@@ -282,7 +230,7 @@ def calibrated_variants(model, calib, args, seed: int, full: float) -> list[Vari
             rs = tome_schedule_for(tcfg, target * full / encoder_inference_flops(tcfg))
             variants.append(Variant(
                 "OPTIN + ToMe", target, tome_flops(tcfg, rs) / full,
-                lambda x, e=top.encoder, rs=rs: tome_schedule_features(e, x, rs), seed,
+                lambda x, e=top.encoder, rs=rs: tome_features(e, x, rs), seed,
                 {"optin_target": trec["flops_target"], "heads": trec["heads_after"],
                  "mlp_hidden": trec["mlp_hidden_after"], "r_per_block": rs},
             ))  # fmt: skip

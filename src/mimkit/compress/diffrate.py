@@ -213,11 +213,11 @@ def block_with_schedule(
     return x + block.drop_path(block.mlp(block.norm2(x))), size
 
 
-@torch.no_grad()
 def diffrate_tokens(
     encoder: VisionTransformer, images: torch.Tensor, schedule: Schedule
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised tokens, sizes) of `images` with `schedule`'s pruning and merging applied."""
+    """(normalised tokens, sizes) of `images` with `schedule`'s pruning and merging applied.
+    Differentiable (fine-tuning with the schedule); feature readers run it without gradients."""
     x = encoder.embed(images)
     size = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
     prefix = encoder.num_prefix_tokens

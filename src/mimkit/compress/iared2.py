@@ -165,7 +165,6 @@ def policy_choice(interpreter: Interpreter, patches: torch.Tensor, count: int) -
     return interpreter(patches).topk(count, dim=1).indices.sort(dim=1).values
 
 
-@torch.no_grad()
 def iared2_tokens(
     encoder: VisionTransformer,
     policy: TokenPolicy | RandomTokenPolicy,
@@ -175,7 +174,8 @@ def iared2_tokens(
     """(normalised tokens (B, prefix + counts[-1], D), kept patch ids (B, counts[-1])).
 
     The ids are positions in the original patch grid. Dropped tokens leave the sequence: no
-    later block sees them.
+    later block sees them. Gradients reach the encoder through the kept tokens (fine-tuning
+    under a fixed policy); the policy's choice itself takes none.
     """
     check_counts(counts, len(policy.stage_starts), encoder.cfg.num_patches)
     starts = {
@@ -188,7 +188,8 @@ def iared2_tokens(
     for i, block in enumerate(encoder.blocks):
         if i in starts:
             stage, count = starts[i]
-            pick = policy.choose(stage, x[:, prefix:], count)
+            with torch.no_grad():
+                pick = policy.choose(stage, x[:, prefix:], count)
             x = torch.cat([x[:, :prefix], take_tokens(x[:, prefix:], pick)], dim=1)
             ids = ids.gather(1, pick)
         x = block(x)

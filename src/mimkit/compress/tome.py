@@ -12,11 +12,13 @@ means less compute in every block after it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from mimkit.bench.flops import encoder_inference_flops
+from mimkit.models.config import ModelConfig
 from mimkit.models.vit import Attention, Block, VisionTransformer
 
 Merge = Callable[[torch.Tensor], torch.Tensor]
@@ -97,27 +99,72 @@ def block_with_merging(
     return x, size
 
 
-@torch.no_grad()
 def tome_tokens(
-    encoder: VisionTransformer, images: torch.Tensor, r: int, proportional: bool = True
+    encoder: VisionTransformer,
+    images: torch.Tensor,
+    r: int | Sequence[int],
+    proportional: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised tokens, sizes) after merging r tokens per block; r=0 is the plain encoder."""
+    """(normalised tokens, sizes) after merging r tokens per block, or r[i] after block i;
+    r=0 is the plain encoder. Differentiable (fine-tuning with merging); callers that only
+    read features run it under `torch.no_grad`."""
+    rs = [r] * len(encoder.blocks) if isinstance(r, int) else list(r)
+    if len(rs) != len(encoder.blocks):
+        raise ValueError(f"a ToMe schedule of {len(rs)} blocks for {len(encoder.blocks)} blocks")
     x = encoder.embed(images)
     size = torch.ones(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
-    for block in encoder.blocks:
-        if r > 0:
-            x, size = block_with_merging(block, x, size, r, proportional, encoder.num_prefix_tokens)
+    for block, r_i in zip(encoder.blocks, rs, strict=True):
+        if r_i > 0:
+            x, size = block_with_merging(
+                block, x, size, r_i, proportional, encoder.num_prefix_tokens
+            )
         else:
             x = block(x)
     return encoder.norm(x), size
 
 
+def tome_token_counts(patches: int, prefix: int, rs: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Tokens (prefix included) each block's attention and MLP see under ToMe with r_i per block
+    (bipartite matching merges at most min(|A| - prefix A, |B| - prefix B) tokens)."""
+    attn, mlp, n = [], [], patches + prefix
+    fixed_a, fixed_b = (prefix + 1) // 2, prefix // 2
+    for r in rs:
+        attn.append(n)
+        n -= max(0, min(r, (n + 1) // 2 - fixed_a, n // 2 - fixed_b))
+        mlp.append(n)
+    return attn, mlp
+
+
+def tome_flops(cfg: ModelConfig, rs: Sequence[int]) -> float:
+    """Forward FLOPs per image of `cfg`'s encoder with r_i merged after block i's attention
+    (`bench.flops.encoder_inference_flops`, the count every compression method uses)."""
+    prefix = 1 if cfg.cls_token else 0
+    return encoder_inference_flops(cfg, *tome_token_counts(cfg.num_patches, prefix, rs))
+
+
+def tome_schedule_for(cfg: ModelConfig, target: float) -> list[int]:
+    """ToMe's near-constant schedule (r + 1 in the first blocks, r after) whose FLOPs come
+    nearest `target` x the full encoder's: how a FLOPs budget becomes merges per block."""
+    full = encoder_inference_flops(cfg)
+    best, gap = [0] * cfg.depth, math.inf
+    for r in range(cfg.num_patches):
+        for first in range(cfg.depth):
+            rs = [r + 1] * first + [r] * (cfg.depth - first)
+            g = abs(tome_flops(cfg, rs) / full - target)
+            if g < gap - 1e-12:
+                best, gap = rs, g
+    return best
+
+
 @torch.no_grad()
 def tome_features(
-    encoder: VisionTransformer, images: torch.Tensor, r: int, proportional: bool = True
+    encoder: VisionTransformer,
+    images: torch.Tensor,
+    r: int | Sequence[int],
+    proportional: bool = True,
 ) -> torch.Tensor:
     """Pooled features as `encoder.features`, with average pooling weighted by token size."""
-    if r == 0:
+    if isinstance(r, int) and r == 0:
         return encoder.features(images)
     was_training = encoder.training
     encoder.eval()

@@ -167,7 +167,8 @@ def tome_tradeoff(
             encoder, x_test, mean, std, r, batch, device, desc=f"{tag} test features", **common
         )
         probe = normalize(x_test[:1].to(device), mean, std)
-        tokens = tome_tokens(encoder, probe, r)[0].shape[1]
+        with torch.no_grad():
+            tokens = tome_tokens(encoder, probe, r)[0].shape[1]
         top1 = knn_top1(f_train, y_train, f_test, y_test)
         rows.append(TomeRow(r, tokens, round(rates[r], 1), round(rates[r] / base, 3), top1))
     return rows

@@ -20,6 +20,10 @@ one more thing that returns a loss. So it has the same seeded, resumable data so
 augmentation, non-finite guard, multi-process rows and atomic checkpoints: stopping and
 re-running with the same `out_dir` resumes where it stopped. Nothing here looks at test data
 until the fixed budget is spent; the reported number is the last epoch's.
+
+With a `TokenReduction` (ToMe, DiffRate, IA-RED² from `mimkit.compress`), the encoder runs
+with that reduction in training, in the head's probe start and in scoring, as those papers
+fine-tune: the reduction is part of the model being trained, not applied afterwards.
 """
 
 from __future__ import annotations
@@ -295,6 +299,26 @@ def learnable_position_table(encoder: VisionTransformer) -> VisionTransformer:
     return encoder
 
 
+@dataclass(frozen=True)
+class TokenReduction:
+    """A token-reducing forward pass of an encoder, for fine-tuning with it in the loop.
+
+    `tokens(encoder, images)` returns the encoder's final tokens (after `encoder.norm`, prefix
+    tokens first) and each token's size, the patches it stands for (None: one each), and must
+    keep gradients. `record` says what it is (method and schedule) for `finetune.json`.
+    """
+
+    tokens: Callable[[VisionTransformer, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+    record: dict[str, Any]
+
+
+def size_weighted_mean(tokens: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
+    """Mean over tokens (B, N, D), each weighted by the patches it stands for (B, N, 1)."""
+    if size is None:
+        return tokens.mean(dim=1)
+    return (tokens * size).sum(1) / size.sum(1)
+
+
 class ViTClassifier(nn.Module):
     """Encoder + linear head on the pooled tokens (`encoder.*`, `head.*`).
 
@@ -303,6 +327,8 @@ class ViTClassifier(nn.Module):
     `head="norm"` pools the encoder's normalised tokens per its `cfg.pool`.
     With `distill_head`, a second head (`dist_head.*`) learns a teacher's predictions; the
     prediction is the mean of both heads' logits (DeiT).
+    `reduction` (a `TokenReduction`, not a module: nothing of it is trained or saved) replaces
+    the encoder's forward pass; average pooling then weighs each token by its size.
     """
 
     def __init__(
@@ -321,12 +347,19 @@ class ViTClassifier(nn.Module):
             self.fc_norm = nn.LayerNorm(dim, eps=encoder.cfg.layer_norm_eps)
         self.head = _near_zero_head(dim, num_classes)
         self.dist_head = _near_zero_head(dim, num_classes) if distill_head else None
+        self.reduction: TokenReduction | None = None
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder(x)
-        if self.fc_norm is None:
-            return self.encoder.pool(tokens)
-        return self.fc_norm(tokens[:, self.encoder.num_prefix_tokens :].mean(dim=1))
+        if self.reduction is None:
+            tokens, size = self.encoder(x), None
+        else:
+            tokens, size = self.reduction.tokens(self.encoder, x)
+        prefix = self.encoder.num_prefix_tokens
+        if self.fc_norm is not None:
+            return self.fc_norm(size_weighted_mean(tokens[:, prefix:], _patches(size, prefix)))
+        if self.encoder.cfg.pool == "avg" and size is not None:
+            return size_weighted_mean(tokens[:, prefix:], size[:, prefix:])
+        return self.encoder.pool(tokens)
 
     def both_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(class-head logits, distillation-head logits) from one encoder pass."""
@@ -339,6 +372,10 @@ class ViTClassifier(nn.Module):
         if self.dist_head is None:
             return self.head(self.pooled(x))
         return sum(self.both_heads(x)) / 2
+
+
+def _patches(size: torch.Tensor | None, prefix: int) -> torch.Tensor | None:
+    return None if size is None else size[:, prefix:]
 
 
 class InputsClassifier(nn.Module):
@@ -762,16 +799,20 @@ def finetune(
     ft: FinetuneConfig,
     out_dir: str | Path,
     resume: bool = True,
+    reduction: TokenReduction | None = None,
 ) -> FinetuneResult:
     """Fine-tune (or, with `weights=None`, train from scratch) and score top-1 on test once.
 
     `train` is the train section (see `finetune_train_config` for the fine-tuning defaults).
     Under `torchrun`, each process trains its rows of every global batch, as in pretraining.
+    With `reduction`, the encoder reduces its tokens so in training and in scoring.
     """
     ctx, device_name = init_distributed(train.device)
     try:
         with run_lock(out_dir, ctx.is_main), stop_signals():  # as pretraining: one writer
-            return _finetune(base_cfg, weights, train, ft, Path(out_dir), resume, ctx, device_name)
+            return _finetune(
+                base_cfg, weights, train, ft, Path(out_dir), resume, ctx, device_name, reduction
+            )
     finally:
         shutdown_distributed()
 
@@ -785,6 +826,7 @@ def _finetune(
     resume: bool,
     ctx: DistContext,
     device_name: str,
+    reduction: TokenReduction | None = None,
 ) -> FinetuneResult:
     ft.check()
     start_time = time.perf_counter()
@@ -809,7 +851,7 @@ def _finetune(
     if train.base_lr is None:
         train = replace(train, base_lr=auto_base_lr(train.epochs))
     cfg.train = train
-    model, groups = _classifier(cfg, base, weights, num_classes, ft)
+    model, groups = _classifier(cfg, base, weights, num_classes, ft, reduction)
     model = model.to(device)
     teacher = None
     if ft.teacher:
@@ -817,6 +859,7 @@ def _finetune(
         _check_teacher_fits(ft.teacher, teacher, teacher_cfg, cfg, num_classes)
     record = dict(settings_record(train, ft), pretrained=weights is not None)
     record["num_classes"] = num_classes
+    record.update({} if reduction is None else {"token_reduction": reduction.record})
     checkpointer = Checkpointer(out / "checkpoint", cfg, ctx, resume)
     if checkpointer.found:  # resumed: the saved weights, head included
         _check_same_settings(out, record)
@@ -836,16 +879,14 @@ def _finetune(
     final_loss = train_loop(run, state, loss)
     # score the saved classifier: under FSDP the trained one is sharded across processes
     scored, _ = load_classifier(checkpointer.folder, device)
-    progress = train.progress and ctx.is_main
-    mean, std = feature_stats(cfg.data)  # per input for samples with several inputs
-    top1 = classifier_accuracy(
-        scored, x_test, y_test, mean, std, device, run.amp_dtype, progress=progress,
-        crop=ft.test_crop,
-    )  # fmt: skip
-    x_fit, y_fit = fit_items
-    train_top1 = classifier_accuracy(
-        scored, x_fit, y_fit, mean, std, device, run.amp_dtype, progress=progress,
-        crop=ft.test_crop,
+    if reduction is not None:
+        scored.reduction = reduction  # scored as it was trained
+    top1, train_top1 = (
+        classifier_accuracy(
+            scored, x, y, *feature_stats(cfg.data), device, run.amp_dtype,
+            progress=train.progress and ctx.is_main, crop=ft.test_crop,
+        )  # per input's statistics for samples with several inputs
+        for x, y in ((x_test, y_test), fit_items)
     )  # fmt: skip
     if ctx.is_main:
         MetricsWriter(out / "metrics.jsonl").write(
@@ -872,14 +913,19 @@ def _classifier(
     weights: dict[str, torch.Tensor] | None,
     num_classes: int,
     ft: FinetuneConfig,
+    reduction: TokenReduction | None = None,
 ) -> tuple[nn.Module, Callable[[nn.Module], list[dict]]]:
-    """(classifier, its optimiser groups given the wrapped module): a ViT with a head, or for
-    samples with several inputs the method with a head. Groups use the classifier's names."""
+    """(classifier, its optimiser groups given the wrapped module): a ViT with a head (reducing
+    its tokens with `reduction`), or for samples with several inputs the method with a head.
+    Groups use the classifier's names."""
     tc = cfg.train
     if cfg.data.source == "multi":
+        if reduction is not None:
+            raise ConfigError("token reduction needs one image per sample, not data.source: multi")
         multi = build_inputs_classifier(cfg, weights, num_classes, ft, tc.seed)
         return multi, lambda wrapped: inputs_param_groups(multi, tc.weight_decay, ft.layer_decay)
     model = build_classifier(base, weights, num_classes, ft, tc.seed)
+    model.reduction = reduction
     return model, lambda wrapped: layer_decay_param_groups(
         model, tc.weight_decay, ft.layer_decay, cfg.model.depth
     )
