@@ -7,6 +7,7 @@ from eval_helpers import make_learnable_idx, save_tiny_checkpoint
 from test_cli import assert_one_line_error
 
 from mimkit.cli import main
+from mimkit.compress.iared2 import PolicySpec, TokenPolicy, save_policy
 from mimkit.eval import cache as cache_mod
 
 
@@ -76,3 +77,47 @@ def test_bad_block_is_one_line_error(ckpt, capsys):
     assert_one_line_error(capsys, code, r"block must be between 1 and the encoder depth 2, got 7")
     code = main(["eval", "finetune", str(ckpt), "--layer-decay", "1.5"])
     assert_one_line_error(capsys, code, r"layer_decay must be in \(0, 1\]")
+
+
+def test_finetune_with_a_token_reduction_is_recorded_and_kept_apart(ckpt, tmp_path, capsys):
+    args = [
+        "eval",
+        "finetune",
+        str(ckpt),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "2",
+    ]
+    assert main([*args, "--tome-flops", "0.6"]) == 0
+    results = ckpt.parent / "eval"
+    record = json.loads((results / "eval_finetune_tome-flops-0.6.json").read_text())
+    assert record["token_reduction"]["method"] == "tome"
+    assert sum(record["token_reduction"]["r_per_block"]) > 0
+    run = ckpt.parent / "finetune_tome-flops-0.6"
+    assert (
+        json.loads((run / "finetune.json").read_text())["token_reduction"]
+        == record["token_reduction"]
+    )
+    assert not (results / "eval_finetune.json").exists()  # the plain fine-tune's name stays free
+    schedule = tmp_path / "rates.json"
+    schedule.write_text(json.dumps({"prune_keep": [36, 20], "merge_keep": [30, 10]}))
+    assert main([*args, "--diffrate", str(schedule)]) == 0
+    record = json.loads((results / "eval_finetune_diffrate-rates.json").read_text())
+    assert record["token_reduction"]["merge_keep"] == [30, 10]
+    policy = TokenPolicy(PolicySpec(32, [0, 1]))  # the tiny encoder: 32 wide, 2 blocks
+    save_policy(policy, tmp_path / "policy", {"counts": [10, 5]})
+    assert main([*args, "--iared2", str(tmp_path / "policy")]) == 0
+    record = json.loads((results / "eval_finetune_iared2-policy.json").read_text())
+    assert record["token_reduction"]["counts"] == [10, 5]
+    capsys.readouterr()
+    code = main([*args, "--tome-r", "1", "--diffrate", str(schedule)])
+    assert_one_line_error(capsys, code, "one token reduction at a time")
+    schedule.write_text(json.dumps({"prune_keep": [36], "merge_keep": [30]}))
+    code = main([*args, "--diffrate", str(schedule)])
+    assert_one_line_error(capsys, code, "a schedule of 1 blocks, the encoder has 2")
+    schedule.write_text("{}")
+    code = main([*args, "--diffrate", str(schedule)])
+    assert_one_line_error(capsys, code, "not a DiffRate schedule")

@@ -195,6 +195,17 @@ def _finetune_options(p: argparse.ArgumentParser) -> None:
             if f.name in ("img_size", "max_steps", "batch_size", "randaug_ops", "epochs"):
                 kind = int
             p.add_argument(flag, type=kind, **kw)
+    reduce = p.add_argument_group(
+        "token reduction in the loop (one; trained and scored with it, as the papers fine-tune)"
+    )
+    reduce.add_argument("--tome-r", type=int, help="ToMe: merge R tokens after every block")
+    reduce.add_argument(
+        "--tome-flops", type=float, help="ToMe: the schedule nearest this fraction of the FLOPs"
+    )
+    reduce.add_argument("--diffrate", help="DiffRate: the schedule JSON `compress diffrate` wrote")
+    reduce.add_argument(
+        "--iared2", help="IA-RED²: the policy folder `compress iared2` wrote (kept frozen)"
+    )
     p.set_defaults(func=cmd_eval_finetune)
 
 
@@ -307,6 +318,7 @@ def result_name(protocol: str, random_init: bool, args: argparse.Namespace | Non
             ("data", getattr(args, "data", None) and Path(args.data).name),
             ("source", getattr(args, "source", None)),
         ]
+        given += reduction_given(args)
         if protocol == "knn":
             given += [
                 ("k", args.k if args.k != KNN_K else None),
@@ -315,6 +327,17 @@ def result_name(protocol: str, random_init: bool, args: argparse.Namespace | Non
         parts += [f"{key}-{value}" for key, value in given if value is not None]
     name = "_".join(parts)
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) + ".json"
+
+
+def reduction_given(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """`eval finetune`'s token reduction, as (name, value) for result and folder names."""
+    given = [
+        ("tome-r", getattr(args, "tome_r", None)),
+        ("tome-flops", getattr(args, "tome_flops", None)),
+        ("diffrate", getattr(args, "diffrate", None) and Path(args.diffrate).stem),
+        ("iared2", getattr(args, "iared2", None) and Path(args.iared2).name),
+    ]
+    return [(key, value) for key, value in given if value is not None]
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -497,7 +520,9 @@ def cmd_eval_fewshot(args: argparse.Namespace) -> int:
 
 def cmd_eval_finetune(args: argparse.Namespace) -> int:
     # torch loads only when a command runs: --help stays fast
+    from mimkit.compress.reductions import reduction_for
     from mimkit.eval.finetune import finetune, finetune_flags, split_settings
+    from mimkit.models.config import resolve_model_config
     from mimkit.train.checkpoint import (
         MODEL_FILE,
         load_config_file,
@@ -511,10 +536,20 @@ def cmd_eval_finetune(args: argparse.Namespace) -> int:
     use_data_args(cfg, args)
     values = {f.name: getattr(args, f.name) for f in finetune_flags() if hasattr(args, f.name)}
     train, ft = split_settings(values)  # train_limit and device come from the common args
+    reduction = reduction_for(
+        resolve_model_config(cfg.model), args.tome_r, args.tome_flops, args.diffrate, args.iared2
+    )
+    if reduction is not None and ft.img_size is not None:
+        raise ConfigError(
+            "--img-size with a token reduction: its schedule counts the checkpoint's tokens"
+        )
     weights = None if args.random_init else read_weights(folder / MODEL_FILE)
-    default_out = folder.parent / ("finetune_random_init" if args.random_init else "finetune")
+    default_out = folder.parent / "_".join(
+        ["finetune"] + (["random_init"] if args.random_init else [])
+        + [f"{key}-{value}" for key, value in reduction_given(args)]
+    )  # fmt: skip
     out = Path(args.out) if args.out else default_out
-    result = finetune(cfg, weights, train, ft, out, resume=not args.no_resume)
+    result = finetune(cfg, weights, train, ft, out, resume=not args.no_resume, reduction=reduction)
     if not env_context().is_main:
         return 0  # under torchrun, rank 0 reports
     print(

@@ -10,14 +10,24 @@ alternates policy and backbone updates: said in its record.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from torch import nn
 
 from mimkit.compress.diffrate import Schedule, diffrate_tokens
-from mimkit.compress.iared2 import RandomTokenPolicy, TokenPolicy, check_counts, iared2_tokens
-from mimkit.compress.tome import tome_tokens
+from mimkit.compress.iared2 import (
+    RandomTokenPolicy,
+    TokenPolicy,
+    check_counts,
+    iared2_tokens,
+    load_policy,
+)
+from mimkit.compress.tome import tome_schedule_for, tome_tokens
+from mimkit.errors import CheckpointError, ConfigError
 from mimkit.eval.finetune import TokenReduction
+from mimkit.models.config import ModelConfig
 
 
 def tome_reduction(r_per_block: Sequence[int], proportional: bool = True) -> TokenReduction:
@@ -70,3 +80,52 @@ def iared2_reduction(
             "counts": counts,
         },
     )
+
+
+def reduction_for(
+    cfg: ModelConfig,
+    tome_r: int | None = None,
+    tome_flops: float | None = None,
+    diffrate: str | Path | None = None,
+    iared2: str | Path | None = None,
+) -> TokenReduction | None:
+    """The reduction `mimkit eval finetune` is asked for (at most one), for an encoder of
+    `cfg`: ToMe at r per block or at a FLOPs fraction, a DiffRate schedule JSON (`mimkit
+    compress diffrate --out`), an IA-RED² policy folder (`mimkit compress iared2 --out`, at the
+    counts it was trained for)."""
+    given = [x is not None for x in (tome_r, tome_flops, diffrate, iared2)]
+    if sum(given) > 1:
+        raise ConfigError(
+            "one token reduction at a time: --tome-r, --tome-flops, --diffrate or --iared2"
+        )
+    if tome_r is not None:
+        if tome_r < 0:
+            raise ConfigError(f"--tome-r: expected r >= 0 tokens merged per block, got {tome_r}")
+        return tome_reduction([tome_r] * cfg.depth)
+    if tome_flops is not None:
+        if not 0.0 < tome_flops <= 1.0:
+            raise ConfigError(f"--tome-flops: expected a fraction in (0, 1], got {tome_flops}")
+        return tome_reduction(tome_schedule_for(cfg, tome_flops))
+    if diffrate is not None:
+        schedule = _read_schedule(Path(diffrate))
+        if len(schedule.prune_keep) != cfg.depth:
+            raise ConfigError(
+                f"{diffrate}: a schedule of {len(schedule.prune_keep)} blocks, the encoder has "
+                f"{cfg.depth}"
+            )
+        return diffrate_reduction(schedule)
+    if iared2 is not None:
+        policy, record = load_policy(iared2)
+        if "counts" not in record:
+            raise CheckpointError(f"{Path(iared2) / 'iared2.json'}: no 'counts' to keep")
+        return iared2_reduction(policy, record["counts"], cfg.num_patches)
+    return None
+
+
+def _read_schedule(path: Path) -> Schedule:
+    try:
+        return Schedule.from_record(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path}: not a DiffRate schedule with prune_keep and merge_keep ({exc})"
+        ) from None
