@@ -363,3 +363,16 @@ def test_joint_tile_groups_need_both_groups(tmp_path):
     class_means = np.stack([both[labels.numpy() == c].mean(0) for c in range(4)])
     spread = class_means.std(0).mean() / both.std(0).mean()
     assert spread < 0.5, spread  # the patterns' random phases average out
+
+
+def test_joint_tiles_noise_is_the_std_asked_for_and_the_rest_stays():
+    """`--noise`: the same seed gives the same stripes, windows and gains; only the noise's
+    scale changes (difference between two levels: std = their difference)."""
+    from mimkit.data.multi_synth import joint_tile
+
+    quiet = joint_tile(2, 6, 3, 32, np.random.default_rng(5), noise=0.0).astype(float)
+    loud = joint_tile(2, 6, 3, 32, np.random.default_rng(5), noise=40.0).astype(float)
+    assert abs((loud - quiet).std() - 40.0) < 2.0
+    assert _stripe_orientation(quiet[:3]) == 1 and _stripe_orientation(quiet[3:]) == 0
+    with pytest.raises(ConfigError, match="--noise must be in"):
+        make_tile_groups(Path("unused"), train=1, test=1, joint=True, noise=-1, progress=False)

@@ -5,7 +5,9 @@
 # (32x32) and at 2x and 4x the side (the size-extrapolation check). Run from a folder where
 # data/ and res/ may be written, with mimkit importable (PYTHONPATH=REPO/src).
 #   bash docs/results/multiview-joint.sh [data|pretrain|probe|all]   (default all)
+# NOISE=25 makes the tiles with pixel noise std 25 instead of 100 (the section's second run).
 set -eu
+NOISE=${NOISE:-100}
 REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
 C=$REPO/configs
 STEP=${1:-all}
@@ -14,9 +16,9 @@ P="python3 $REPO/benchmarks/multiview_probes.py --seeds 0,1 --k 10"
 
 if [ "$STEP" = data ] || [ "$STEP" = all ]; then
   # seeded tiles: 32x32 for training, 64 and 128 (the same scenes' statistics, larger) for the check
-  python3 -m mimkit.cli data synth tile-groups data/joint --joint --train 1200 --test 600 --seed 0
-  python3 -m mimkit.cli data synth tile-groups data/joint_64 --joint --size 64 --train 1200 --test 600 --seed 1
-  python3 -m mimkit.cli data synth tile-groups data/joint_128 --joint --size 128 --train 600 --test 300 --seed 2
+  python3 -m mimkit.cli data synth tile-groups data/joint --joint --noise $NOISE --train 1200 --test 600 --seed 0
+  python3 -m mimkit.cli data synth tile-groups data/joint_64 --joint --noise $NOISE --size 64 --train 1200 --test 600 --seed 1
+  python3 -m mimkit.cli data synth tile-groups data/joint_128 --joint --noise $NOISE --size 128 --train 600 --test 300 --seed 2
   python3 -m mimkit.cli data stats data/joint --source multi --size 32 32 | tail -1 > data/joint_stats.json
   # the six bands as one image per tile, for MAE (the same files' contents, concatenated)
   python3 - <<'EOF'

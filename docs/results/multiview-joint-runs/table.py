@@ -1,16 +1,18 @@
 """The tables of the joint-sensor section of docs/results/multiview.md, from the probe and
-reconstruction JSONs beside this file (copied from multiview-joint.sh's res/).
+reconstruction JSONs beside this file (copied from multiview-joint.sh's res/), or in the
+folder given (noise25/: the same run on tiles with pixel noise 25 instead of 100).
 
-    python docs/results/multiview-joint-runs/table.py
+    python docs/results/multiview-joint-runs/table.py [FOLDER]
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
+HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
 SIZES = (32, 64, 128)
 
 

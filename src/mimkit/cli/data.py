@@ -62,6 +62,12 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="tile-groups: four classes that need both groups (each alone tells at most half)",
     )
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=100.0,
+        help="tile-groups --joint: pixel noise std (stripes 80-160; default: 100)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the generator")
     p.set_defaults(func=cmd_data_synth)
 
@@ -163,7 +169,7 @@ def _synth_multi(args: argparse.Namespace, counts: dict[str, int]) -> Path:
         )
     return multi_synth.make_tile_groups(
         args.out, bands=args.bands, optical=args.optical_bands, size=size, seed=args.seed,
-        joint=args.joint, **counts,
+        joint=args.joint, noise=args.noise, **counts,
     )  # fmt: skip
 
 

@@ -80,6 +80,10 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array, mode="L").save(path)
 
 
+#: Pixel noise (std) of `joint` tiles unless asked otherwise; the stripes' amplitude is 80-160.
+JOINT_NOISE = 100.0
+
+
 def _write_inputs(root: Path, inputs: dict[str, dict], **meta) -> None:
     text = json.dumps({"inputs": inputs, **meta}, indent=1)
     (root / INPUTS_FILE).write_text(text + "\n")
@@ -185,11 +189,15 @@ def make_tile_groups(
     seed: int = 0,
     progress: bool = True,
     joint: bool = False,
+    noise: float = JOINT_NOISE,
 ) -> Path:
     """Write multi-band tiles split into `optical/` (the first `optical` bands, default half)
     and `radar/` (the rest), uint16 .npy (C, H, W) each. `joint`: four classes that need both
-    groups (see the module docstring) instead of three that either group tells."""
+    groups (see the module docstring) instead of three that either group tells; `noise` is
+    their pixel noise's std (the stripes' amplitude is 80-160)."""
     optical = bands // 2 if optical is None else optical
+    if joint and not 0.0 <= noise <= 10_000.0:
+        raise ConfigError(f"tile-groups: --noise must be in [0, 10000], got {noise}")
     if bands < 2 or not 1 <= optical < bands:
         raise ConfigError(
             f"tile-groups: needs --bands >= 2 and 1 <= --optical-bands < bands, got {bands}, "
@@ -202,7 +210,7 @@ def make_tile_groups(
         for n in range(count):
             label = n % (4 if joint else 3)
             if joint:
-                tile = joint_tile(label, bands, optical, size, rng)
+                tile = joint_tile(label, bands, optical, size, rng, noise)
             else:
                 tile = make_tile(label, bands, size, rng)
             for group, part in (("optical", tile[:optical]), ("radar", tile[optical:])):
@@ -214,23 +222,28 @@ def make_tile_groups(
     _write_inputs(
         root, {"optical": {"channels": optical}, "radar": {"channels": bands - optical}},
         kind="tile-groups", seed=seed, size=size, bands=bands, train=train, test=test,
-        joint=joint,
+        joint=joint, **({"noise": noise} if joint else {}),
     )  # fmt: skip
     return root
 
 
 def joint_tile(
-    label: int, bands: int, optical: int, size: int, rng: np.random.Generator
+    label: int,
+    bands: int,
+    optical: int,
+    size: int,
+    rng: np.random.Generator,
+    noise: float = JOINT_NOISE,
 ) -> np.ndarray:
     """uint16 (bands, size, size) of `joint` class `label` (0-3): band offsets and noise (std
-    100), and in each group a stripe pattern of amplitude 80-160 inside a random window of at
+    `noise`, 100 by default), and in each group a stripe pattern of amplitude 80-160 inside a random window of at
     least half the side, along x + y (orientation 0) or x - y (1). Optical's orientation is
     label // 2, radar's label % 2. The pattern's frequency, phase, window and per-band gains are
     drawn per group, so no fixed pixel tells the orientation: a model must see the stripes. The
     stripes' period is set in pixels (2.5-5 cycles per 32 pixels), so a larger tile is a larger
     scene at the same resolution: what a size-extrapolation check needs."""
     yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
-    tile = np.linspace(500, 3000, bands)[:, None, None] + rng.normal(0, 100, (bands, size, size))
+    tile = np.linspace(500, 3000, bands)[:, None, None] + rng.normal(0, noise, (bands, size, size))
     for group, orientation in ((slice(0, optical), label // 2), (slice(optical, bands), label % 2)):
         freq, phase = rng.uniform(2.5, 5) * size / 32, rng.uniform(0, 2 * np.pi)
         along = xx + yy if orientation == 0 else xx - yy
