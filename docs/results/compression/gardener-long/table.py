@@ -1,0 +1,76 @@
+"""Gardener's entropy ranking against the oracle on the 6-block demo architecture after 3, 5,
+10, 15 and 20 epochs of MAE: the table and plot of compression.md's section on it, from the
+compression_study.py records beside this file (copied from the run folders of gardener.sh)."""
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RUNS = [  # (record, pretraining epochs, pretraining seed)
+    ("ep3_demo", 3, 0),
+    ("ep5_s0", 5, 0),
+    ("ep10_s0", 10, 0),
+    ("ep15_s0", 15, 0),
+    ("ep20_s0", 20, 0),
+    ("ep20_s1", 20, 1),
+]
+METHODS = ("entropy", "norm", "first", "last", "random")
+
+
+def main() -> int:
+    rows = [(json.loads((HERE / f"{name}.json").read_text()), ep, seed) for name, ep, seed in RUNS]
+    head = "| epochs | seed | full kNN | " + " | ".join(f"{m} ρ" for m in METHODS)
+    head += " | oracle's 3 blocks | entropy's 3 blocks | entropy keep 3 | first keep 3 |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for d, ep, seed in rows:
+        rho = [f"{d['spearman_vs_oracle'][m]:+.2f}" for m in METHODS]
+        kept = d["kept_blocks"]
+        cells = [str(ep), str(seed), f"{100 * d['full_top1']:.2f}", *rho,
+                 str(kept["oracle"]["3"]), str(kept["entropy"]["3"]),
+                 f"{100 * d['pruning_top1']['entropy']['3']:.2f}",
+                 f"{100 * d['pruning_top1']['first']['3']:.2f}"]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+    if "--plot" in sys.argv:
+        plot(rows, HERE.parent / "gardener_long.png")
+    return 0
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for m in METHODS:
+        pts = [(ep, d["spearman_vs_oracle"][m]) for d, ep, seed in rows if seed == 0]
+        axes[0].plot(*zip(*pts, strict=True), "o-", label=m)
+    for d, ep, seed in rows:
+        if seed == 1:
+            axes[0].plot([ep], [d["spearman_vs_oracle"]["entropy"]], "x", color="C0", ms=9)
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_xlabel("MAE pretraining epochs")
+    axes[0].set_ylabel("Spearman ρ with the oracle")
+    axes[0].set_title("block ranking vs oracle (x: entropy, seed 1)")
+    axes[0].legend(fontsize=8)
+    last = [d for d, ep, seed in rows if ep == 20 and seed == 0][0]
+    blocks = range(len(last["scores"]["oracle"]))
+    axes[1].bar([b - 0.2 for b in blocks], [100 * s for s in last["scores"]["oracle"]], 0.4,
+                label="oracle: kNN drop when removed (points)")  # fmt: skip
+    ent = last["scores"]["entropy"]
+    lo, hi = min(ent), max(ent)
+    axes[1].bar([b + 0.2 for b in blocks], [(e - lo) / (hi - lo) * 10 for e in ent], 0.4,
+                label="entropy, rescaled to 0-10")  # fmt: skip
+    axes[1].set_xlabel("block")
+    axes[1].set_title("20 epochs, seed 0")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
