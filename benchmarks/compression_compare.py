@@ -381,6 +381,29 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+MARKERS = {0.5: "o", 0.65: "s", 0.8: "^", None: "*"}  # by FLOPs target; None: a reference row
+
+
+def draw_points(ax, points: list[dict], colours: dict[str, str], legend: bool = True) -> None:
+    """Accuracy (%) vs img/s, one marker per (method, target): `points` hold method, target,
+    img_per_s, acc, acc_spread and optionally q (img/s quartiles, drawn as x error bars)."""
+    for s in points:
+        xerr = None
+        if s.get("q") and None not in s["q"]:
+            xerr = [[s["img_per_s"] - s["q"][0]], [s["q"][1] - s["img_per_s"]]]
+        ax.errorbar(
+            s["img_per_s"], 100 * s["acc"], yerr=100 * s["acc_spread"], xerr=xerr,
+            fmt=MARKERS.get(s["target"], "o"), color=colours[s["method"]], ms=6, capsize=2,
+        )  # fmt: skip
+    if not legend:
+        return
+    for m, colour in colours.items():
+        ax.plot([], [], "o", color=colour, label=m)
+    for t, mk in MARKERS.items():
+        ax.plot([], [], mk, color="grey", label="reference" if t is None else f"{t:.2f}x FLOPs")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
 def plot(rows: list[dict], path: Path) -> None:
     try:
         import matplotlib  # optional dependency: mimkit[plot]
@@ -392,23 +415,12 @@ def plot(rows: list[dict], path: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     summary = [s for s in summarise(rows) if s["img_per_s"] is not None]
-    markers = {0.5: "o", 0.65: "s", 0.8: "^", None: "*"}
     methods = sorted({s["method"] for s in summary})
-    colours = {m: f"C{i}" for i, m in enumerate(methods)}
-    for s in summary:
-        ax.errorbar(
-            s["img_per_s"], 100 * s["linear"], yerr=100 * s["linear_spread"],
-            xerr=[[s["img_per_s"] - s["q"][0]], [s["q"][1] - s["img_per_s"]]],
-            fmt=markers.get(s["target"], "o"), color=colours[s["method"]], ms=6, capsize=2,
-        )  # fmt: skip
-    for m in methods:
-        ax.plot([], [], "o", color=colours[m], label=m)
-    for t, mk in markers.items():
-        ax.plot([], [], mk, color="grey", label="reference" if t is None else f"{t:.2f}x FLOPs")
+    points = [dict(s, acc=s["linear"], acc_spread=s["linear_spread"]) for s in summary]
+    draw_points(ax, points, {m: f"C{i}" for i, m in enumerate(methods)})
     ax.set_xlabel("images / s (CPU, interleaved, one batch)")
     ax.set_ylabel("linear probe top-1 (%)")
     ax.set_title("Compression at matched FLOPs, frozen features, no fine-tuning")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

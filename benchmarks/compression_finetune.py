@@ -6,7 +6,8 @@ Each (method, FLOPs target) is rebuilt as `compression_compare.py` built it, fro
 
 - ToMe: the near-constant schedule nearest the target (`compress.tome.tome_schedule_for`);
 - block pruning: Gardener's entropy ranking, the depth nearest the target; + ToMe: one block
-  pruned, ToMe the rest of the way;
+  pruned, ToMe the rest of the way; "(first k)": the same depth, the first blocks kept (the
+  oracle's ranking on this model; not in `compare.json`, its speed is block pruning's);
 - DiffRate: the schedule `compare.json` holds for that seed and target (not learned again);
 - IA-RED²: the policy `compression_compare.py` saved per seed (`iared2-seed{S}/`), frozen, at
   the target's keep counts;
@@ -45,12 +46,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from compression_compare import block_prune_variant, machine_info
+from compression_compare import block_prune_variant, draw_points, machine_info
 
 from mimkit.bench.flops import encoder_inference_flops
 from mimkit.compress import iared2 as ia
 from mimkit.compress.diffrate import Schedule
 from mimkit.compress.optin import optin_prune
+from mimkit.compress.prune import prune_blocks
 from mimkit.compress.reductions import diffrate_reduction, iared2_reduction, tome_reduction
 from mimkit.compress.tome import tome_schedule_for
 from mimkit.data.sources import load_labelled_splits
@@ -59,9 +61,11 @@ from mimkit.eval.finetune import TokenReduction, finetune, split_settings
 from mimkit.train.checkpoint import load_config_file, load_model, read_weights, save_checkpoint
 
 FULL, SCRATCH = "full encoder", "untrained (from scratch)"
+FIRST_K = "block pruning (first k)"  # the same depth, the first blocks kept: the oracle's choice
 METHODS = (
     "ToMe",
     "block pruning",
+    FIRST_K,
     "block pruning + ToMe",
     "IA-RED²",
     "DiffRate",
@@ -130,6 +134,9 @@ def plans(args, seed: int) -> list[Plan]:
         pruned, detail = block_prune_variant(model, target, full)
         folder = write_pruned(pruned, cfg, work / slug("block pruning", target))
         out.append(Plan("block pruning", target, folder, None, detail))
+        first = list(range(len(detail["kept_blocks"])))
+        folder = write_pruned(prune_blocks(model, first), cfg, work / slug(FIRST_K, target))
+        out.append(Plan(FIRST_K, target, folder, None, {"kept_blocks": first}))
         pruned1, detail1 = block_prune_variant(model, 1.0 - 1.0 / mcfg.depth + 1e-9, full)
         folder1 = write_pruned(pruned1, cfg, work / "block-pruning-1")
         rs1 = tome_schedule_for(pruned1.cfg, target * full / encoder_inference_flops(pruned1.cfg))
@@ -219,6 +226,7 @@ def collect(args) -> None:
     `compare.json` (frozen-feature scores and img/s of the same variants)."""
     runs = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("runs/*/seed*.json"))]
     compare = json.loads((Path(args.compare) / "compare.json").read_text())
+    full_mflops = compare["full_mflops"]
     frozen: dict[tuple, dict] = {}
     for row in compare["rows"]:
         method = FULL if row["method"] == "full encoder" else row["method"]
@@ -240,15 +248,24 @@ def collect(args) -> None:
         top = [r["top1"] for r in rs]
         fz = frozen.get((method, target), [])
         lin = [x for f in fz for x in f["linear_top1"]]
-        speed = next((f["img_per_s"] for f in fz if "img_per_s" in f), None)
+        # first-k has block pruning's shapes, so its speed; it has no frozen scores of its own
+        timed = frozen.get(("block pruning", target), []) if method == FIRST_K else fz
+        speed = next((f["img_per_s"] for f in timed if "img_per_s" in f), None)
+        # without a reduction the model's own FLOPs are exact (a pruned model's are smaller)
+        own = statistics.mean(r["model_mflops_before_reduction"] for r in rs) / full_mflops
         s = {
             "method": method,
             "target": target,
-            "flops": fz[0]["flops"] if fz else 1.0,
+            "flops": statistics.mean(f["flops"] for f in fz) if fz else own,
             "top1": statistics.mean(top),
             "top1_spread": (max(top) - min(top)) / 2,
             "train_top1": statistics.mean(r["train_top1"] for r in rs),
             "frozen_linear": statistics.mean(lin) if lin else None,
+            "frozen_linear_spread": (max(lin) - min(lin)) / 2 if lin else 0.0,
+            "q": next(
+                ((f["img_per_s_q25"], f["img_per_s_q75"]) for f in timed if "img_per_s" in f),
+                None,
+            ),
             "img_per_s": speed,
             "seeds": sorted(r["seed"] for r in rs),
             "seconds": statistics.mean(r["seconds"] for r in rs),
@@ -261,7 +278,7 @@ def collect(args) -> None:
             f"{100 * s['top1']:.2f} ± {100 * s['top1_spread']:.2f}",
             f"{100 * s['train_top1']:.1f}",
             "–" if s["frozen_linear"] is None else f"{100 * s['frozen_linear']:.1f}",
-            "–" if speed is None else f"{speed:.0f}",
+            "–" if speed is None else f"({speed:.0f})" if method == FIRST_K else f"{speed:.0f}",
             str(len(rs)),
             f"{s['seconds']:.0f}",
         ]
@@ -274,6 +291,8 @@ def collect(args) -> None:
 
 
 def plot(summary: list[dict], path: Path) -> None:
+    """Frozen linear probe (left) and fine-tuned top-1 (right) against img/s, one colour per
+    method on both panels."""
     try:
         import matplotlib  # optional dependency: mimkit[plot]
 
@@ -282,25 +301,23 @@ def plot(summary: list[dict], path: Path) -> None:
     except ImportError:
         log("matplotlib missing: no plot")
         return
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    markers = {0.5: "o", 0.65: "s", 0.8: "^", None: "*"}
-    methods = [m for m in [FULL, SCRATCH, *METHODS] if any(s["method"] == m for s in summary)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharex=True)
+    timed = [s for s in summary if s["img_per_s"] is not None]
+    methods = [m for m in [FULL, SCRATCH, *METHODS] if any(s["method"] == m for s in timed)]
     colours = {m: f"C{i}" for i, m in enumerate(methods)}
-    for s in summary:
-        if s["img_per_s"] is None:
-            continue
-        ax.errorbar(
-            s["img_per_s"], 100 * s["top1"], yerr=100 * s["top1_spread"],
-            fmt=markers.get(s["target"], "o"), color=colours[s["method"]], ms=6, capsize=2,
-        )  # fmt: skip
-    for m in methods:
-        ax.plot([], [], "o", color=colours[m], label=m)
-    for t, mk in markers.items():
-        ax.plot([], [], mk, color="grey", label="reference" if t is None else f"{t:.2f}x FLOPs")
-    ax.set_xlabel("images / s (CPU, interleaved, one batch; compare.json)")
-    ax.set_ylabel("fine-tuned top-1 (%)")
-    ax.set_title("Compression at matched FLOPs, then fine-tuned (10k labels, 3 epochs)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    frozen = [
+        dict(s, acc=s["frozen_linear"], acc_spread=s["frozen_linear_spread"])
+        for s in timed
+        if s["frozen_linear"] is not None
+    ]
+    tuned = [dict(s, acc=s["top1"], acc_spread=s["top1_spread"]) for s in timed]
+    draw_points(axes[0], frozen, colours, legend=False)
+    draw_points(axes[1], tuned, colours)
+    axes[0].set_title("frozen features: linear probe (5k bank, 2k test)")
+    axes[1].set_title("fine-tuned with the reduction in the loop (10k labels, 3 epochs)")
+    axes[0].set_ylabel("top-1 (%)")
+    for ax in axes:
+        ax.set_xlabel("images / s (CPU, interleaved, one batch; compare.json)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
