@@ -34,7 +34,9 @@ ln -sfn "$(realpath "$PAIRS")/test/view1" "$VIEW1/test"
 SMALL="model.embed_dim=96 model.num_heads=3 model.depth=4 model.decoder_embed_dim=64 model.decoder_depth=1 model.decoder_num_heads=2"
 # the schedule of one epoch (46 steps of 64), stopped after 20 steps (the CPU time there was);
 # FRESH= (empty) resumes a stopped run instead of starting over (resuming is exact on CPU)
-PRE="train.epochs=1 train.max_steps=20 train.batch_size=64 train.base_lr=1.5e-3 train.warmup_epochs=0.1 train.log_every=5 train.progress=false ${FRESH---no-resume} --no-eval"
+# EPOCHS=30 MAX_STEPS=1380 WARMUP=2 (or EPOCHS=60 MAX_STEPS=2760 WARMUP=4): the longer runs of the CroCo section
+EPOCHS=${EPOCHS:-1} MAX_STEPS=${MAX_STEPS:-20} WARMUP=${WARMUP:-0.1}
+PRE="train.epochs=$EPOCHS train.max_steps=$MAX_STEPS train.batch_size=64 train.base_lr=1.5e-3 train.warmup_epochs=$WARMUP train.log_every=5 train.progress=false ${FRESH---no-resume} --no-eval"
 MAE_DATA="model.img_size=32 model.patch_size=4 model.pool=avg data.source=folder data.path=$VIEW1 data.channels=1 data.mean=[0.33761] data.std=[0.295644] data.crop_scale=[0.5,1.0]"
 for seed in 0 1; do
   step pre_croco_$seed $MIMKIT pretrain configs/fmnist_croco_tiny.yaml data.path=$PAIRS out_dir=$RUNS/croco_s$seed train.seed=$seed $SMALL $PRE
