@@ -30,7 +30,9 @@ def test_load_and_encode_match_the_evaluation_features(tmp_path):
     assert model.checkpoint == folder and model.cfg.model.depth == 2
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     feats = model.encode(images)
-    expected = extract_features(model.encoder, images, cfg.data.mean, cfg.data.std, progress=False)
+    expected = extract_features(
+        model.encoder, images, cfg.data.mean, cfg.data.std, progress=False
+    )
     assert feats.shape == (5, cfg.model.embed_dim) and torch.equal(feats, expected)
     # numpy, one image, PIL images and files: the same features for the same pixels
     assert torch.equal(mimkit.encode(images.numpy(), model), feats)

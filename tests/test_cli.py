@@ -59,9 +59,9 @@ def test_pretrain_then_eval_knn_on_fashion_mnist_subset(tmp_path):
     done = run_cli("eval", "knn", out, "--train-limit", "2000")
     assert done.returncode == 0, done.stderr
     assert "kNN top-1 (pretrained, k=20" in done.stdout
-    assert json.loads((out / "eval" / "eval_knn_train-2000.json").read_text())[
-        "top1"
-    ] == pytest.approx(results["knn_pretrained"], abs=1e-6)
+    assert json.loads((out / "eval" / "eval_knn_train-2000.json").read_text())["top1"] == pytest.approx(
+        results["knn_pretrained"], abs=1e-6
+    )
 
 
 def test_data_info_on_idx_and_image_folders(tmp_path, capsys):

@@ -59,9 +59,7 @@ def test_a_run_asking_gpu_here_decodes_on_the_cpu_the_same_batches(tmp_path, cap
     folder = jpeg_folder(tmp_path / "img")
     cfg = DataConfig(source="folder", path=str(folder))
     cpu = all_batches(TrainSource(cfg, 3, (32, 32), 0))
-    source = TrainSource(
-        DataConfig(source="folder", path=str(folder), decode="gpu"), 3, (32, 32), 0
-    )
+    source = TrainSource(DataConfig(source="folder", path=str(folder), decode="gpu"), 3, (32, 32), 0)
     assert decode.decode_on(source, "gpu", 3, (32, 32), torch.device("cpu")) == "cpu"
     assert "decoding images on the CPU" in capsys.readouterr().out
     for a, b in zip(cpu, all_batches(source), strict=True):

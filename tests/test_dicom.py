@@ -33,10 +33,7 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", frames=1, syntax=Explic
     meta.TransferSyntaxUID = syntax
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        SecondaryCaptureImageStorage,
-        meta.MediaStorageSOPInstanceUID,
-    )
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
     colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
     ds.Rows, ds.Columns = pixels.shape[1], pixels.shape[2]
     ds.SamplesPerPixel = 3 if colour else 1
@@ -74,9 +71,7 @@ def test_rescale_then_the_files_window_then_monochrome1_inverted(tmp_path):
     assert got.min() == 0 and got.max() == 255  # the window clips both ends of this ramp
     # the setting's window wins over the file's
     assert np.array_equal(read_dicom(ct, [-1024, 2])[0, 0], apply_window(hu, -1024, 2))
-    mono1 = write_dicom(
-        tmp_path / "cr.dcm", stored, "MONOCHROME1", WindowCenter=300, WindowWidth=400
-    )
+    mono1 = write_dicom(tmp_path / "cr.dcm", stored, "MONOCHROME1", WindowCenter=300, WindowWidth=400)
     expected = 255 - apply_window(stored[0].astype(float), 300, 400)
     assert np.array_equal(read_dicom(mono1)[0, 0], expected)
 

@@ -67,9 +67,7 @@ def test_bands_by_index_or_name_planar_or_contiguous(tmp_path):
         by_index, _ = load_split(DataConfig(source="geotiff", path=str(tmp_path / folder),
                                             bands=[3]), "train", 1, (16, 16))  # fmt: skip
         assert torch.equal(by_index[0, 0], torch.from_numpy(t[3]))
-    everything, _ = load_split(
-        DataConfig(source="geotiff", path=str(tmp_path / "a")), "train", 4, (16, 16)
-    )
+    everything, _ = load_split(DataConfig(source="geotiff", path=str(tmp_path / "a")), "train", 4, (16, 16))
     assert torch.equal(everything[0], torch.from_numpy(t))
     # names in a config: a mixed list of indices and names is read as such
     cfg = load_config(None, ["data.source=geotiff", "data.bands=[B08, 0]", "model.in_chans=2"])
@@ -97,17 +95,9 @@ def test_nodata_is_left_out_of_the_statistics(tmp_path):
 def test_patches_touching_nodata_are_left_out_of_the_loss():
     torch.manual_seed(0)
     model = build_mae(
-        mimkit.config.ModelConfig(
-            img_size=16,
-            in_chans=2,
-            patch_size=4,
-            embed_dim=32,
-            depth=1,
-            num_heads=2,
-            decoder_embed_dim=16,
-            decoder_depth=1,
-            decoder_num_heads=2,
-        )  # fmt: skip
+        mimkit.config.ModelConfig(img_size=16, in_chans=2, patch_size=4, embed_dim=32, depth=1,
+                                  num_heads=2, decoder_embed_dim=16, decoder_depth=1,
+                                  decoder_num_heads=2)  # fmt: skip
     )
     x = torch.randn(2, 2, 16, 16)
     x[0, 1, 0, 0] = float("nan")  # touches patch 0 of sample 0
@@ -129,9 +119,7 @@ def test_patches_touching_nodata_are_left_out_of_the_loss():
     same = masked_mse(out.pred, moved, weighted.hidden_weight)
     torch.testing.assert_close(same, masked_mse(out.pred, target, weighted.hidden_weight))
     assert masked_mse(out.pred, moved, mask.binary) > masked_mse(out.pred, target, mask.binary) + 1
-    torch.testing.assert_close(
-        out.loss, masked_mse(out.pred.float(), target, weighted.hidden_weight)
-    )
+    torch.testing.assert_close(out.loss, masked_mse(out.pred.float(), target, weighted.hidden_weight))
     # a batch whose hidden patches are all nodata costs 0, not NaN (NaN would count as a
     # non-finite step and could halt the run)
     assert masked_mse(out.pred, target, torch.zeros(2, 16)) == 0

@@ -193,7 +193,9 @@ def test_init_from_needs_its_weights_read_and_a_readable_source(tmp_path):
         load_config(None, ["model.init_from=''"])
 
 
-def test_an_official_mae_pth_starts_a_run_with_every_weight_and_its_assumptions(tmp_path, recorded):
+def test_an_official_mae_pth_starts_a_run_with_every_weight_and_its_assumptions(
+    tmp_path, recorded
+):
     source = tiny_source(tmp_path / "ck", embed_dim=192, num_heads=3, decoder_embed_dim=32)
     torch.save({"model": mimkit_to_official(source.state_dict())}, tmp_path / "mae_visualize.pth")
     data = image_folder(tmp_path / "images", 2, 16)

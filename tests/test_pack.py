@@ -32,9 +32,7 @@ def make_folder(root, n=N, side=28):
     for i in range(n):
         folder = root / f"c{i % 2}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (side, side), dtype=np.uint8)).save(
-            folder / f"{i:03d}.png"
-        )
+        Image.fromarray(rng.integers(0, 255, (side, side), dtype=np.uint8)).save(folder / f"{i:03d}.png")
     return root
 
 
@@ -222,9 +220,7 @@ def test_a_truncated_shard_is_a_counted_skip_or_a_one_line_error(tmp_path, packe
     end = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert end["skipped_items"] == {"truncated_shard": 8} and result.corrupt_skipped > 0
     (bad / "shard-000002.tar").unlink()
-    with pytest.raises(
-        DataError, match=rf"shard-000001.tar: shard truncated \({cut} of 71680 bytes\)"
-    ):
+    with pytest.raises(DataError, match=rf"shard-000001.tar: shard truncated \({cut} of 71680 bytes\)"):
         PackedShards(bad, 1, (28, 28), on_bad="fail")
     assert PackedShards(bad, 1, (28, 28)).skipped == {"truncated_shard": 8, "missing_shard": 10}
 
@@ -264,22 +260,16 @@ def test_a_missing_or_wrong_pack_json_field_is_one_line(tmp_path, packed, edit, 
 
 def test_pack_and_packed_source_refuse_bad_input_in_one_line(tmp_path, packed, capsys):
     folder, pack = packed
-    assert (
-        main(["data", "pack", str(tmp_path / "nowhere"), str(tmp_path / "o"), "--size", "28"]) == 2
-    )
+    assert main(["data", "pack", str(tmp_path / "nowhere"), str(tmp_path / "o"), "--size", "28"]) == 2
     assert main(["data", "pack", str(folder), str(pack), "--size", "28", "--channels", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].endswith("nowhere: image folder not found")
     assert err[1].endswith("already holds a pack; choose another OUT or delete it")
     with pytest.raises(DataError, match=r"no pack.json; not a mimkit pack"):
         PackedShards(folder, 1, (28, 28))
-    with pytest.raises(
-        DataError, match=r"packed as 1-channel 28x28 images but the model takes 3-channel 32x32"
-    ):
+    with pytest.raises(DataError, match=r"packed as 1-channel 28x28 images but the model takes 3-channel 32x32"):
         PackedShards(pack, 3, (32, 32))
-    with pytest.raises(
-        ConfigError, match=r"data.shuffle_buffer applies to data.source=packed only"
-    ):
+    with pytest.raises(ConfigError, match=r"data.shuffle_buffer applies to data.source=packed only"):
         DataConfig(source="folder", shuffle_buffer=8).check()
 
 
@@ -300,13 +290,9 @@ def test_hf_dataset_on_disk_gives_the_folders_batches(tmp_path, packed):
     ds = hf_dataset(folder)
     ds.save_to_disk(str(tmp_path / "saved"))
     ds.to_parquet(str(tmp_path / "train-00000.parquet"))
-    want = list(
-        TrainSource(DataConfig(source="folder", path=str(folder)), 1, (28, 28), 7).batches(0, 8)
-    )
+    want = list(TrainSource(DataConfig(source="folder", path=str(folder)), 1, (28, 28), 7).batches(0, 8))
     for path in (tmp_path / "saved", tmp_path / "train-00000.parquet"):
-        got = list(
-            TrainSource(DataConfig(source="hf", path=str(path)), 1, (28, 28), 7).batches(0, 8)
-        )
+        got = list(TrainSource(DataConfig(source="hf", path=str(path)), 1, (28, 28), 7).batches(0, 8))
         for a, b in zip(got, want, strict=True):
             assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
 

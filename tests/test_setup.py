@@ -90,7 +90,9 @@ def test_make_setup_uses_a_project_venv_when_python3_is_externally_managed(tmp_p
         ["make", "-n", "demo", "test"], cwd=clone, env=env, capture_output=True, text=True
     )
     assert plan.returncode == 0, plan.stderr
-    recipes = [line for line in plan.stdout.splitlines() if " -m " in line]
+    recipes = [
+        line for line in plan.stdout.splitlines() if " -m " in line
+    ]
     assert len(recipes) == 3 and all(line.startswith(str(venv_python)) for line in recipes)
     version = subprocess.run(
         [str(venv_python), "-m", "mimkit.cli", "--version"], env=env, capture_output=True, text=True

@@ -81,14 +81,7 @@ def _add_stats(dsub: argparse._SubParsersAction) -> None:
         "--source",
         required=True,
         choices=(
-            "multiband",
-            "spectrogram",
-            "volume",
-            "video",
-            "folder",
-            "dicom",
-            "geotiff",
-            "multi",
+            "multiband", "spectrogram", "volume", "video", "folder", "dicom", "geotiff", "multi",
         ),  # fmt: skip
         help="how to read the folder (multi: one sub-folder per input, statistics per input)",
     )

@@ -84,9 +84,7 @@ class DataConfig:
     hflip: bool = True
     num_workers: int = 0  # DataLoader processes decoding image folders (0: in the main process)
     decode: str = "cpu"  # image folders' JPEGs: cpu (PIL) | gpu (nvJPEG via torchvision) | auto
-    shuffle_buffer: int = (
-        0  # packed: 0 the full permutation; K the order of a K-sample stream buffer
-    )
+    shuffle_buffer: int = 0  # packed: 0 the full permutation; K the order of a K-sample stream buffer
     frame_stride: int = 1  # video: keep every n-th frame
     max_frames: int | None = None  # video: decode at most this many (strided) frames per file
     on_bad_item: str = "skip"  # an unreadable or unfitting file: skip (counted) | fail (stop)
@@ -149,9 +147,7 @@ class DataConfig:
 
     def _check_counts(self) -> None:
         if self.decode not in DECODE_MODES:
-            raise ConfigError(
-                f"data.decode must be one of {list(DECODE_MODES)}, got {self.decode!r}"
-            )
+            raise ConfigError(f"data.decode must be one of {list(DECODE_MODES)}, got {self.decode!r}")
         if self.on_bad_item not in BAD_ITEM_POLICIES:
             raise ConfigError(
                 f"data.on_bad_item must be one of {list(BAD_ITEM_POLICIES)}, "

@@ -125,9 +125,7 @@ class GpuJpegDecoder:
     def _decode(self, encoded: list[tuple[torch.Tensor, Path]]) -> list[torch.Tensor | None]:
         mode = _read_mode(self.channels)
         try:
-            return list(
-                self.decode_jpeg([raw for raw, _ in encoded], mode=mode, device=self.device)
-            )
+            return list(self.decode_jpeg([raw for raw, _ in encoded], mode=mode, device=self.device))
         except RuntimeError:
             pass  # one bad file fails the whole batch: find it, one by one
         out: list[torch.Tensor | None] = []

@@ -93,9 +93,7 @@ def _stored_values(pydicom, ds, path: Path) -> np.ndarray:
             " install a decoder plugin such as pylibjpeg or gdcm, or store it uncompressed",
         ) from None
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
-        raise BadItem(
-            "unreadable", f"{path}: cannot decode pixel data ({_first_line(exc)})"
-        ) from None
+        raise BadItem("unreadable", f"{path}: cannot decode pixel data ({_first_line(exc)})") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -191,9 +189,7 @@ def load_dicom_folder(
             )
         return found
 
-    items, kept, skipped = read_each(
-        files, labels, read, "read DICOM", on_bad, skipped_by, progress
-    )
+    items, kept, skipped = read_each(files, labels, read, "read DICOM", on_bad, skipped_by, progress)
     if skipped:
         log.warning("%s: skipped %d unusable DICOM file(s) of %d", folder, skipped, len(files))
     if not items:

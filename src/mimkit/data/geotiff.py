@@ -162,9 +162,7 @@ def load_geotiff_folder(
             raise BadItem("size", f"{path}: {item.shape[1:]} but the model expects {size}")
         return [item]
 
-    items, kept, skipped = read_each(
-        files, labels, read, "read GeoTIFF", on_bad, skipped_by, progress
-    )
+    items, kept, skipped = read_each(files, labels, read, "read GeoTIFF", on_bad, skipped_by, progress)
     if skipped:
         log.warning("%s: skipped %d unusable GeoTIFF file(s) of %d", folder, skipped, len(files))
     if not items:

@@ -145,9 +145,7 @@ def decode_sample(
         header = npy_header(channels, size)
         if len(data) == len(header) + channels * size[0] * size[1] and data.startswith(header):
             # the header every sample of a pack has: the pixels are read in place
-            return torch.frombuffer(data, dtype=torch.uint8, offset=len(header)).view(
-                channels, *size
-            )
+            return torch.frombuffer(data, dtype=torch.uint8, offset=len(header)).view(channels, *size)
         arr = np.load(io.BytesIO(data), allow_pickle=False)
         if arr.dtype != np.uint8 or arr.shape != (channels, *size):
             raise DataError(

@@ -207,9 +207,7 @@ def _load_items(
         if undecodable > 0:
             skipped_by["undecodable"] += undecodable
     if not good:
-        raise DataError(
-            f"{getattr(dataset, 'root', 'data')}: none of {len(items)} items could be decoded"
-        )
+        raise DataError(f"{getattr(dataset, 'root', 'data')}: none of {len(items)} items could be decoded")
     return torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good], dtype=torch.int64)
 
 

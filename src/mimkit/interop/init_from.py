@@ -87,9 +87,7 @@ def _setting_notes(cfg: RunConfig, imported, source_run: RunConfig | None) -> li
             f"with {list(imported.mean)}/{list(imported.std or [])})"
         )
     recorded = source_run or (
-        RunConfig(masking=imported.masking, method=imported.settings)
-        if imported.fmt == "hf"
-        else None
+        RunConfig(masking=imported.masking, method=imported.settings) if imported.fmt == "hf" else None
     )
     if recorded is None:
         return notes
@@ -98,15 +96,11 @@ def _setting_notes(cfg: RunConfig, imported, source_run: RunConfig | None) -> li
             f"masking.ratio {cfg.masking.ratio} from the run (the source used {recorded.masking.ratio})"
         )
     if recorded.method.name != cfg.method.name:
-        notes.append(
-            f"method {cfg.method.name} from the run (the source's was {recorded.method.name})"
-        )
+        notes.append(f"method {cfg.method.name} from the run (the source's was {recorded.method.name})")
     else:
         mine, theirs = dataclasses.asdict(cfg.method), dataclasses.asdict(recorded.method)
         for key in sorted(k for k in mine if mine[k] != theirs.get(k)):
-            notes.append(
-                f"method.{key} {mine[key]} from the run (the source's was {theirs.get(key)})"
-            )
+            notes.append(f"method.{key} {mine[key]} from the run (the source's was {theirs.get(key)})")
     return notes
 
 

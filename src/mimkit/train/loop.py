@@ -501,9 +501,7 @@ class MaskedLoss:
             return self.forward(x, mask=mask).loss
 
 
-def without_nodata(
-    x: torch.Tensor, mask: Mask, patch: tuple[int, ...]
-) -> tuple[torch.Tensor, Mask]:
+def without_nodata(x: torch.Tensor, mask: Mask, patch: tuple[int, ...]) -> tuple[torch.Tensor, Mask]:
     """Nodata (NaN, from GeoTIFF) shown to the model as the band mean (0 once normalised), and
     every patch that touches it given loss weight 0 (no host sync: all on the device)."""
     touched = patchify(torch.isnan(x).any(dim=1, keepdim=True).float(), patch).amax(dim=-1)

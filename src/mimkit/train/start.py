@@ -39,9 +39,7 @@ class InitialWeights:
         """Every encoder weight (all must fit); the rest when it fits the method's head exactly
         (MAE's decoder from an MAE source), else the head keeps its fresh init, recorded."""
         where = f"model.init_from {self.source}"
-        encoder = {
-            k[len("encoder.") :]: v for k, v in self.state.items() if k.startswith("encoder.")
-        }
+        encoder = {k[len("encoder.") :]: v for k, v in self.state.items() if k.startswith("encoder.")}
         if not encoder:
             raise ConfigError(f"{where}: holds no encoder weights")
         load_state_into(model.encoder, encoder, where)
