@@ -124,9 +124,13 @@ def plans(args, seed: int) -> list[Plan]:
     out = [Plan(FULL, None, source, None, {}), Plan(SCRATCH, None, None, None, {})]
     x_all = load_labelled_splits(cfg.data, mcfg.in_chans, mcfg.image_hw, None)[0]
     gen = torch.Generator().manual_seed(seed)  # the calibration draw of compression_compare
-    calib = normalize(x_all[torch.randperm(len(x_all), generator=gen)[: args.calib]], *_stats(cfg))
+    pick = torch.randperm(len(x_all), generator=gen)[: args.calib]
+    calib = normalize(x_all[pick], cfg.data.mean, cfg.data.std)
     policy, _ = ia.load_policy(Path(args.compare) / f"iared2-seed{seed}")
     starts = policy.stage_starts
+    # block pruning + ToMe: one block pruned by entropy, the same model for every target
+    pruned1, detail1 = block_prune_variant(model, 1.0 - 1.0 / mcfg.depth + 1e-9, full)
+    folder1 = write_pruned(pruned1, cfg, work / "block-pruning-1")
     optin_top = None
     for target in sorted(args.targets, reverse=True):
         rs = tome_schedule_for(mcfg, target)
@@ -137,8 +141,6 @@ def plans(args, seed: int) -> list[Plan]:
         first = list(range(len(detail["kept_blocks"])))
         folder = write_pruned(prune_blocks(model, first), cfg, work / slug(FIRST_K, target))
         out.append(Plan(FIRST_K, target, folder, None, {"kept_blocks": first}))
-        pruned1, detail1 = block_prune_variant(model, 1.0 - 1.0 / mcfg.depth + 1e-9, full)
-        folder1 = write_pruned(pruned1, cfg, work / "block-pruning-1")
         rs1 = tome_schedule_for(pruned1.cfg, target * full / encoder_inference_flops(pruned1.cfg))
         out.append(Plan("block pruning + ToMe", target, folder1, tome_reduction(rs1), detail1))
         counts = ia.counts_for_budget(mcfg, starts, None, target)
@@ -167,10 +169,6 @@ def plans(args, seed: int) -> list[Plan]:
     out = [p for p in out if not wanted or slug(p.method, p.target) in wanted]
     first = {t: i for i, t in enumerate([None, *args.targets])}  # the order asked for
     return sorted(out, key=lambda p: first[p.target])
-
-
-def _stats(cfg) -> tuple[list[float], list[float]]:
-    return cfg.data.mean, cfg.data.std
 
 
 def run_one(plan: Plan, seed: int, args) -> dict:
@@ -229,8 +227,7 @@ def collect(args) -> None:
     full_mflops = compare["full_mflops"]
     frozen: dict[tuple, dict] = {}
     for row in compare["rows"]:
-        method = FULL if row["method"] == "full encoder" else row["method"]
-        method = SCRATCH if method == "untrained (floor)" else method
+        method = SCRATCH if row["method"] == "untrained (floor)" else row["method"]
         frozen.setdefault((method, row["target"]), []).append(row)
     groups: dict[tuple, list[dict]] = {}
     for r in runs:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from mimkit.bench.flops import encoder_inference_flops
 from mimkit.models.config import ModelConfig
-from mimkit.models.vit import Attention, Block, VisionTransformer
+from mimkit.models.vit import Attention, Block, VisionTransformer, prefix_token_count
 
 Merge = Callable[[torch.Tensor], torch.Tensor]
 
@@ -138,8 +138,8 @@ def tome_token_counts(patches: int, prefix: int, rs: Sequence[int]) -> tuple[lis
 def tome_flops(cfg: ModelConfig, rs: Sequence[int]) -> float:
     """Forward FLOPs per image of `cfg`'s encoder with r_i merged after block i's attention
     (`bench.flops.encoder_inference_flops`, the count every compression method uses)."""
-    prefix = 1 if cfg.cls_token else 0
-    return encoder_inference_flops(cfg, *tome_token_counts(cfg.num_patches, prefix, rs))
+    counts = tome_token_counts(cfg.num_patches, prefix_token_count(cfg), rs)
+    return encoder_inference_flops(cfg, *counts)
 
 
 def tome_schedule_for(cfg: ModelConfig, target: float) -> list[int]:
