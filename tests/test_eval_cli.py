@@ -1,6 +1,7 @@
 """`mimkit eval linear|fewshot|finetune|knn` end to end on a tiny checkpoint."""
 
 import json
+import logging
 
 import pytest
 from eval_helpers import make_learnable_idx, save_tiny_checkpoint
@@ -61,12 +62,16 @@ def test_random_init_and_other_blocks_are_separate_results(ckpt, capsys):
     assert len(list((results / "features").glob("*.safetensors"))) == 4
 
 
-def test_finetune_command(ckpt, tmp_path, capsys):
-    code = main(
-        ["eval", "finetune", str(ckpt), "--epochs", "1", "--batch-size", "16", "--max-steps", "2"]
-    )
+def test_finetune_command(ckpt, tmp_path, capsys, caplog):
+    args = ["eval", "finetune", str(ckpt), "--epochs", "1", "--batch-size", "16"]
+    args += ["--max-steps", "2"]
+    with caplog.at_level(logging.INFO, logger="mimkit"):
+        code = main(args)
     assert code == 0
     assert "fine-tune top-1 (pretrained, 0 epoch(s), 2 steps" in capsys.readouterr().out
+    # what the recipe chose is printed before training: the flag given and the chosen defaults
+    plan = next(r.message for r in caplog.records if r.message.startswith("fine-tune plan"))
+    assert "batch 16" in plan and "layer decay 0.75" in plan and "label smoothing 0.1" in plan
     record = json.loads((ckpt.parent / "eval" / "eval_finetune.json").read_text())
     assert record["steps"] == 2 and record["layer_decay"] == 0.75
     assert (ckpt.parent / "finetune" / "checkpoint" / "model.safetensors").is_file()

@@ -282,6 +282,26 @@ def settings_record(train: TrainConfig, ft: FinetuneConfig) -> dict[str, Any]:
     return {**record, **asdict(ft)}
 
 
+def plan_line(train: TrainConfig, ft: FinetuneConfig, num_items: int) -> str:
+    """The settings a fine-tune runs with, given or chosen from the data and the run length, on
+    one line: printed before training so a user sees what the recipe picked."""
+    peak = train.base_lr * train.batch_size / 256
+    low, high = ft.crop_scale
+    augment = [f"crop {low:g}-{high:g}" if low < 1.0 else "no crop"]
+    augment += ["flip"] if ft.hflip else []
+    augment += [f"RandAugment {ft.randaug_ops}x{ft.randaug_magnitude:g}"] if ft.randaug_ops else []
+    augment += [f"erasing {ft.erase_prob:g}"] if ft.erase_prob else []
+    augment += [f"mixup {ft.mixup:g}"] if ft.mixup else []
+    augment += [f"cutmix {ft.cutmix:g}"] if ft.cutmix else []
+    return (
+        f"fine-tune plan ({ft.recipe} recipe): {num_items} training items, {train.epochs:g} "
+        f"epoch(s), batch {train.batch_size}, base lr {train.base_lr:g} (peak {peak:.3g}), "
+        f"layer decay {ft.layer_decay:g}, drop path {ft.drop_path:g}, label smoothing "
+        f"{ft.label_smoothing:g}, {', '.join(augment)}, head {ft.head} "
+        f"(starts as {'a linear probe' if ft.head_init == 'probe' else 'zero'}), amp {train.amp}"
+    )
+
+
 def _near_zero_head(dim: int, num_classes: int) -> nn.Linear:
     head = nn.Linear(dim, num_classes)
     nn.init.trunc_normal_(head.weight, std=2e-5)  # MAE: a near-zero head
@@ -857,8 +877,11 @@ def _finetune(
     if ft.teacher:
         teacher, teacher_cfg = load_classifier(ft.teacher, device)
         _check_teacher_fits(ft.teacher, teacher, teacher_cfg, cfg, num_classes)
-    record = dict(settings_record(train, ft), pretrained=weights is not None)
-    record["num_classes"] = num_classes
+    record = dict(
+        settings_record(train, ft), pretrained=weights is not None, num_classes=num_classes
+    )
+    if ctx.is_main:
+        log.info(plan_line(train, ft, source.num_items))
     record.update({} if reduction is None else {"token_reduction": reduction.record})
     checkpointer = Checkpointer(out / "checkpoint", cfg, ctx, resume)
     if checkpointer.found:  # resumed: the saved weights, head included
