@@ -7,7 +7,9 @@ flattened and concatenated). Scored as `mimkit eval knn` and `mimkit eval linear
 weighted cosine kNN (k, T) and the linear probe (lr picked on 10% of train), one probe per
 `--seeds`. `--data` and `--size` evaluate on another folder at another image size: CROMA's
 size extrapolation, where a model with a sin-cos table gets the table of the new grid (what
-mimkit does on load) and an ALiBi model needs nothing.
+mimkit does on load) and an ALiBi model needs nothing. `--recon --mosaic N` tests the same at
+the trained resolution: each image is N x N test items side by side (a larger area, every item
+at its own scale), so only the grid grows.
 
     python benchmarks/multiview_probes.py runs/x --subsets optical optical+radar --out x.json
 """
@@ -101,6 +103,17 @@ def reconstruction_loss(model, cfg, images, seed: int = 0, batch: int = 50) -> f
     return total / count
 
 
+def mosaic(images: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """Each input's items, n x n consecutive ones side by side in one image n times the side
+    (the items left over dropped): a larger scene at the same resolution."""
+    out = {}
+    for name, x in images.items():
+        count, c, h, w = x.shape
+        groups = x[: count // (n * n) * n * n].reshape(-1, n, n, c, h, w)
+        out[name] = groups.permute(0, 3, 1, 4, 2, 5).reshape(-1, c, n * h, n * w)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run folder (or its checkpoint folder)")
@@ -121,14 +134,20 @@ def main() -> None:
         action="store_true",
         help="instead of probes: the masked-reconstruction loss on test",
     )
+    parser.add_argument(
+        "--mosaic", type=int, help="with --recon: N x N test items per image, at N times the side"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     start = time.perf_counter()
-    model, cfg = model_at(args.run, args.size, untrained=False)
-    twin, _ = model_at(args.run, args.size, untrained=True)
+    if args.mosaic and not args.recon:
+        parser.error("--mosaic goes with --recon")
+    side = args.size or load_model(args.run)[1].model.image_hw[0]  # of the items read
+    grid = side * args.mosaic if args.mosaic else args.size  # the models' image side
+    model, cfg = model_at(args.run, grid, untrained=False)
+    twin, _ = model_at(args.run, grid, untrained=True)
     if args.data:
         cfg.data.path = args.data
-    side = args.size or cfg.model.image_hw[0]
     x_train, y_train, x_test, y_test = load_labelled_splits(
         cfg.data, cfg.model.in_chans, (side, side), args.train_limit
     )
@@ -144,6 +163,9 @@ def main() -> None:
             f_train, f_test = (raw_pixels(cfg, x, subset) for x in (x_train, x_test))
             entry["raw_pixels"] = scores(f_train, y_train, f_test, y_test, args.seeds, args.k)
         result["subsets"][name] = entry
+    if args.mosaic:
+        x_test = mosaic(x_test, args.mosaic)
+        result.update(mosaic=args.mosaic, size=side * args.mosaic)
     if args.recon:
         result["reconstruction_loss"] = {
             "pretrained": reconstruction_loss(model, cfg, x_test),

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model_config, tiny_model_overrides
+from conftest import needs_fmnist, tiny_model_config, tiny_model_overrides
 
 from mimkit.cli.main import main
-from mimkit.data.multi_synth import make_tile_groups
+from mimkit.data.multi_synth import make_fmnist_modal, make_tile_groups
 from mimkit.errors import ConfigError
 from mimkit.masking import MaskingConfig
 from mimkit.models.alibi import AlibiViT, alibi_bias, alibi_slopes
@@ -171,6 +171,24 @@ def test_the_preset_trains_reloads_evaluates_and_exports_through_the_cli(tmp_pat
     assert cfg.method.name == "croma" and isinstance(model.encoder, AlibiViT)
     big = {"optical": torch.randn(2, 3, 32, 32), "radar": torch.randn(2, 3, 32, 32)}
     assert model.encode(big).shape == (2, 32)
+
+
+@needs_fmnist
+@pytest.mark.slow  # makes its scenes from the whole of Fashion-MNIST
+def test_the_scene_preset_reads_image_and_depth_only(tmp_path, capsys):
+    """configs/fmnist_croma_tiny.yaml: fmnist-modal's image and depth as the two sensors; its
+    seg maps stay unread, and the image encoder alone runs on a larger grid."""
+    root = make_fmnist_modal(tmp_path / "scenes", train=8, test=6, size=16, progress=False)
+    run = tmp_path / "run"
+    tiny = tiny_model_overrides(run) + ["model.img_size=16", "model.patch_size=4"]
+    args = [f"data.path={root}", "train.max_steps=2", "train.batch_size=4", "eval.knn=false"]
+    assert main(["pretrain", "configs/fmnist_croma_tiny.yaml", *tiny, *args]) == 0
+    assert main(["eval", "knn", str(run), "--k", "3"]) == 0
+    assert "kNN top-1" in capsys.readouterr().out
+    model, cfg = load_model(run)
+    assert list(cfg.method.inputs) == ["image", "depth"]
+    assert list(cfg.data.inputs) == ["image", "depth"]  # the scenes' seg maps are not read
+    assert model.encode({"image": torch.randn(2, 1, 32, 32)}).shape == (2, 32)
 
 
 def test_alibi_attention_maps_include_the_bias_and_match_the_forward_pass():

@@ -1,8 +1,10 @@
-"""The tables of the joint-sensor section of docs/results/multiview.md, from the probe and
-reconstruction JSONs beside this file (copied from multiview-joint.sh's res/), or in the
-folder given (noise25/: the same run on tiles with pixel noise 25 instead of 100).
+"""The tables of multiview.md's CROMA sections, from the probe and reconstruction JSONs of
+multiview-joint.sh (copied beside this file; noise25/: the same run on tiles with pixel noise
+25 instead of 100) or of multiview-croma-modal.sh (`--modal`: fmnist-modal's image and depth as
+the two sensors, copied to ../multiview-croma-modal-runs/).
 
     python docs/results/multiview-joint-runs/table.py [FOLDER]
+    python docs/results/multiview-joint-runs/table.py --modal [FOLDER]
 """
 
 from __future__ import annotations
@@ -12,8 +14,19 @@ import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
-SIZES = (32, 64, 128)
+MODAL = "--modal" in sys.argv
+ARGS = [a for a in sys.argv[1:] if a != "--modal"]
+DEFAULT = (
+    Path(__file__).parent.parent / "multiview-croma-modal-runs" if MODAL else Path(__file__).parent
+)
+HERE = Path(ARGS[0]) if ARGS else DEFAULT
+SIZES = (32, 64) if MODAL else (32, 64, 128)
+# (run-name prefix of the ALiBi model, first input, second input, the MAE baseline's run and label)
+ALIBI, FIRST, SECOND, MAE, MAE_LABEL = (
+    ("croma_alibi", "image", "depth", "mae_image", "MAE on the image alone")
+    if MODAL
+    else ("croma", "optical", "radar", "mae", "MAE on all six bands")
+)
 
 
 def probe(run: str, size: int, seed: int) -> dict | None:
@@ -42,15 +55,16 @@ def scores(run: str, subset: str, kind: str, size: int) -> tuple[list[float], li
 
 
 def main() -> None:
+    both = f"{FIRST}+{SECOND}"
     rows = [
-        ("CROMA (ALiBi), optical encoder", "croma", "optical"),
-        ("CROMA (ALiBi), radar encoder", "croma", "radar"),
-        ("CROMA (ALiBi), fusion", "croma", "optical+radar"),
-        ("CROMA (sin-cos), optical encoder", "croma_sincos", "optical"),
-        ("CROMA (sin-cos), radar encoder", "croma_sincos", "radar"),
-        ("CROMA (sin-cos), fusion", "croma_sincos", "optical+radar"),
-        ("MAE on all six bands", "mae", "image"),
-    ]
+        (f"CROMA ({pos}), {name}", run, subset)
+        for pos, run in (("ALiBi", ALIBI), ("sin-cos", "croma_sincos"))
+        for name, subset in (
+            (f"{FIRST} encoder", FIRST),
+            (f"{SECOND} encoder", SECOND),
+            ("fusion", both),
+        )
+    ] + [(MAE_LABEL, MAE, "image")]
     head = " | ".join(f"{s}x{s} kNN | {s}x{s} linear" for s in SIZES)
     print(f"| features | {head} |")
     print("|---" * (1 + 2 * len(SIZES)) + "|")
@@ -62,27 +76,34 @@ def main() -> None:
                 cells += [cell(knn), cell(lin)]
             print(f"| {prefix}{label} | " + " | ".join(cells) + " |")
     for label, run, subset in (
-        ("raw pixels, optical", "croma", "optical"),
-        ("raw pixels, radar", "croma", "radar"),
-        ("raw pixels, optical + radar", "croma", "optical+radar"),
+        (f"raw pixels, {FIRST}", ALIBI, FIRST),
+        (f"raw pixels, {SECOND}", ALIBI, SECOND),
+        (f"raw pixels, {FIRST} + {SECOND}", ALIBI, f"{FIRST}+{SECOND}"),
     ):
         found = probe(run, 32, 0)
         raw = found[subset]["raw_pixels"] if found else None
         if raw:
             lin = 100 * statistics.mean(raw["linear"])
-            print(f"| {label} (no seed) | {100 * raw['knn']:.1f} | {lin:.1f} |" + " |" * 4)
+            print(
+                f"| {label} (no seed) | {100 * raw['knn']:.1f} | {lin:.1f} |"
+                + " |" * (2 * len(SIZES) - 2)
+            )
     print()
     print_reconstruction()
 
 
 def print_reconstruction() -> None:
-    """The masked-reconstruction losses, seeds 0 / 1, at each size."""
-    print("| model | " + " | ".join(f"{s}x{s}" for s in SIZES) + " |")
-    print("|---" * (1 + len(SIZES)) + "|")
-    for label, run in (("CROMA, ALiBi", "croma"), ("CROMA, sin-cos table", "croma_sincos")):
+    """The masked-reconstruction losses, seeds 0 / 1, at each size (and with `--modal`, on
+    mosaics of 2x2 and 4x4 test scenes at the trained resolution)."""
+    columns = [(str(s), f"{s}x{s}") for s in SIZES]
+    if MODAL:
+        columns += [("mosaic2", "2x2 scenes, 64x64"), ("mosaic4", "4x4 scenes, 128x128")]
+    print("| model | " + " | ".join(label for _, label in columns) + " |")
+    print("|---" * (1 + len(columns)) + "|")
+    for label, run in (("CROMA, ALiBi", ALIBI), ("CROMA, sin-cos table", "croma_sincos")):
         for kind in ("pretrained", "untrained"):
             cells = []
-            for size in SIZES:
+            for size, _ in columns:
                 values = []
                 for seed in (0, 1):
                     path = HERE / f"recon_{run}_{size}_s{seed}.json"
