@@ -165,11 +165,13 @@ def test_head_fit_separates_separable_features():
     assert torch.equal(weight, again[0]) and torch.equal(bias, again[1])  # no randomness
 
 
-def test_probe_initialised_head_predicts_as_the_probe_it_reports():
+@pytest.mark.parametrize("distill_head", [False, True])
+def test_probe_initialised_head_predicts_as_the_probe_it_reports(distill_head):
     # LP-FT: the classifier's own forward pass must give the probe's accuracy; MAE's
-    # near-zero head (the old start) predicts one class almost everywhere
+    # near-zero head (the old start) predicts one class almost everywhere. With G2SD's
+    # distillation head, both heads start as the probe, so their average is the probe too
     torch.manual_seed(0)
-    model = ViTClassifier(tiny_encoder(), num_classes=2, head="fc_norm")
+    model = ViTClassifier(tiny_encoder(), num_classes=2, head="fc_norm", distill_head=distill_head)
     images = torch.randint(0, 256, (64, 1, 16, 16), dtype=torch.uint8)
     images[32:, :, :8] = 255  # class 1: bright top half, easy for any features
     labels = (torch.arange(64) >= 32).long()
@@ -182,6 +184,8 @@ def test_probe_initialised_head_predicts_as_the_probe_it_reports():
     with torch.no_grad():
         own = (model(prepare(images)).argmax(1) == labels).float().mean().item()
     assert fit == pytest.approx(own) and fit > 0.9
+    if distill_head:
+        assert torch.equal(model.dist_head.weight, model.head.weight)
 
 
 def test_head_init_defaults_to_probe_and_recipe_mae_keeps_the_near_zero_head(tmp_path):

@@ -88,11 +88,19 @@ def probe_initialised_head(
     device: torch.device,
 ) -> float:
     """Set `classifier.head` to a linear probe fitted on its own frozen pooled features of the
-    (un-augmented) training `images`; returns the probe's accuracy on those items."""
+    (un-augmented) training `images`; returns the probe's accuracy on those items. A
+    distillation head (G2SD's specific stage) starts as the same probe: left near zero, it
+    would halve the probe's logits in the two heads' test-time average and pull the encoder
+    with half the loss from a blank start (measured: specific distillation then cost 1.4-1.6
+    points, docs/results/compression.md)."""
     features = pooled_features(classifier, images, prepare, device)
     weight, bias = fit_linear_head(features, labels, classifier.head.out_features)
+    heads = [classifier.head] + [
+        h for h in [getattr(classifier, "dist_head", None)] if h is not None
+    ]
     with torch.no_grad():
-        classifier.head.weight.copy_(weight.to(classifier.head.weight.device))
-        classifier.head.bias.copy_(bias.to(classifier.head.bias.device))
+        for head in heads:
+            head.weight.copy_(weight.to(head.weight.device))
+            head.bias.copy_(bias.to(head.bias.device))
         predictions = (features.cpu() @ weight.T + bias).argmax(dim=1)
     return (predictions == labels.cpu()).float().mean().item()
