@@ -2,6 +2,9 @@
 
 python benchmarks/finetune_studies.py --g2sd runs/g2sd --prune runs/prune_ft \
     --out docs/results/compression
+python benchmarks/finetune_studies.py --g2sd runs/g2sd6 --name g2sd_demo20 \
+    --teacher "6 blocks, 192 wide" --student "6 blocks, 96 wide" \
+    --title "G2SD, 20-epoch teacher (10k labels, 3 fine-tuning epochs)"
 
 Each fine-tune run folder holds result.json (written by `mimkit eval finetune`); a name ending
 in `_s1` is the seed-1 repeat of the run without it. Writes g2sd.json/.png,
@@ -15,10 +18,10 @@ import json
 import statistics
 from pathlib import Path
 
-G2SD_ROWS = {  # run name -> what it is
-    "teacher_ft": "teacher (12 blocks, 96 wide): MAE, fine-tuned",
+G2SD_ROWS = {  # run name -> what it is ({teacher}, {student}: their architectures)
+    "teacher_ft": "teacher ({teacher}): MAE, fine-tuned",
     "teacher_scratch": "teacher architecture from scratch",
-    "student_g2sd": "student (12 blocks, 48 wide): G2SD generic + specific",
+    "student_g2sd": "student ({student}): G2SD generic + specific",
     "student_generic_ft": "student: G2SD generic only, fine-tuned",
     "student_mae_specific": "student: MAE + specific distillation",
     "student_mae_ft": "student: MAE, fine-tuned",
@@ -100,14 +103,23 @@ def plot(results: dict, labels: dict[str, str], path: Path, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--g2sd", type=Path, required=True)
-    parser.add_argument("--prune", type=Path, required=True)
+    parser.add_argument("--prune", type=Path, help="prune_finetune.sh's runs (none: G2SD only)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/compression"))
+    parser.add_argument("--name", default="g2sd", help="file stem of the G2SD table and plot")
+    parser.add_argument("--teacher", default="12 blocks, 96 wide", help="the teacher's shape")
+    parser.add_argument("--student", default="12 blocks, 48 wide", help="the student's shape")
+    parser.add_argument("--title", default="G2SD on Fashion-MNIST (1 fine-tuning epoch)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, root, rows, ratio_to, title in (
-        ("g2sd", args.g2sd, G2SD_ROWS, "teacher_ft", "G2SD on Fashion-MNIST (1 fine-tuning epoch)"),
-        ("prune_finetune", args.prune, PRUNE_ROWS, None, "Keep 3 of 12 blocks, then fine-tune"),
-    ):
+    g2sd_rows = {
+        k: v.format(teacher=args.teacher, student=args.student) for k, v in G2SD_ROWS.items()
+    }
+    studies = [(args.name, args.g2sd, g2sd_rows, "teacher_ft", args.title)]
+    if args.prune:
+        studies.append(
+            ("prune_finetune", args.prune, PRUNE_ROWS, None, "Keep 3 of 12 blocks, then fine-tune")
+        )
+    for name, root, rows, ratio_to, title in studies:
         lines, results = table(root, rows, ratio_to)
         (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
         if results:
