@@ -4,7 +4,7 @@ python benchmarks/finetune_studies.py --g2sd runs/g2sd --prune runs/prune_ft \
     --out docs/results/compression
 python benchmarks/finetune_studies.py --g2sd runs/g2sd6 --name g2sd_demo20 \
     --teacher "6 blocks, 192 wide" --student "6 blocks, 96 wide" \
-    --title "G2SD, 20-epoch teacher (10k labels, 3 fine-tuning epochs)"
+    --title "G2SD, 20-epoch teacher (10k labels, 3 epochs)"
 
 Each fine-tune run folder holds result.json (written by `mimkit eval finetune`); a name ending
 in `_s1` is the seed-1 repeat of the run without it. Writes g2sd.json/.png,
