@@ -42,6 +42,11 @@ def test_small_images_get_no_crop_and_short_runs_no_long_run_regularisers():
     big = resolve_recipe(ft, split_settings({"epochs": 100})[0], 224, True, hflip=True)
     assert big.crop_scale == [0.08, 1.0] and big.test_crop == pytest.approx(224 / 256)
     assert big.randaug_ops == 2 and big.erase_prob == 0.25 and big.drop_path == 0.1
+    # a long run on small images keeps them off too: they left a 16-token ViT underfit at 28 px
+    long_small = resolve_recipe(ft, split_settings({"epochs": 100})[0], 28, True, hflip=True)
+    assert (long_small.randaug_ops, long_small.erase_prob, long_small.drop_path) == (0, 0.0, 0.0)
+    given = resolve_recipe(split_settings({"randaug_ops": 1})[1], train, 28, True, hflip=True)
+    assert given.randaug_ops == 1  # a flag given still wins
 
 
 def test_recipe_mae_is_main_finetune_defaults_and_given_flags_still_win():

@@ -37,3 +37,16 @@ for s in 0 1 2; do
 done
 RUNS=$RUNS bash docs/results/fashion-mnist-long-runs/gather.sh
 python docs/results/fashion-mnist-long-runs/collect.py
+# 4. longer fine-tuning on all 60k labels, bf16 (same top-1 as fp32, 2.3x faster on an AVX512-BF16
+#    CPU): 10 epochs (seeds 0-2), and 20 epochs (seed 0) with and without RandAugment, erasing
+#    and drop path (the recipe's long-run setting before it was limited to images over 32 px;
+#    today the plain 20-epoch command gives the run without them)
+for s in 0 1 2; do
+  mimkit eval finetune "$RUNS/demo/checkpoint" --random-init --epochs 10 --amp bf16 --seed $s --out "$RUNS/ft13/ep10/scratch_s$s"
+  mimkit eval finetune "$RUNS/long/s0/checkpoint" --epochs 10 --amp bf16 --seed $s --out "$RUNS/ft13/ep10/mae_s$s"
+done
+AUG="--randaug-ops 2 --erase-prob 0.25 --drop-path 0.1"
+mimkit eval finetune "$RUNS/demo/checkpoint" --random-init --epochs 20 --amp bf16 $AUG --out "$RUNS/ft13/heavy20/scratch_s0"
+mimkit eval finetune "$RUNS/long/s0/checkpoint" --epochs 20 --amp bf16 $AUG --out "$RUNS/ft13/heavy20/mae_s0"
+mimkit eval finetune "$RUNS/demo/checkpoint" --random-init --epochs 20 --amp bf16 --out "$RUNS/ft13/ep20light/scratch_s0"
+mimkit eval finetune "$RUNS/long/s0/checkpoint" --epochs 20 --amp bf16 --out "$RUNS/ft13/ep20light/mae_s0"

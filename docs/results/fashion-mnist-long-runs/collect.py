@@ -97,6 +97,74 @@ def finetune_rows() -> list[tuple[str, list[dict]]]:
     ]
 
 
+#: The longer 60k-label fine-tunes (bf16): (label, fine-tune epochs, file stem before _sS)
+LONGER = [
+    ("from scratch, 10 epochs", 10, "ft60k_ep10_scratch"),
+    ("MAE 20 epochs, fine-tuned 10 epochs", 10, "ft60k_ep10_mae"),
+    ("from scratch, 20 epochs, long-run augmentation", 20, "ft60k_ep20aug_scratch"),
+    ("MAE, fine-tuned 20 epochs, long-run augmentation", 20, "ft60k_ep20aug_mae"),
+    ("from scratch, 20 epochs, no RandAugment/erasing/drop path", 20, "ft60k_ep20_scratch"),
+    ("MAE, fine-tuned 20 epochs, no RandAugment/erasing/drop path", 20, "ft60k_ep20_mae"),
+]
+
+
+def longer_rows() -> list[tuple[str, int, str, list[dict]]]:
+    """(label, epochs, file stem, runs found) of each LONGER row with at least one run."""
+    found = []
+    for label, epochs, stem in LONGER:
+        runs = [r for r in (read(HERE / f"{stem}_s{s}.json") for s in (0, 1, 2)) if r]
+        if runs:
+            found.append((label, epochs, stem, runs))
+    return found
+
+
+def print_longer() -> None:
+    print(
+        "| 60k labels, bf16 | test top-1 (%) | train top-1, un-augmented (%) | wall per run (s) |"
+    )
+    print("|---|---|---|---|")
+    for label, _epochs, _stem, runs in longer_rows():
+        walls = ", ".join(f"{r['seconds']:.0f}" for r in runs)
+        test, train = pct([r["top1"] for r in runs]), pct([r["train_top1"] for r in runs])
+        print(f"| {label} | {test} | {train} | {walls} |")
+
+
+def plot_longer(ft: list) -> None:
+    """Test and train accuracy against fine-tuning epochs on 60k labels, per arm."""
+    three = {"scratch": ft[3][1], "mae": ft[4][1]}  # the 3-epoch fp32 rows
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, colour in (("scratch", "C0"), ("mae", "C1")):
+        points = [(3, three[arm], "o")] + [
+            (e, runs, "^" if "aug" in stem else "o")
+            for _label, e, stem, runs in longer_rows()
+            if stem.endswith(arm)
+        ]
+        for epochs, runs, marker in points:
+            for key, fill in (("top1", colour), ("train_top1", "none")):
+                values = [100 * r[key] for r in runs]
+                ax.plot([epochs] * len(values), values, marker, color=colour, mfc=fill, ms=5)
+        light = [
+            (e, statistics.mean(100 * r["top1"] for r in runs)) for e, runs, m in points if m == "o"
+        ]
+        ax.plot(
+            *zip(*light, strict=True),
+            "-",
+            color=colour,
+            label=f"{'MAE' if arm == 'mae' else 'scratch'}: test",
+        )
+    ax.plot([], [], "ko", mfc="none", label="train, un-augmented (open)")
+    ax.plot([], [], "k^", label="20 epochs with RandAugment, erasing, drop path")
+    ax.axhline(93, color="k", ls="--", lw=0.8, label="goal 93%")
+    ax.set_xlabel("fine-tuning epochs (60k labels)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Fine-tuning longer: MAE (20-epoch encoder) vs scratch (dots: seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = HERE.parent / "fashion-mnist-long-finetune.png"
+    fig.savefig(out, dpi=120)
+    print(f"written: {out}")
+
+
 def print_tables() -> tuple[float, float, list, list]:
     """The two markdown tables; returns what the plot needs."""
     pixels = read(REPO / "benchmarks" / "results" / "fmnist_pixel_baselines.json")["results"]
@@ -174,7 +242,11 @@ def plot(px_knn: float, px_lin: float, frozen: list, ft: list) -> None:
 
 
 def main() -> None:
-    plot(*print_tables())
+    tables = print_tables()
+    print()
+    print_longer()
+    plot(*tables)
+    plot_longer(tables[3])
 
 
 if __name__ == "__main__":

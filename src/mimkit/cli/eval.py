@@ -36,14 +36,14 @@ FINETUNE_HELP = {
     "betas": "AdamW betas",
     "layer_decay": "lr factor per block from the head down (1: the same lr everywhere; "
     "default 0.75 pretrained, 1.0 with --random-init)",
-    "drop_path": "stochastic depth rate (default: 0.1 for runs of 20+ epochs, else 0)",
+    "drop_path": "stochastic depth rate (default: 0.1 for runs of 20+ epochs on images over 32 px, else 0)",
     "crop_scale": "train random-resized-crop area range (default: none up to 32 px, 0.5-1 up "
     "to 96 px, 0.08-1 above)",
     "crop_ratio": "train crop aspect range (default 0.75 1.333)",
     "hflip": "random horizontal flip (default: the checkpoint's data.hflip)",
-    "randaug_ops": "RandAugment operations per image, 0 off (default: 2 for 20+ epochs, else 0)",
+    "randaug_ops": "RandAugment operations per image, 0 off (default: 2 for 20+ epochs over 32 px, else 0)",
     "randaug_magnitude": "RandAugment magnitude, 0-10",
-    "erase_prob": "random-erasing probability (default: 0.25 for 20+ epochs, else 0)",
+    "erase_prob": "random-erasing probability (default: 0.25 for 20+ epochs over 32 px, else 0)",
     "test_crop": "test: resize to side/test_crop, then centre-crop (default: 1 without a train "
     "crop, else 224/256)",
     "head": "fc_norm: MAE's head, a new LayerNorm on the mean of pre-norm tokens (default for "
