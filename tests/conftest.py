@@ -36,6 +36,18 @@ def tiny_model_overrides(out_dir) -> list[str]:
     ]
 
 
+def pretrain_multi_preset(preset: str, root, run, capsys) -> None:
+    """Two steps of a several-input preset on `root` (16x16 samples) with the tiny model, then
+    `mimkit eval knn` on it: the CLI path every such preset must take."""
+    from mimkit.cli.main import main
+
+    tiny = tiny_model_overrides(run) + ["model.img_size=16", "model.patch_size=4"]
+    args = [f"data.path={root}", "train.max_steps=2", "train.batch_size=4", "eval.knn=false"]
+    assert main(["pretrain", preset, *tiny, *args]) == 0
+    assert main(["eval", "knn", str(run), "--k", "3"]) == 0
+    assert "kNN top-1" in capsys.readouterr().out
+
+
 TINY_MODEL = dict(
     img_size=16,
     in_chans=3,

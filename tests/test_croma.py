@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import needs_fmnist, tiny_model_config, tiny_model_overrides
+from conftest import needs_fmnist, pretrain_multi_preset, tiny_model_config
 
 from mimkit.cli.main import main
 from mimkit.data.multi_synth import make_fmnist_modal, make_tile_groups
@@ -161,11 +161,7 @@ def test_settings_are_checked_against_the_model():
 def test_the_preset_trains_reloads_evaluates_and_exports_through_the_cli(tmp_path, capsys):
     root = make_tile_groups(tmp_path / "tiles", train=8, test=6, size=16, progress=False)
     run = tmp_path / "run"
-    tiny = tiny_model_overrides(run) + ["model.img_size=16", "model.patch_size=4"]
-    args = [f"data.path={root}", "train.max_steps=2", "train.batch_size=4", "eval.knn=false"]
-    assert main(["pretrain", "configs/synthetic_tiles_croma_tiny.yaml", *tiny, *args]) == 0
-    assert main(["eval", "knn", str(run), "--k", "3"]) == 0
-    assert "kNN top-1" in capsys.readouterr().out
+    pretrain_multi_preset("configs/synthetic_tiles_croma_tiny.yaml", root, run, capsys)
     assert main(["export", str(run), "--to", "safetensors", str(tmp_path / "exported")]) == 0
     model, cfg = load_model(tmp_path / "exported")
     assert cfg.method.name == "croma" and isinstance(model.encoder, AlibiViT)
@@ -180,11 +176,7 @@ def test_the_scene_preset_reads_image_and_depth_only(tmp_path, capsys):
     seg maps stay unread, and the image encoder alone runs on a larger grid."""
     root = make_fmnist_modal(tmp_path / "scenes", train=8, test=6, size=16, progress=False)
     run = tmp_path / "run"
-    tiny = tiny_model_overrides(run) + ["model.img_size=16", "model.patch_size=4"]
-    args = [f"data.path={root}", "train.max_steps=2", "train.batch_size=4", "eval.knn=false"]
-    assert main(["pretrain", "configs/fmnist_croma_tiny.yaml", *tiny, *args]) == 0
-    assert main(["eval", "knn", str(run), "--k", "3"]) == 0
-    assert "kNN top-1" in capsys.readouterr().out
+    pretrain_multi_preset("configs/fmnist_croma_tiny.yaml", root, run, capsys)
     model, cfg = load_model(run)
     assert list(cfg.method.inputs) == ["image", "depth"]
     assert list(cfg.data.inputs) == ["image", "depth"]  # the scenes' seg maps are not read

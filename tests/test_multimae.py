@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import needs_fmnist, tiny_model_config, tiny_model_overrides
+from conftest import needs_fmnist, pretrain_multi_preset, tiny_model_config
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -134,11 +134,7 @@ def test_settings_are_checked_against_the_model():
 def test_the_preset_trains_reloads_evaluates_and_exports_through_the_cli(tmp_path, capsys):
     root = make_fmnist_modal(tmp_path / "scenes", train=8, test=6, size=16, progress=False)
     run = tmp_path / "run"
-    tiny = tiny_model_overrides(run) + ["model.img_size=16", "model.patch_size=4"]
-    args = [f"data.path={root}", "train.max_steps=2", "train.batch_size=4", "eval.knn=false"]
-    assert main(["pretrain", "configs/fmnist_multimae_tiny.yaml", *tiny, *args]) == 0
-    assert main(["eval", "knn", str(run), "--k", "3"]) == 0
-    assert "kNN top-1" in capsys.readouterr().out
+    pretrain_multi_preset("configs/fmnist_multimae_tiny.yaml", root, run, capsys)
     assert main(["export", str(run), "--to", "safetensors", str(tmp_path / "exported")]) == 0
     model, cfg = load_model(tmp_path / "exported")
     assert cfg.method.name == "multimae" and list(cfg.method.inputs) == INPUTS
