@@ -142,12 +142,15 @@ def main() -> None:
     start = time.perf_counter()
     if args.mosaic and not args.recon:
         parser.error("--mosaic goes with --recon")
-    side = args.size or load_model(args.run)[1].model.image_hw[0]  # of the items read
-    grid = side * args.mosaic if args.mosaic else args.size  # the models' image side
+    side = args.size  # of the items read; a mosaic's models are built at n times it
+    if args.mosaic and side is None:
+        side = load_model(args.run)[1].model.image_hw[0]
+    grid = side * args.mosaic if args.mosaic else args.size
     model, cfg = model_at(args.run, grid, untrained=False)
     twin, _ = model_at(args.run, grid, untrained=True)
     if args.data:
         cfg.data.path = args.data
+    side = side or cfg.model.image_hw[0]
     x_train, y_train, x_test, y_test = load_labelled_splits(
         cfg.data, cfg.model.in_chans, (side, side), args.train_limit
     )

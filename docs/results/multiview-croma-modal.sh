@@ -5,10 +5,9 @@
 # and the masked-reconstruction loss at the trained 32x32 and at 64x64 (fmnist-modal --size 64:
 # the same kind of scene drawn at twice the side, 4x the patches), and the reconstruction loss
 # on mosaics of 2x2 and 4x4 test scenes (the trained resolution, 4x and 16x the area). MAE on
-# the image alone at the
-# same budget comes from multiview-multimae-long.sh (run it first, EPOCHS the same, in the same
-# folder: its res/mae_image_s*); here it is probed at 64x64 too. Run from that folder, with
-# mimkit importable (PYTHONPATH=REPO/src):
+# the image alone at the same budget comes from multiview-multimae-long.sh (run it first,
+# EPOCHS the same, in the same folder: its res/mae_image_s*); here it is probed at 64x64 too.
+# Run from that folder, with mimkit importable (PYTHONPATH=REPO/src):
 #   EPOCHS=300 bash docs/results/multiview-croma-modal.sh [pretrain|probe|all]   (default all)
 set -eu
 REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}

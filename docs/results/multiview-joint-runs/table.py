@@ -78,7 +78,7 @@ def main() -> None:
     for label, run, subset in (
         (f"raw pixels, {FIRST}", ALIBI, FIRST),
         (f"raw pixels, {SECOND}", ALIBI, SECOND),
-        (f"raw pixels, {FIRST} + {SECOND}", ALIBI, f"{FIRST}+{SECOND}"),
+        (f"raw pixels, {FIRST} + {SECOND}", ALIBI, both),
     ):
         found = probe(run, 32, 0)
         raw = found[subset]["raw_pixels"] if found else None

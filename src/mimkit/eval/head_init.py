@@ -95,9 +95,9 @@ def probe_initialised_head(
     points, docs/results/compression.md)."""
     features = pooled_features(classifier, images, prepare, device)
     weight, bias = fit_linear_head(features, labels, classifier.head.out_features)
-    heads = [classifier.head] + [
-        h for h in [getattr(classifier, "dist_head", None)] if h is not None
-    ]
+    heads = [classifier.head]
+    if getattr(classifier, "dist_head", None) is not None:
+        heads.append(classifier.dist_head)
     with torch.no_grad():
         for head in heads:
             head.weight.copy_(weight.to(head.weight.device))
