@@ -17,7 +17,13 @@ from mimkit.cli.main import main
 from mimkit.config import load_config
 from mimkit.data.config import DataConfig, InputConfig
 from mimkit.data.multi import Inputs, load_multi_split, read_offsets, set_inputs_stats
-from mimkit.data.multi_synth import make_fmnist_modal, make_fmnist_pairs, make_tile_groups
+from mimkit.data.multi_synth import (
+    FIELD_GROUND,
+    compose_field,
+    make_fmnist_modal,
+    make_fmnist_pairs,
+    make_tile_groups,
+)
 from mimkit.data.scenes import INK
 from mimkit.data.sources import TrainSource, load_labelled_splits
 from mimkit.errors import ConfigError, DataError
@@ -325,6 +331,66 @@ def test_modal_scenes_are_aligned(tmp_path):
     for i, label in enumerate(labels.tolist()):  # the class covering most pixels
         counts = torch.bincount(inputs["seg"][i].flatten().long(), minlength=11)[1:]
         assert counts.argmax().item() == int(names[label])
+
+
+def _toy_pools() -> list[np.ndarray]:
+    """Ten classes of one 28x28 item each, the class's value in a filled square (ink)."""
+    pools = []
+    for cls in range(10):
+        item = np.zeros((1, 28, 28), dtype=np.uint8)
+        item[0, 2:26, 2:26] = 100 + 10 * cls
+        pools.append(item)
+    return pools
+
+
+def _field_stats(size: int, scenes: int) -> dict[str, float]:
+    """Averages over `scenes` field scenes of side `size`: the share of item pixels in all, in
+    the outer 3-pixel ring and inside it, and the share of pixels whose label differs from the
+    right neighbour's (item edges per pixel: constant if items keep their size in pixels)."""
+    rng = np.random.default_rng(0)
+    ring = np.zeros((size, size), dtype=bool)
+    ring[:3], ring[-3:], ring[:, :3], ring[:, -3:] = True, True, True, True
+    stats: dict[str, list[float]] = {"cover": [], "ring": [], "inner": [], "edges": []}
+    for _ in range(scenes):
+        _, depth, seg = compose_field(_toy_pools(), 4, size, rng)
+        item = seg > 0
+        assert (depth[~item] == FIELD_GROUND).all()  # a flat ground: no ramp by row
+        stats["cover"].append(item.mean())
+        stats["ring"].append(item[ring].mean())
+        stats["inner"].append(item[~ring].mean())
+        stats["edges"].append((seg[:, 1:] != seg[:, :-1]).mean())
+    return {name: float(np.mean(values)) for name, values in stats.items()}
+
+
+def test_field_scenes_do_not_depend_on_absolute_position():
+    """`layout="field"`, what CROMA's size-extrapolation check needs: items cover the border
+    as often as the middle (they may hang over it), and a scene twice the side has the same
+    item density and the same edges per pixel (items keep their size in pixels and their
+    count grows with the area; scaled items would halve the edges, a fixed count would
+    quarter the density)."""
+    at32, at64 = _field_stats(32, 300), _field_stats(64, 100)
+    for stats in (at32, at64):
+        assert abs(stats["ring"] - stats["inner"]) < 0.2 * stats["inner"], stats
+    assert abs(at64["cover"] - at32["cover"]) < 0.15 * at32["cover"], (at32, at64)
+    assert abs(at64["edges"] - at32["edges"]) < 0.15 * at32["edges"], (at32, at64)
+
+
+@needs_fmnist
+def test_field_scenes_label_the_majority_class(tmp_path):
+    root = make_fmnist_modal(tmp_path, train=2, test=40, size=32, seed=0, progress=False,
+                             layout="field")  # fmt: skip
+    specs = {"seg": InputConfig(interpolation="nearest")}
+    inputs, labels = load_multi_split(
+        DataConfig("multi", str(root), inputs=specs), "test", (32, 32)
+    )
+    names = [int(p.name) for p in sorted((root / "test" / "seg").iterdir())]
+    agree = 0
+    for seg, label in zip(inputs["seg"][:, 0], labels.tolist(), strict=True):
+        counts = torch.bincount(seg.flatten().long(), minlength=11)[1:]
+        agree += int(counts.argmax().item() == names[label])
+    assert agree >= 0.6 * len(labels), agree  # most pixels show the scene's class
+    with pytest.raises(ConfigError, match="--layout"):
+        make_fmnist_modal(tmp_path / "x", train=1, test=1, layout="grid", progress=False)
 
 
 def test_tile_groups_split_the_bands(tmp_path):

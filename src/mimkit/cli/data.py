@@ -55,6 +55,13 @@ def _synth_options(p: argparse.ArgumentParser) -> None:
         "--shift", type=int, default=8, help="fmnist-pairs: how far the two views may lie apart"
     )
     p.add_argument(
+        "--layout",
+        default="framed",
+        choices=("framed", "field"),
+        help="fmnist-modal: framed (1-3 items scaled to the scene, a ground ramp) or field "
+        "(nothing depends on absolute position: fixed-size items, count growing with the area)",
+    )
+    p.add_argument(
         "--optical-bands", type=int, help="tile-groups: bands in the optical group (default half)"
     )
     p.add_argument(
@@ -155,7 +162,9 @@ def _synth_multi(args: argparse.Namespace, counts: dict[str, int]) -> Path:
 
     size = args.size or 32
     if args.kind == "fmnist-modal":
-        return multi_synth.make_fmnist_modal(args.out, size=size, seed=args.seed, **counts)
+        return multi_synth.make_fmnist_modal(
+            args.out, size=size, seed=args.seed, layout=args.layout, **counts
+        )
     if args.kind == "fmnist-pairs":
         return multi_synth.make_fmnist_pairs(
             args.out, size=size, shift=args.shift, seed=args.seed, **counts

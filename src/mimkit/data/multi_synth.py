@@ -9,6 +9,12 @@ interpolation: the `data.inputs` section a config needs, statistics aside).
   receding upwards, each item a slanted plate in front of it, later items nearer; 0 near,
   255 far) and `seg` (per-pixel class: 0 background, 1-10 the item classes; sample with
   `interpolation: nearest`). The class is the item class covering most pixels.
+  With `layout="field"` (`--layout field`) nothing depends on absolute position, as in the
+  satellite tiles CROMA's size-extrapolation claim is about: the ground is flat (no ramp),
+  items keep one size in pixels (13-18 px) and may hang over the border, and their number
+  grows with the area (3-5 corners per 32x32, the border's overhang included). Each scene has a class; each item is of it with
+  probability `FIELD_MAJORITY`, else of any class. A larger `--size` is then a larger field
+  at the same resolution with more evidence for the same class.
 - `fmnist-pairs`: two views of one scene: `view1` and `view2` are crops of the model's side
   cut at two places of a scene `shift` pixels larger, so they overlap by at least
   side - shift pixels per axis; each view gets its own brightness gain and pixel noise (two
@@ -41,6 +47,7 @@ from mimkit.data.synthetic import _bar, make_tile
 from mimkit.errors import ConfigError
 
 SPLITS = (("train", "train"), ("test", "test"))  # (folder written, Fashion-MNIST split read)
+LAYOUTS = ("framed", "field")  # fmnist-modal's scene layouts
 
 
 def compose_layers(
@@ -56,15 +63,70 @@ def compose_layers(
     for item, cls, near in zip(items, classes, nearness, strict=True):
         patch = rescaled(item, rng.uniform(0.55, 0.9) * size / item.shape[0]).astype(np.float64)
         side = min(patch.shape[0], size)
-        patch = patch[:side, :side]
         y, x = rng.integers(0, size - side + 1, 2)
-        region = (slice(y, y + side), slice(x, x + side))
-        ink, fringe = patch >= INK, (patch >= FRINGE) & (patch < INK)
-        image[region] = np.where(ink, patch, image[region])
-        image[region] = np.where(fringe, np.maximum(patch, image[region]), image[region])
-        slant = near + 25.0 * np.linspace(0.0, 1.0, side)[None, :]  # a plate turned sideways
-        depth[region] = np.where(ink, slant, depth[region])
-        seg[region] = np.where(ink, cls + 1, seg[region])
+        _draw_item((image, depth, seg), patch[:side, :side], int(cls), near, int(y), int(x))
+    as_u8 = [a.round().clip(0, 255).astype(np.uint8) for a in (image, depth)]
+    return as_u8[0], as_u8[1], seg
+
+
+def _draw_item(
+    layers: tuple[np.ndarray, np.ndarray, np.ndarray],
+    patch: np.ndarray,
+    cls: int,
+    near: float,
+    y: int,
+    x: int,
+) -> None:
+    """Draw `patch` (float, its top-left corner at (y, x), possibly over the border) into the
+    (image, depth, seg) layers in place: its ink over what is there, its fringe brightening it,
+    a plate turned sideways at depth `near` where it has ink, and class `cls` + 1 there."""
+    image, depth, seg = layers
+    size, side = image.shape[0], patch.shape[0]
+    top, left = max(y, 0), max(x, 0)
+    bottom, right = min(y + side, size), min(x + side, size)
+    if bottom <= top or right <= left:
+        return
+    region = (slice(top, bottom), slice(left, right))
+    part = patch[top - y : bottom - y, left - x : right - x]
+    ink, fringe = part >= INK, (part >= FRINGE) & (part < INK)
+    image[region] = np.where(ink, part, image[region])
+    image[region] = np.where(fringe, np.maximum(part, image[region]), image[region])
+    slant = near + 25.0 * np.linspace(0.0, 1.0, side)[None, left - x : right - x]
+    depth[region] = np.where(ink, slant, depth[region])
+    seg[region] = np.where(ink, cls + 1, seg[region])
+
+
+#: `field` scenes: items per 32x32 of area (drawn in [low, high)), their side in pixels, the
+#: share of items of the scene's class, and the flat ground's depth.
+FIELD_ITEMS_PER_32 = (3, 6)
+FIELD_ITEM_SIDE = (13, 18)
+FIELD_MAJORITY = 0.6
+FIELD_GROUND = 230.0
+
+
+def compose_field(
+    pools: list[np.ndarray], label: int, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, depth, seg) of a `field` scene of class `label`: `pools[c]` holds the
+    Fashion-MNIST items (n, h, w) of class c. Nothing depends on absolute position: the ground
+    is flat, items keep their pixel size, may hang over any border, and their count grows with
+    the area."""
+    image = background(size, rng)
+    depth = np.full((size, size), FIELD_GROUND)
+    seg = np.zeros((size, size), dtype=np.uint8)
+    # Top-left corners fall anywhere in the scene grown by the largest side up and left, at the
+    # same density everywhere, so the border is covered as often as the middle.
+    reach = FIELD_ITEM_SIDE[1]
+    per_32 = int(rng.integers(*FIELD_ITEMS_PER_32))
+    count = max(1, round(per_32 * ((size + reach) / 32) ** 2))
+    nearness = np.sort(rng.uniform(20, 150, count))[::-1]  # later items nearer
+    for near in nearness:
+        cls = label if rng.random() < FIELD_MAJORITY else int(rng.integers(10))
+        item = pools[cls][rng.integers(len(pools[cls]))]
+        side = int(rng.integers(FIELD_ITEM_SIDE[0], FIELD_ITEM_SIDE[1] + 1))
+        patch = rescaled(item, side / item.shape[0]).astype(np.float64)
+        y, x = rng.integers(-reach, size, 2)
+        _draw_item((image, depth, seg), patch, cls, float(near), int(y), int(x))
     as_u8 = [a.round().clip(0, 255).astype(np.uint8) for a in (image, depth)]
     return as_u8[0], as_u8[1], seg
 
@@ -97,20 +159,32 @@ def make_fmnist_modal(
     seed: int = 0,
     fmnist_path: str | None = None,
     progress: bool = True,
+    layout: str = "framed",
 ) -> Path:
-    """Write `train` + `test` scenes as aligned `image`, `depth` and `seg` PNGs under `root`."""
+    """Write `train` + `test` scenes as aligned `image`, `depth` and `seg` PNGs under `root`;
+    `layout` "framed" (1-3 items scaled to the scene, a ground ramp) or "field" (see the module
+    docstring: nothing depends on absolute position)."""
     if size < 16:
         raise ConfigError(f"fmnist-modal: --size must be >= 16, got {size}")
+    if layout not in LAYOUTS:
+        raise ConfigError(
+            f"fmnist-modal: --layout must be one of {', '.join(LAYOUTS)}, got {layout!r}"
+        )
     root = Path(root)
     rng = np.random.default_rng(seed)
     bar = _bar(train + test, "fmnist-modal", progress)
     for (split, source), count in zip(SPLITS, (train, test), strict=True):
         images, classes = load_fashion_mnist(source, fmnist_path, verify=fmnist_path is None)
         images, classes = images[:, 0].numpy(), classes.numpy()
+        pools = [images[classes == c] for c in range(10)]
         for n in range(count):
-            picks = rng.choice(len(classes), size=int(rng.integers(1, 4)), replace=False)
-            layers = compose_layers(images[picks], classes[picks], size, rng)
-            label = dominant_class(layers[2], classes[picks[-1]])
+            if layout == "field":
+                label = int(rng.integers(10))
+                layers = compose_field(pools, label, size, rng)
+            else:
+                picks = rng.choice(len(classes), size=int(rng.integers(1, 4)), replace=False)
+                layers = compose_layers(images[picks], classes[picks], size, rng)
+                label = dominant_class(layers[2], classes[picks[-1]])
             for name, layer in zip(("image", "depth", "seg"), layers, strict=True):
                 _save_png(root / split / name / f"{label}" / f"scene_{n:05d}.png", layer)
             bar.update()
@@ -123,6 +197,7 @@ def make_fmnist_modal(
             "seg": {"channels": 1, "interpolation": "nearest"},
         },
         kind="fmnist-modal", seed=seed, size=size, train=train, test=test,
+        **({"layout": layout} if layout != "framed" else {}),
     )  # fmt: skip
     return root
 
