@@ -1,10 +1,14 @@
 """The tables of multiview.md's CROMA sections, from the probe and reconstruction JSONs of
 multiview-joint.sh (copied beside this file; noise25/: the same run on tiles with pixel noise
 25 instead of 100) or of multiview-croma-modal.sh (`--modal`: fmnist-modal's image and depth as
-the two sensors, copied to ../multiview-croma-modal-runs/).
+
+the two sensors, copied to ../multiview-croma-modal-runs/) or of multiview-croma-field.sh
+(`--field`: the same sensors on fmnist-modal's position-independent `field` scenes, copied to
+../multiview-croma-field-runs/; `--plot` also draws multiview_croma_field.png beside them).
 
     python docs/results/multiview-joint-runs/table.py [FOLDER]
     python docs/results/multiview-joint-runs/table.py --modal [FOLDER]
+    python docs/results/multiview-joint-runs/table.py --field [--plot] [FOLDER]
 """
 
 from __future__ import annotations
@@ -14,17 +18,22 @@ import statistics
 import sys
 from pathlib import Path
 
-MODAL = "--modal" in sys.argv
-ARGS = [a for a in sys.argv[1:] if a != "--modal"]
+MODAL, FIELD, PLOT = ("--modal" in sys.argv), ("--field" in sys.argv), ("--plot" in sys.argv)
+ARGS = [a for a in sys.argv[1:] if a not in ("--modal", "--field", "--plot")]
+RESULTS = Path(__file__).parent.parent
 DEFAULT = (
-    Path(__file__).parent.parent / "multiview-croma-modal-runs" if MODAL else Path(__file__).parent
+    RESULTS / "multiview-croma-field-runs"
+    if FIELD
+    else RESULTS / "multiview-croma-modal-runs"
+    if MODAL
+    else Path(__file__).parent
 )
 HERE = Path(ARGS[0]) if ARGS else DEFAULT
 SIZES = (32, 64) if MODAL else (32, 64, 128)
 # (run-name prefix of the ALiBi model, first input, second input, the MAE baseline's run and label)
 ALIBI, FIRST, SECOND, MAE, MAE_LABEL = (
     ("croma_alibi", "image", "depth", "mae_image", "MAE on the image alone")
-    if MODAL
+    if MODAL or FIELD
     else ("croma", "optical", "radar", "mae", "MAE on all six bands")
 )
 
@@ -75,21 +84,73 @@ def main() -> None:
                 knn, lin = scores(run, subset, kind, size)
                 cells += [cell(knn), cell(lin)]
             print(f"| {prefix}{label} | " + " | ".join(cells) + " |")
-    for label, run, subset in (
-        (f"raw pixels, {FIRST}", ALIBI, FIRST),
-        (f"raw pixels, {SECOND}", ALIBI, SECOND),
-        (f"raw pixels, {FIRST} + {SECOND}", ALIBI, both),
+    for label, subset in (
+        (f"raw pixels, {FIRST}", FIRST),
+        (f"raw pixels, {SECOND}", SECOND),
+        (f"raw pixels, {FIRST} + {SECOND}", both),
     ):
-        found = probe(run, 32, 0)
-        raw = found[subset]["raw_pixels"] if found else None
-        if raw:
-            lin = 100 * statistics.mean(raw["linear"])
-            print(
-                f"| {label} (no seed) | {100 * raw['knn']:.1f} | {lin:.1f} |"
-                + " |" * (2 * len(SIZES) - 2)
-            )
+        cells = []
+        for size in SIZES:
+            raw = raw_pixels(subset, size)
+            cells += [f"{100 * raw[0]:.1f}", f"{100 * raw[1]:.1f}"] if raw else ["", ""]
+        if any(cells):
+            print(f"| {label} (no seed) | " + " | ".join(cells) + " |")
     print()
     print_reconstruction()
+    if PLOT:
+        plot()
+
+
+def raw_pixels(subset: str, size: int) -> tuple[float, float] | None:
+    """(kNN, linear) on raw pixels of `subset` at `size`, from the ALiBi run's seed-0 probe."""
+    found = probe(ALIBI, size, 0)
+    raw = found[subset].get("raw_pixels") if found and subset in found else None
+    return (raw["knn"], statistics.mean(raw["linear"])) if raw else None
+
+
+def plot() -> None:
+    """kNN and linear probe of the first input's features against the side they are scored
+    at (trained at 32): what CROMA's extrapolation claim predicts is ALiBi holding up."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [
+        ("CROMA, ALiBi", ALIBI, "pretrained", "C0", "-"),
+        ("CROMA, sin-cos", "croma_sincos", "pretrained", "C1", "-"),
+        (MAE_LABEL, MAE, "pretrained", "C2", "-"),
+        ("untrained CROMA, ALiBi", ALIBI, "untrained", "C0", ":"),
+        ("untrained CROMA, sin-cos", "croma_sincos", "untrained", "C1", ":"),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, index, title in ((axes[0], 0, "kNN"), (axes[1], 1, "linear probe")):
+        for label, run, kind, color, style in curves:
+            subset = "image" if run == MAE else FIRST
+            means, lows, highs = [], [], []
+            for size in SIZES:
+                values = [100 * v for v in scores(run, subset, kind, size)[index]]
+                means.append(statistics.mean(values))
+                lows.append(min(values))
+                highs.append(max(values))
+            ax.plot(SIZES, means, style, color=color, marker="o", label=label)
+            ax.fill_between(SIZES, lows, highs, color=color, alpha=0.12)
+        raw = [raw_pixels(FIRST, size) for size in SIZES]
+        if all(raw):
+            ax.plot(SIZES, [100 * r[index] for r in raw], "--", color="grey", label="raw pixels")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set(xticks=SIZES, xticklabels=[f"{s}x{s}" for s in SIZES],
+               xlabel="scored at (trained at 32x32)", title=f"{FIRST} features, {title}")  # fmt: skip
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 (%)")
+    fig.suptitle("mean and min-max over pretraining seeds 0 and 1", fontsize=9)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    out = HERE / "multiview_croma_field.png"
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
 
 
 def print_reconstruction() -> None:
