@@ -1,9 +1,12 @@
-import json, time, torch
+import json
+import time
+
 from mimkit.data.config import DataConfig
 from mimkit.data.sources import load_labelled_splits
 from mimkit.eval.knn import knn_top1
-from mimkit.eval.linear import linear_probe, ProbeSettings
+from mimkit.eval.linear import ProbeSettings, linear_probe
 from mimkit.plan import pixel_features
+
 t=time.time()
 x_tr,y_tr,x_te,y_te=load_labelled_splits(DataConfig(), 1, (28,28), 10000)
 m,s=[0.2860],[0.3530]

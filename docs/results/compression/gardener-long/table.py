@@ -1,25 +1,34 @@
-"""Gardener's entropy ranking against the oracle on the 6-block demo architecture after 3, 5,
-10, 15 and 20 epochs of MAE: the table and plot of compression.md's section on it, from the
-compression_study.py records beside this file (copied from the run folders of gardener.sh)."""
+"""Gardener's entropy ranking against the oracle over MAE pretraining: the tables and plots of
+compression.md's section on it, from the compression_study.py records beside this file (copied
+from the run folders of gardener.sh). `--set demo` (default): the 6-block demo architecture
+after 3, 5, 10, 15 and 20 epochs; `--set vit12`: the 12-block preset after 2, 10, 25 and 50.
+
+    python docs/results/compression/gardener-long/table.py [--set vit12] [--plot]
+"""
 
 import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-RUNS = [  # (record, pretraining epochs, pretraining seed)
-    ("ep3_demo", 3, 0),
-    ("ep5_s0", 5, 0),
-    ("ep10_s0", 10, 0),
-    ("ep15_s0", 15, 0),
-    ("ep20_s0", 20, 0),
-    ("ep20_s1", 20, 1),
-]
+SETS = {  # (record, pretraining epochs, pretraining seed), and the plot's file
+    "demo": (
+        [("ep3_demo", 3, 0), ("ep5_s0", 5, 0), ("ep10_s0", 10, 0), ("ep15_s0", 15, 0),
+         ("ep20_s0", 20, 0), ("ep20_s1", 20, 1)],
+        "gardener_long.png",
+    ),
+    "vit12": (
+        [("vit12_ep2", 2, 0), ("vit12_ep10", 10, 0), ("vit12_ep25", 25, 0), ("vit12_ep50", 50, 0)],
+        "gardener_vit12.png",
+    ),
+}  # fmt: skip
 METHODS = ("entropy", "norm", "first", "last", "random")
 
 
 def main() -> int:
-    rows = [(json.loads((HERE / f"{name}.json").read_text()), ep, seed) for name, ep, seed in RUNS]
+    name = sys.argv[sys.argv.index("--set") + 1] if "--set" in sys.argv else "demo"
+    runs, picture = SETS[name]
+    rows = [(json.loads((HERE / f"{rec}.json").read_text()), ep, seed) for rec, ep, seed in runs]
     head = "| epochs | seed | full kNN | " + " | ".join(f"{m} ρ" for m in METHODS)
     head += " | oracle's 3 blocks | entropy's 3 blocks | entropy keep 3 | first keep 3 |"
     print(head)
@@ -33,7 +42,7 @@ def main() -> int:
                  f"{100 * d['pruning_top1']['first']['3']:.2f}"]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
     if "--plot" in sys.argv:
-        plot(rows, HERE.parent / "gardener_long.png")
+        plot(rows, HERE.parent / picture)
     return 0
 
 
@@ -55,7 +64,8 @@ def plot(rows, path: Path) -> None:
     axes[0].set_ylabel("Spearman ρ with the oracle")
     axes[0].set_title("block ranking vs oracle (x: entropy, seed 1)")
     axes[0].legend(fontsize=8)
-    last = [d for d, ep, seed in rows if ep == 20 and seed == 0][0]
+    longest = max(ep for _, ep, seed in rows if seed == 0)
+    last = [d for d, ep, seed in rows if ep == longest and seed == 0][0]
     blocks = range(len(last["scores"]["oracle"]))
     axes[1].bar([b - 0.2 for b in blocks], [100 * s for s in last["scores"]["oracle"]], 0.4,
                 label="oracle: kNN drop when removed (points)")  # fmt: skip
@@ -64,7 +74,7 @@ def plot(rows, path: Path) -> None:
     axes[1].bar([b + 0.2 for b in blocks], [(e - lo) / (hi - lo) * 10 for e in ent], 0.4,
                 label="entropy, rescaled to 0-10")  # fmt: skip
     axes[1].set_xlabel("block")
-    axes[1].set_title("20 epochs, seed 0")
+    axes[1].set_title(f"{longest} epochs, seed 0")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
