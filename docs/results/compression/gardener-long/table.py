@@ -62,7 +62,8 @@ def plot(rows, path: Path) -> None:
     axes[0].axhline(0, color="grey", lw=0.8)
     axes[0].set_xlabel("MAE pretraining epochs")
     axes[0].set_ylabel("Spearman ρ with the oracle")
-    axes[0].set_title("block ranking vs oracle (x: entropy, seed 1)")
+    seed1 = " (x: entropy, seed 1)" if any(seed == 1 for _, _, seed in rows) else ""
+    axes[0].set_title("block ranking vs oracle" + seed1)
     axes[0].legend(fontsize=8)
     longest = max(ep for _, ep, seed in rows if seed == 0)
     last = [d for d, ep, seed in rows if ep == longest and seed == 0][0]
