@@ -244,8 +244,10 @@ def test_reward_is_the_papers():
 def test_the_policy_learns_to_keep_the_informative_patch():
     """Class = brightness of patch 5, the other patches noise; the blocks are identities (zero
     residual branches), so the pooled feature is the average of the kept tokens. Dropping tokens
-    earns reward as long as patch 5 stays: the mean reward must rise and the trained
-    interpreter must rate patch 5 among the 4 it keeps."""
+    earns reward as long as patch 5's evidence stays: the mean reward must rise, and for the
+    images of one class the trained interpreter must rate patch 5 as high as any patch. (Keeping
+    patch 5 only when it is bright, or only when dark, are both optimal: the other class is told
+    by its absence, so the average over both classes is not the property.)"""
     torch.manual_seed(0)  # the encoder's init: not whatever the tests before left in the RNG
     encoder = tiny(depth=2).encoder
     for b in encoder.blocks:
@@ -269,15 +271,19 @@ def test_the_policy_learns_to_keep_the_informative_patch():
         head.head.bias.copy_(sol[-1])
     assert (head(feats).argmax(1) == labels).float().mean() > 0.95
     policy = policy_for(encoder, [0]).train()
-    # 60 steps: at 30 the rise over the first 10 steps was 0.17-0.41 across settings seeds 0-4
-    # (one below 0.2), and a full CI run drew 0.16;
-    # at 60 it was 0.28-0.46 for seeds 0-4
-    settings = TrainSettings(steps_per_stage=60, batch_size=32, lr=5e-3, tau=0.5, seed=0)
+    # 150 steps, with the rise measured from the first 3 steps (the reward climbs within 10):
+    # over settings seeds 0-39 at 1 and 2 threads the rise was 0.29-0.77 and patch 5 always
+    # tied for the top; 60 steps against the first 10 drew 0.16 in one CI run on another CPU
+    settings = TrainSettings(steps_per_stage=150, batch_size=32, lr=5e-3, tau=0.5, seed=0)
     (history,) = train_policy(encoder, policy, head, images, labels, [0.0], [1.0], [4], settings)
-    assert sum(history[-10:]) / 10 > sum(history[:10]) / 10 + 0.2
+    assert sum(history[-20:]) / 20 > sum(history[:3]) / 3 + 0.2
+    margins = []
     with torch.no_grad():
-        probs = policy.interpreters[0](encoder.embed(images[:64].float() / 255)[:, 1:])
-    assert 5 in probs.mean(dim=0).topk(4).indices.tolist()
+        for c in (0, 1):
+            x = images[labels == c][:64].float() / 255
+            p = policy.interpreters[0](encoder.embed(x)[:, 1:]).mean(dim=0)
+            margins.append(float(p[5] - torch.cat([p[:5], p[6:]]).max()))
+    assert max(margins) > -0.01
 
 
 def test_flops_and_the_schedule_for_a_target():
