@@ -105,6 +105,8 @@ LONGER = [
     ("MAE, fine-tuned 20 epochs, long-run augmentation", 20, "ft60k_ep20aug_mae"),
     ("from scratch, 20 epochs, no RandAugment/erasing/drop path", 20, "ft60k_ep20_scratch"),
     ("MAE, fine-tuned 20 epochs, no RandAugment/erasing/drop path", 20, "ft60k_ep20_mae"),
+    ("12 blocks, 4x4 patches: from scratch, 10 epochs", 10, "ft60k_vit12_ep10_scratch"),
+    ("12 blocks, 4x4 patches: MAE 50 epochs, fine-tuned 10 epochs", 10, "ft60k_vit12_ep10_mae"),
 ]
 
 
@@ -137,7 +139,7 @@ def plot_longer(ft: list) -> None:
         points = [(3, three[arm], "o")] + [
             (e, runs, "^" if "aug" in stem else "o")
             for _label, e, stem, runs in longer_rows()
-            if stem.endswith(arm)
+            if stem.endswith(arm) and "vit12" not in stem
         ]
         for epochs, runs, marker in points:
             for key, fill in (("top1", colour), ("train_top1", "none")):
@@ -152,12 +154,20 @@ def plot_longer(ft: list) -> None:
             color=colour,
             label=f"{'MAE' if arm == 'mae' else 'scratch'}: test",
         )
+        for _label, e, stem, runs in longer_rows():
+            if stem.endswith(arm) and "vit12" in stem:
+                for key, fill in (("top1", colour), ("train_top1", "none")):
+                    values = [100 * r[key] for r in runs]
+                    ax.plot([e + 0.4] * len(values), values, "D", color=colour, mfc=fill, ms=5)
     ax.plot([], [], "ko", mfc="none", label="train, un-augmented (open)")
     ax.plot([], [], "k^", label="20 epochs with RandAugment, erasing, drop path")
+    ax.plot([], [], "kD", label="12 blocks, 4x4 patches (MAE: 50-epoch encoder)")
     ax.axhline(93, color="k", ls="--", lw=0.8, label="goal 93%")
     ax.set_xlabel("fine-tuning epochs (60k labels)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("Fine-tuning longer: MAE (20-epoch encoder) vs scratch (dots: seeds)", fontsize=9)
+    ax.set_title(
+        "Fine-tuning longer: MAE (6 blocks: 20-epoch encoder) vs scratch (dots: seeds)", fontsize=9
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     out = HERE.parent / "fashion-mnist-long-finetune.png"
