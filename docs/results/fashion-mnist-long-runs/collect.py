@@ -131,21 +131,27 @@ def print_longer() -> None:
         print(f"| {label} | {test} | {train} | {walls} |")
 
 
+def point(epochs: int, stem: str, runs: list) -> tuple[float, list, str]:
+    """Where a row of LONGER is drawn: triangles with long-run augmentation, diamonds for the
+    12-block model (shifted right so they do not hide the 6-block dots), else dots."""
+    if "vit12" in stem:
+        return epochs + 0.4, runs, "D"
+    return epochs, runs, "^" if "aug" in stem else "o"
+
+
 def plot_longer(ft: list) -> None:
     """Test and train accuracy against fine-tuning epochs on 60k labels, per arm."""
     three = {"scratch": ft[3][1], "mae": ft[4][1]}  # the 3-epoch fp32 rows
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm, colour in (("scratch", "C0"), ("mae", "C1")):
         points = [(3, three[arm], "o")] + [
-            (e, runs, "^" if "aug" in stem else "o")
-            for _label, e, stem, runs in longer_rows()
-            if stem.endswith(arm) and "vit12" not in stem
+            point(e, stem, runs) for _label, e, stem, runs in longer_rows() if stem.endswith(arm)
         ]
         for epochs, runs, marker in points:
             for key, fill in (("top1", colour), ("train_top1", "none")):
                 values = [100 * r[key] for r in runs]
                 ax.plot([epochs] * len(values), values, marker, color=colour, mfc=fill, ms=5)
-        light = [
+        light = [  # the line joins the 6-block runs without the long-run augmentation
             (e, statistics.mean(100 * r["top1"] for r in runs)) for e, runs, m in points if m == "o"
         ]
         ax.plot(
@@ -154,11 +160,6 @@ def plot_longer(ft: list) -> None:
             color=colour,
             label=f"{'MAE' if arm == 'mae' else 'scratch'}: test",
         )
-        for _label, e, stem, runs in longer_rows():
-            if stem.endswith(arm) and "vit12" in stem:
-                for key, fill in (("top1", colour), ("train_top1", "none")):
-                    values = [100 * r[key] for r in runs]
-                    ax.plot([e + 0.4] * len(values), values, "D", color=colour, mfc=fill, ms=5)
     ax.plot([], [], "ko", mfc="none", label="train, un-augmented (open)")
     ax.plot([], [], "k^", label="20 epochs with RandAugment, erasing, drop path")
     ax.plot([], [], "kD", label="12 blocks, 4x4 patches (MAE: 50-epoch encoder)")
