@@ -26,6 +26,5 @@ for name in scratch_s0 scratch_s1 scratch_s2 mae20_s0 mae20_s1 mae20_s2; do
 done
 # the 12-block model (4x4 patches) after 50 epochs, fine-tuned 10 epochs on 60k labels
 for name in mae_s0 mae_s1 mae_s2 scratch_s0 scratch_s1 scratch_s2; do
-  f=$RUNS/ft12/ep10/$name/result.json
-  if [ -f "$f" ]; then cp "$f" "$here/ft60k_vit12_ep10_$name.json"; fi
+  cp "$RUNS/ft12/ep10/$name/result.json" "$here/ft60k_vit12_ep10_$name.json"
 done
