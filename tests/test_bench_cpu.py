@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from conftest import tiny_model_config
 
 from mimkit.bench.kernels import attention_kernels, attention_kernels_from_ops
+from mimkit.bench.machine import cpu_family_model
 from mimkit.bench.peak import measure_matmul_peak, model_matmul_shapes
-from mimkit.bench.run import amp_name, parse_variant
+from mimkit.bench.run import _comparisons, amp_name, parse_variant
 from mimkit.bench.step import mimkit_step
 from mimkit.cli import main
 from mimkit.errors import ConfigError
@@ -101,6 +102,18 @@ def test_cpu_bf16_units_reads_torchs_cpu_flags(monkeypatch):
     assert runtime.cpu_bf16_units() is None
 
 
+def test_cpu_family_and_model_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+        "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\n"
+    )
+    assert cpu_family_model(cpuinfo) == "family 26, model 2"
+    cpuinfo.write_text("processor\t: 0\nCPU implementer\t: 0x41\n")  # an Arm board
+    assert cpu_family_model(cpuinfo) is None
+    assert cpu_family_model(tmp_path / "missing") is None
+
+
 def test_matmul_shapes_of_the_demo_model():
     cfg = ModelConfig(
         preset="vit_tiny",
@@ -139,6 +152,33 @@ def test_bench_variants_parse_and_refuse_bad_ones(capsys):
         parse_variant("int8")
     assert main(["bench", "--variants", "fp32,bf16+fast"]) == 2
     assert "--variants: expected fp32, bf16 or fp16" in capsys.readouterr().err
+    assert main(["bench", "--hf-attention", "sdpa,flash"]) == 2
+    assert "--hf-attention: expected sdpa, eager or both" in capsys.readouterr().err
+
+
+def test_comparisons_are_against_transformers_fastest_attention_implementation():
+    """With --hf-attention sdpa,eager each implementation is its own step; ours is compared
+    with the faster of them per variant and overall, never with a slow default."""
+
+    def row(variant: str, wall: float, cpu: float) -> dict:
+        return {"variant": variant, "median_step_s": wall, "median_step_cpu_s": cpu}
+
+    results = {
+        "mimkit fp32": row("fp32", 1.0, 1.0),
+        "transformers fp32 sdpa": row("fp32", 1.0, 1.0),
+        "transformers fp32 eager": row("fp32", 1.25, 1.25),
+        "mimkit bf16": row("bf16", 0.5, 0.5),
+        "transformers bf16 sdpa": row("bf16", 2.0, 0.8),
+        "transformers bf16 eager": row("bf16", 1.0, 1.0),
+    }
+    out = _comparisons(results, [" fp32", " bf16"], named=True, with_hf=True)
+    assert out["speedup_vs_transformers"] == {"fp32": 1.0, "bf16": 2.0}  # eager by wall time
+    assert out["speedup_vs_transformers_cpu_time"]["bf16"] == 1.6  # sdpa by CPU time
+    assert out["best_vs_best"] == {
+        "mimkit": "mimkit bf16",
+        "transformers": "transformers fp32 sdpa",
+        "speedup": 2.0,
+    }
 
 
 @pytest.mark.slow
@@ -146,19 +186,26 @@ def test_bench_variants_time_each_side_by_side(tmp_path):
     out = tmp_path / "v.json"
     args = ["bench", "--preset", "vit_tiny", "--img-size", "32", "--batch", "2", "--steps", "1"]
     args += ["--warmup", "1", "--no-pipeline", "--variants", "fp32,bf16", "--out", str(out)]
+    args += ["--hf-attention", "sdpa,eager"]
     args += ["model.patch_size=8", "model.depth=1", "model.decoder_depth=1"]
     args += ["model.decoder_embed_dim=32", "model.decoder_num_heads=2"]
     assert main(args) == 0
-    step = json.loads(out.read_text())["step"]
-    results = step["results"]
+    record = json.loads(out.read_text())
+    step, results = record["step"], record["step"]["results"]
     assert list(results) == [
         "mimkit fp32",
-        "transformers fp32",
+        "transformers fp32 sdpa",
+        "transformers fp32 eager",
         "mimkit bf16",
-        "transformers bf16",
+        "transformers bf16 sdpa",
+        "transformers bf16 eager",
     ]
     assert results["mimkit bf16"]["attention"] == ["matmul-softmax"]
     assert results["mimkit fp32"]["attention"] == ["sdpa-flash-cpu"]
+    assert results["transformers bf16 sdpa"]["attention"] == ["sdpa-flash-cpu"]
+    assert results["transformers bf16 eager"]["attention"] == ["matmul-softmax"]
+    assert results["transformers bf16 eager"]["attn_implementation"] == "eager"
+    assert "--hf-attention sdpa,eager" in record["command"]
     assert results["mimkit bf16"]["amp"] == "bf16" and not results["mimkit bf16"]["compile"]
     assert set(step["speedup_vs_transformers"]) == {"fp32", "bf16"}
     assert step["best_vs_best"]["mimkit"].startswith("mimkit ")

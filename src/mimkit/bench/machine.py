@@ -44,9 +44,26 @@ def cpu_name() -> str:
     return name
 
 
+def cpu_family_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """`family F, model M` from /proc/cpuinfo: vendors reuse one model name across generations
+    (a KVM guest's "AMD EPYC" was family 25 one day and family 26 the next)."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return None
+    fields = {}
+    for key, _, value in (line.partition(":") for line in lines):
+        if key.strip() in ("cpu family", "model"):
+            fields.setdefault(key.strip(), value.strip())  # the first core's
+    if "cpu family" not in fields:
+        return None
+    return f"family {fields['cpu family']}, model {fields.get('model', '?')}"
+
+
 def machine_info(device: torch.device | None = None) -> dict:
     info = {
         "cpu": cpu_name(),
+        "cpu_family_model": cpu_family_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -116,9 +116,21 @@ def _build_ours(cfg: RunConfig, images: torch.Tensor, amp_dtype, compile_model: 
     return model, mimkit_step(model, images, amp_dtype, compile_model)
 
 
-def _build_theirs(cfg: RunConfig, images: torch.Tensor, amp_dtype, compile_model: bool):
-    model = build_hf_mae(cfg.model, cfg.masking, cfg.method).to(images.device)
-    return model, hf_step(model, images, amp_dtype, compile_model)
+def _build_theirs(
+    cfg: RunConfig, images: torch.Tensor, amp_dtype, compile_model: bool, attn: str = "sdpa"
+):
+    model = build_hf_mae(cfg.model, cfg.masking, cfg.method, attn_implementation=attn)
+    return model.to(images.device), hf_step(model, images, amp_dtype, compile_model)
+
+
+def _step_plan(suffix: str, hf_attention: list[str]) -> dict:
+    """The steps of one variant: ours, then transformers' with each attention implementation
+    asked for (named after it when there is more than one)."""
+    plan = {"mimkit" + suffix: (_build_ours, {})}
+    for attn in hf_attention:
+        name = "transformers" + suffix + (f" {attn}" if len(hf_attention) > 1 else "")
+        plan[name] = (_build_theirs, {"attn": attn})
+    return plan
 
 
 def _speedup(results: dict, slow: str, fast: str, key: str) -> float | None:
@@ -135,14 +147,24 @@ def _best_vs_best(results: dict, key: str) -> dict:
     return best | {"speedup": _speedup(results, best["transformers"], best["mimkit"], key)}
 
 
+def _fastest_theirs(results: dict, variant: str, key: str) -> str:
+    """transformers' fastest step of one variant (over its attention implementations)."""
+    theirs = [
+        n for n, r in results.items() if n.startswith("transformers") and r["variant"] == variant
+    ]
+    return min(theirs, key=lambda n: results[n][key])
+
+
 def _comparisons(results: dict, suffixes: list[str], named: bool, with_hf: bool) -> dict:
-    """Speed-ups by wall and CPU time: ours over transformers' per variant, best over best,
-    and each of our variants over our first (`named`: variants were asked for)."""
+    """Speed-ups by wall and CPU time: ours over transformers' fastest per variant, best over
+    best, and each of our variants over our first (`named`: variants were asked for)."""
     out: dict = {}
     if with_hf:
         for key, label in (("median_step_s", ""), ("median_step_cpu_s", "_cpu_time")):
             ratios = {
-                suffix.strip(): _speedup(results, "transformers" + suffix, "mimkit" + suffix, key)
+                suffix.strip(): _speedup(
+                    results, _fastest_theirs(results, suffix.strip(), key), "mimkit" + suffix, key
+                )
                 for suffix in suffixes
             }
             out["speedup_vs_transformers" + label] = ratios if named else ratios[""]
@@ -171,13 +193,18 @@ def bench_step(
     peak_tflops: float | None,
     variants: list[str] | None = None,
     measure_peak: bool = True,
+    hf_attention: list[str] | None = None,
 ) -> dict:
     """Our training step and (optionally) transformers', interleaved, at one configuration.
 
     Without `variants` the configuration's own amp and compile choices run, named `mimkit`
     and `transformers`; with them (`fp32`, `bf16+compile`, ...) each variant of both runs,
     named `mimkit <variant>` and `transformers <variant>`, all interleaved in one timing.
+    `hf_attention` (default sdpa) lists transformers' attention implementations to time; with
+    more than one, each is its own step (`transformers bf16 eager`), so the comparison is
+    against transformers' fastest setting, not its default.
     """
+    hf_attention = hf_attention or ["sdpa"]
     tc = cfg.train
     if variants is None:
         plan = {"": (pick_amp_dtype(tc.amp, device), want_compile(tc.compile, device))}
@@ -192,15 +219,13 @@ def bench_step(
     images = torch.randn(batch, cfg.model.in_chans, *cfg.model.image_hw, device=device)
     steps_by_name, memory, params, settings = {}, {}, {}, {}
     for suffix, (amp_dtype, compile_model) in plan.items():
-        builders = {"mimkit" + suffix: _build_ours}
-        if with_hf:
-            builders["transformers" + suffix] = _build_theirs
-        for name, build in builders.items():
+        builders = _step_plan(suffix, hf_attention if with_hf else [])
+        for name, (build, extra) in builders.items():
             # without variants transformers' model runs uncompiled, as it always has
             compiled = compile_model and (variants is not None or build is _build_ours)
             resident = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
             torch.manual_seed(0)
-            model, step = build(cfg, images, amp_dtype, compiled)
+            model, step = build(cfg, images, amp_dtype, compiled, **extra)
             start = time.perf_counter()
             for _ in range(warmup):  # compile and warm up before measuring memory
                 step()
@@ -208,10 +233,11 @@ def bench_step(
             memory[name] = peak_step_memory(step, device, resident)
             params[name] = sum(p.numel() for p in model.parameters() if p.requires_grad)
             settings[name] = {
+                "variant": suffix.strip(),
                 "amp": amp_name(amp_dtype),
                 "compile": compiled,
                 "warmup_s": round(warm, 2),
-            }
+            } | ({"attn_implementation": extra["attn"]} if extra else {})
             steps_by_name[name] = step
     cpu_times: dict[str, list[float]] = {}
     load_before = round(os.getloadavg()[0], 2)
@@ -267,6 +293,7 @@ def run_benchmark(
     command: str = "",
     variants: list[str] | None = None,
     measure_peak: bool = True,
+    hf_attention: list[str] | None = None,
 ) -> dict:
     device = pick_device(cfg.train.device)
     info = machine_info(device)
@@ -292,7 +319,17 @@ def run_benchmark(
             "norm_pix_loss": cfg.method.norm_pix_loss,
         },
         "step": bench_step(
-            cfg, batch, device, steps, warmup, block, with_hf, peak_tflops, variants, measure_peak
+            cfg,
+            batch,
+            device,
+            steps,
+            warmup,
+            block,
+            with_hf,
+            peak_tflops,
+            variants,
+            measure_peak,
+            hf_attention,
         ),
     }
     if pipeline:
@@ -330,7 +367,8 @@ def markdown(record: dict) -> str:
     s = record["step"]
     m = record["model"]
     mach = record["machine"]
-    hw = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} threads)"
+    family = f", {mach['cpu_family_model']}" if mach.get("cpu_family_model") else ""
+    hw = mach.get("gpu") or f"{mach['cpu']}{family} ({mach['torch_threads']} threads)"
     units = mach.get("cpu_bf16_units")
     lines = [
         f"# MAE {m['preset']} {m['img_size'][0]}x{m['img_size'][1]}/{m['patch_size']}, "
@@ -368,7 +406,7 @@ def markdown(record: dict) -> str:
             b = s[f"best_vs_best{label}"]
             lines += [
                 "",
-                f"By {by}: mimkit / transformers, same variant: {pairs}; best mimkit "
+                f"By {by}: mimkit / transformers (its fastest), same variant: {pairs}; best mimkit "
                 f"({b['mimkit']}) / best transformers ({b['transformers']}): "
                 f"**{_times(b['speedup'])}**",
             ]
@@ -428,7 +466,7 @@ def plot(record: dict, path: Path) -> Path | None:
     for name, r in record["step"]["results"].items():
         names.append(f"{name}\ntrain step")
         values.append(r["img_per_s"])
-        colours.append("tab:blue" if name == "mimkit" else "tab:orange")
+        colours.append("tab:blue" if name.startswith("mimkit") else "tab:orange")
     if "pipeline" in record:
         p = record["pipeline"]
         names += ["in-memory\nuint8", f"image folder\n{p['image_folder']['workers']} workers"]

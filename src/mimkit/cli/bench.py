@@ -7,6 +7,10 @@ from pathlib import Path
 
 from mimkit.errors import ConfigError
 
+# transformers' attention implementations that run on any device (flash_attention_2 needs CUDA
+# and its own package)
+HF_ATTENTION = {"sdpa", "eager"}
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,6 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--variants",
         help="comma-separated step variants to time side by side instead of the config's "
         "amp/compile, each fp32, bf16 or fp16 optionally +compile (e.g. fp32,bf16,bf16+compile)",
+    )
+    p.add_argument(
+        "--hf-attention",
+        default="sdpa",
+        help="transformers' attention implementations to time, each its own step: sdpa, eager "
+        "or both (sdpa,eager), so the comparison is against its fastest setting",
     )
     p.add_argument(
         "--no-peak",
@@ -69,6 +79,7 @@ def _command_line(args: argparse.Namespace) -> str:
         "--folder": args.folder,
         "--peak-tflops": args.peak_tflops,
         "--variants": args.variants,
+        "--hf-attention": None if args.hf_attention == "sdpa" else args.hf_attention,
         "--out": args.out,
         "--rounds": args.rounds if args.loader else None,
         "--jpeg-size": args.jpeg_size if args.loader else None,
@@ -105,6 +116,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         for variant in variants:
             parse_variant(variant)  # one clear line before any work
+    hf_attention = [a.strip() for a in args.hf_attention.split(",") if a.strip()]
+    if not hf_attention or not set(hf_attention) <= HF_ATTENTION:
+        raise ConfigError(
+            f"--hf-attention: expected sdpa, eager or both (sdpa,eager); got {args.hf_attention!r}"
+        )
     base = []
     if args.preset or not args.config:
         base.append(f"model.preset={args.preset or 'vit_base'}")
@@ -131,6 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         command=_command_line(args),
         variants=variants,
         measure_peak=not args.no_peak,
+        hf_attention=list(dict.fromkeys(hf_attention)),
     )
     device = record["device"].split(":")[0]
     name = f"mae_{cfg.model.preset}_{cfg.model.image_hw[0]}_b{args.batch}_{device}.json"
