@@ -96,7 +96,7 @@ def test_bench_command_writes_json_markdown_and_png(tmp_path, capsys):
     step = record["step"]
     assert set(step["results"]) == {"mimkit", "transformers"}
     assert step["results"]["mimkit"]["params"] == step["results"]["transformers"]["params"]
-    # train.amp=auto: fp32 on CPU, bf16 where the CPU has AMX (mimkit.train.runtime)
+    # train.amp=auto: bf16 where the CPU computes bf16 (AMX, AVX512-BF16), else fp32
     auto = pick_amp_dtype("auto", torch.device("cpu"))
     assert step["speedup_vs_transformers"] > 0 and step["amp"] == amp_name(auto)
     assert record["pipeline"]["in_memory_uint8"]["images"] == 12  # 4 batches, first untimed

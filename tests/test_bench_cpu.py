@@ -24,7 +24,7 @@ from mimkit.models import ModelConfig
 from mimkit.models.vit import CPU_BF16_MATMUL_MAX_TOKENS, attention, attention_kernel
 from mimkit.objectives.mae import MaskedAutoencoder
 from mimkit.train import runtime
-from mimkit.train.runtime import cpu_auto_amp, pick_amp_dtype
+from mimkit.train.runtime import cpu_auto_amp, describe_amp, pick_amp_dtype
 
 
 def test_bf16_attention_on_cpu_is_matmul_softmax_up_to_the_measured_length():
@@ -81,15 +81,25 @@ def test_attention_kernel_names_from_profiled_ops():
     assert attention_kernels_from_ops(["aten::mm", "aten::addmm"]) == []
 
 
-def test_cpu_auto_precision_is_bf16_only_with_amx(monkeypatch):
+def test_cpu_auto_precision_is_bf16_where_the_cpu_computes_bf16(monkeypatch):
     assert cpu_auto_amp("amx") == torch.bfloat16
-    assert cpu_auto_amp("avx512_bf16") is None and cpu_auto_amp(None) is None
+    assert cpu_auto_amp("avx512_bf16") == torch.bfloat16
+    assert cpu_auto_amp(None) is None  # emulated bf16 is slower than fp32: keep fp32
     cpu = torch.device("cpu")
-    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: "amx")
-    assert pick_amp_dtype("auto", cpu) == torch.bfloat16
+    for units in ("amx", "avx512_bf16"):
+        monkeypatch.setattr(runtime, "cpu_bf16_units", lambda units=units: units)
+        assert pick_amp_dtype("auto", cpu) == torch.bfloat16
+        assert describe_amp("auto", cpu, torch.bfloat16) == (
+            f"precision: bfloat16 autocast, fp32 weights (train.amp=auto: this CPU has {units}; "
+            "train.amp=off trains in fp32)"
+        )
     assert pick_amp_dtype("off", cpu) is None and pick_amp_dtype("bf16", cpu) == torch.bfloat16
-    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: "avx512_bf16")
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: None)
     assert pick_amp_dtype("auto", cpu) is None
+    assert describe_amp("auto", cpu, None) == (
+        "precision: fp32 (train.amp=auto: this CPU has no bf16 hardware)"
+    )
+    assert describe_amp("off", cpu, None) == "precision: fp32 (train.amp=off)"
 
 
 def test_cpu_bf16_units_reads_torchs_cpu_flags(monkeypatch):

@@ -165,7 +165,10 @@ from mimkit.train.checkpoint import load_config_file, read_weights
 
 ckpt, out, parallel = sys.argv[1:4]
 train, ft = split_settings(
-    dict(epochs=1, batch_size=8, drop_path=0.0, warmup_epochs=0.5, progress=False, log_every=1)
+    dict(
+        epochs=1, batch_size=8, drop_path=0.0, warmup_epochs=0.5, progress=False, log_every=1,
+        amp="off",
+    )
 )
 train.parallel = parallel
 finetune(load_config_file(Path(ckpt)), read_weights(Path(ckpt) / "model.safetensors"), train, ft, out)
@@ -180,6 +183,9 @@ def test_two_processes_fine_tune_like_one_with_the_same_global_batch(ckpt, tmp_p
 
     cfg, weights = load_config_file(ckpt), read_weights(ckpt / "model.safetensors")
     kw = dict(epochs=1, batch_size=16, drop_path=0.0, log_every=1)  # drop-path draws per rank
+    # fp32 in both: the ranks differ from one process only in summation order, which bf16
+    # (amp=auto on CPUs with bf16 hardware) would round far above 1e-5
+    kw["amp"] = "off"
     one = finetune(cfg, weights, *settings(**kw), tmp_path / "one")
     script = tmp_path / "ft.py"
     script.write_text(TORCHRUN_FINETUNE)

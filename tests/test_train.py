@@ -31,23 +31,14 @@ def weights(folder):
     return load_file(folder / "model.safetensors")
 
 
-def test_resume_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_resume_is_bit_exact(tmp_path, amp):
+    """In fp32 and in bf16 autocast (what train.amp=auto picks on CPUs with bf16 hardware)."""
     # 8 steps per epoch, 2 epochs, accumulation 2 -> 8 optimiser steps; stop at 3, resume to the end
-    straight = pretrain(
-        run_cfg(tmp_path, "straight", "train.accum_steps=2", "model.drop_path_rate=0.1")
-    )
-    pretrain(
-        run_cfg(
-            tmp_path,
-            "resumed",
-            "train.accum_steps=2",
-            "model.drop_path_rate=0.1",
-            "train.max_steps=3",
-        )
-    )
-    resumed = pretrain(
-        run_cfg(tmp_path, "resumed", "train.accum_steps=2", "model.drop_path_rate=0.1")
-    )
+    same = ["train.accum_steps=2", "model.drop_path_rate=0.1", f"train.amp={amp}"]
+    straight = pretrain(run_cfg(tmp_path, "straight", *same))
+    pretrain(run_cfg(tmp_path, "resumed", *same, "train.max_steps=3"))
+    resumed = pretrain(run_cfg(tmp_path, "resumed", *same))
     assert straight.steps == resumed.steps == 8
     a, b = weights(straight.checkpoint), weights(resumed.checkpoint)
     assert a.keys() == b.keys()

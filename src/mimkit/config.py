@@ -48,7 +48,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
-    amp: str = "auto"  # auto (bf16 on supporting GPUs, off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on bf16-capable GPUs and CPUs, else off) | bf16 | fp16 | off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_nonfinite: int = 10  # halt after this many skipped non-finite steps

@@ -50,7 +50,7 @@ from mimkit.train.distributed import (
 from mimkit.train.lock import run_lock, stop_requested, stop_signals
 from mimkit.train.logging import MetricsWriter, progress_interval
 from mimkit.train.optim import param_groups, set_lr
-from mimkit.train.runtime import autocast, pick_amp_dtype, pick_device
+from mimkit.train.runtime import autocast, describe_amp, pick_amp_dtype, pick_device
 from mimkit.train.speed import checkpoint_blocks, to_device_async, tune_backends, want_compile
 from mimkit.train.start import InitialWeights, check_fresh_start, start_from
 from mimkit.train.state import Schedule, TrainerState
@@ -351,6 +351,8 @@ def assemble(
     """
     tc = cfg.train
     amp_dtype = pick_amp_dtype(tc.amp, device)
+    if ctx.is_main:
+        log.info(describe_amp(tc.amp, device, amp_dtype))
     compiled = want_compile(tc.compile, device)
     schedule = Schedule.plan(tc, source, ctx.world_size)
     wrapped = wrap_model(trained, ctx, tc.parallel, device)

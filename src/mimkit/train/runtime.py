@@ -34,20 +34,21 @@ def cpu_bf16_units() -> str | None:
 
 
 def cpu_auto_amp(units: str | None) -> torch.dtype | None:
-    """`train.amp=auto` on CPU: bf16 where the CPU has bf16 matrix units (AMX), else fp32.
+    """`train.amp=auto` on CPU: bf16 where the CPU computes bf16 in hardware (AMX tiles or
+    AVX512-BF16 dot products), else fp32 (bf16 there is emulated, and slower).
 
-    AMX runs the demo's bf16 matmuls about 6.5x faster than fp32 (issue 15). AVX512-BF16 alone
-    gives less (about 1.7x on the demo's step on a 2-core AMD EPYC, with bf16 attention as
-    matmul-softmax), and a default there would change the numbers of every CPU run that
-    published results on such machines without a fresh accuracy check: opt in with
-    `train.amp=bf16`.
+    Measured (benchmarks/results/cpu_2026-12-03.md): on a 2-core AMD EPYC with AVX512-BF16 and
+    no AMX the demo's training step is 2.4x faster in bf16 and the demo reaches the same kNN
+    top-1 (3 seeds each, 79.50% against 79.53%); fine-tuning is 2.3x faster at the same top-1.
+    AMX runs bf16 matmuls about 6.5x faster than fp32 (issue 15). Weights and optimiser state
+    stay fp32.
     """
-    return torch.bfloat16 if units == "amx" else None
+    return torch.bfloat16 if units in ("amx", "avx512_bf16") else None
 
 
 def pick_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on GPUs that support it and on CPUs with AMX, fp16 only when asked; weights and
-    optimiser state stay fp32 (autocast casts per op)."""
+    """bf16 on GPUs that support it and on CPUs with bf16 hardware, fp16 only when asked;
+    weights and optimiser state stay fp32 (autocast casts per op)."""
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"train.amp must be auto, bf16, fp16 or off; got {amp!r}")
     if amp == "off":
@@ -59,6 +60,22 @@ def pick_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
             return cpu_auto_amp(cpu_bf16_units())
         return None
     return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def describe_amp(amp: str, device: torch.device, dtype: torch.dtype | None) -> str:
+    """One line saying which precision a run trains in and why, printed at its start."""
+    chosen = "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+    if amp != "auto":
+        return f"precision: {chosen} (train.amp={amp})"
+    if device.type != "cpu":
+        return f"precision: {chosen} (train.amp=auto on {device.type})"
+    if dtype is None:
+        return "precision: fp32 (train.amp=auto: this CPU has no bf16 hardware)"
+    units = cpu_bf16_units()
+    return (
+        f"precision: {chosen}, fp32 weights (train.amp=auto: this CPU has {units}; "
+        "train.amp=off trains in fp32)"
+    )
 
 
 @contextlib.contextmanager
