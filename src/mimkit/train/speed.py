@@ -18,10 +18,9 @@ from mimkit.errors import ConfigError
 def want_compile(setting: str | bool, device: torch.device) -> bool:
     """`auto` compiles on CUDA (where fusing the ViT's elementwise ops pays) and not on CPU,
     where compile time dwarfs short runs and the tests must stay quick: on the demo (2-core AMD
-    EPYC, torch 2.13, one thread, in one interleaved run) compiling made the step 1.03x faster
-    in fp32 and 1.16x in bf16 by CPU time, saving well under a minute over the demo's 3 epochs,
-    while compiling took 9-16 minutes on the shared machine
-    (benchmarks/results/cpu_2026-12-02_demo_compile.md)."""
+    EPYC, torch 2.13) compiling made the bf16 step 1.19x faster on a quiet machine for 50 s of
+    compiling, about 13 s saved over the demo's 79 s of training; it took 9-16 minutes on a
+    loaded one (benchmarks/results/cpu_2026-12-03.md, cpu_2026-12-02_demo_compile.md)."""
     if setting == "auto":
         return device.type == "cuda"
     if isinstance(setting, bool):
