@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
+from mimkit.bench.machine import cpu_name
 from mimkit.config import RunConfig
 from mimkit.interop.convert import export_checkpoint
 from mimkit.interop.hf import hf_config_to_model_config, hf_state_to_mimkit
@@ -56,16 +56,6 @@ def compare(hf_model, ours, batch: int, seed: int) -> dict:
             float((a - b).abs().max()) for a, b in zip(hidden, theirs.hidden_states, strict=True)
         ],
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -33,28 +33,31 @@ def gpu_peak_tflops(name: str) -> float | None:
     return None
 
 
-def cpu_name() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return name
+CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_family_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
-    """`family F, model M` from /proc/cpuinfo: vendors reuse one model name across generations
-    (a KVM guest's "AMD EPYC" was family 25 one day and family 26 the next)."""
+def first_core_fields(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """The first processor's `key: value` lines of /proc/cpuinfo (empty where there is none)."""
     try:
         lines = cpuinfo.read_text().splitlines()
     except OSError:
-        return None
-    fields = {}
+        return {}
+    fields: dict[str, str] = {}
     for key, _, value in (line.partition(":") for line in lines):
-        if key.strip() in ("cpu family", "model"):
-            fields.setdefault(key.strip(), value.strip())  # the first core's
+        if not key.strip() and fields:  # the blank line that ends the first processor
+            break
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_name() -> str:
+    return first_core_fields().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_family_model(cpuinfo: Path = CPUINFO) -> str | None:
+    """`family F, model M` from /proc/cpuinfo: vendors reuse one model name across generations
+    (a KVM guest's "AMD EPYC" was family 25 one day and family 26 the next)."""
+    fields = first_core_fields(cpuinfo)
     if "cpu family" not in fields:
         return None
     return f"family {fields['cpu family']}, model {fields.get('model', '?')}"
