@@ -39,7 +39,7 @@ def cpu_auto_amp(units: str | None) -> torch.dtype | None:
 
     Measured (benchmarks/results/cpu_2026-12-03.md): on a 2-core AMD EPYC with AVX512-BF16 and
     no AMX the demo's training step is 2.4x faster in bf16 and the demo reaches the same kNN
-    top-1 (3 seeds each, 79.50% against 79.53%); fine-tuning is 2.3x faster at the same top-1.
+    top-1 (5 seeds each, 79.67% against 79.70%); fine-tuning is 2.3x faster at the same top-1.
     AMX runs bf16 matmuls about 6.5x faster than fp32 (issue 15). Weights and optimiser state
     stay fp32.
     """
